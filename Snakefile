@@ -1,0 +1,17 @@
+# featinv: map a vision model's features back to images.
+# Stages live in workflow/rules/; every rule calls one `featinv <verb>`.
+# Embedded default: `snakemake --cores all`; paper scale: add `--configfile config/paper.yaml`.
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        feature_stores(),
+        backbone_reports(),

@@ -1,0 +1,1 @@
+"""Datasets: sources (demo, imagefolder, webdataset, coco) -> webdataset tar shards -> loaders."""

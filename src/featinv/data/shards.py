@@ -1,0 +1,249 @@
+"""Writing sources into webdataset tar shards plus a manifest, and reading them back by index.
+
+Layout: ``<out>/<split>-NNNNNN.tar`` (image as ``jpg``/``png``, ``cls``, ``json`` extras, and
+``masks.npz`` where the source has masks), ``<out>/manifest.json`` (count per split, class names,
+sha256 per shard) and ``<out>/rejected.tsv`` (key and reason of every skipped input).
+
+Shards are written under a ``.partial`` name and renamed when complete, and the manifest is
+written last, so an interrupted run never leaves a shard set that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+from featinv.data.images import BadImage, encode_png, normalise, to_rgb
+from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_samples
+
+log = logging.getLogger(__name__)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ShardSink:
+    """Writes samples to ``<split>-NNNNNN.tar`` shards of at most ``maxcount`` samples each."""
+
+    def __init__(self, out_dir: Path, split: str, maxcount: int):
+        self.out_dir, self.split, self.maxcount = out_dir, split, maxcount
+        self.shards: list[dict[str, Any]] = []
+        self._writer: wds.TarWriter | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        name = f"{self.split}-{len(self.shards):06d}.tar"
+        self._path = self.out_dir / name
+        self._partial = self.out_dir / (name + ".partial")
+        self._writer = wds.TarWriter(str(self._partial), encoder=False)
+        self._count = 0
+
+    def _close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        os.replace(self._partial, self._path)
+        self.shards.append({"name": self._path.name, "count": self._count, "sha256": sha256_file(self._path)})
+        self._writer = None
+
+    def write(self, sample: dict[str, bytes | str]) -> None:
+        if self._writer is None:
+            self._open()
+        self._writer.write(sample)
+        self._count += 1
+        if self._count >= self.maxcount:
+            self._close()
+
+    def close(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.shards
+
+
+def _sample(record: Record, image: bytes | Image.Image) -> dict[str, bytes | str]:
+    """Encode one accepted record; raises BadImage for undecodable input."""
+    if isinstance(image, Image.Image):
+        data, ext = encode_png(to_rgb(image)), "png"
+    else:
+        data, ext, _ = normalise(image)
+    extras = {k: v for k, v in record.extras.items() if not callable(v)}
+    sample: dict[str, bytes | str] = {
+        "__key__": record.key,
+        ext: data,
+        "cls": str(record.cls).encode(),
+        "json": json.dumps(extras, sort_keys=True).encode(),
+    }
+    for name, fn in record.extras.items():
+        if callable(fn):
+            sample[f"{name}.npz"] = fn()
+    return sample
+
+
+def _accepted(records: Iterable[Record], per_class: int | None, rejected: list, split: str, desc: str):
+    """Yield (record, sample) for the first ``per_class`` decodable records of each class."""
+    taken: dict[int, int] = {}
+    for record in tqdm(records, desc=desc, unit="img", mininterval=2.0):
+        if per_class is not None and taken.get(record.cls, 0) >= per_class:
+            continue
+        try:
+            sample = _sample(record, record.load())
+        except BadImage as exc:
+            rejected.append((split, record.key, str(exc)))
+            continue
+        except OSError as exc:
+            rejected.append((split, record.key, f"unreadable: {exc}"))
+            continue
+        taken[record.cls] = taken.get(record.cls, 0) + 1
+        yield record, sample
+
+
+def write_split(records: Iterable[Record], out_dir: Path, split: str, per_class: int | None,
+                maxcount: int, rejected: list) -> dict[str, Any]:
+    sink = ShardSink(out_dir, split, maxcount)
+    for _, sample in _accepted(records, per_class, rejected, split, f"shards {split}"):
+        sink.write(sample)
+    shards = sink.close()
+    return {"count": sum(s["count"] for s in shards), "shards": shards}
+
+
+def index_in_place(source: WebDatasetSource, split: str, rejected: list) -> dict[str, Any]:
+    """Use existing webdataset shards as they are: every image is decoded once to find bad ones,
+    which are listed under ``excluded`` and skipped by readers."""
+    before = len(rejected)
+    accepted = {r.key for r, _ in _accepted(source.records(split), None, rejected, split, f"check {split}")}
+    excluded = sorted(key for s, key, _ in rejected[before:])
+    shards = []
+    for path in split_shards(source.root, split):
+        count = sum(1 for key, _ in tar_samples(path) if key in accepted)
+        shards.append({"path": str(path.resolve()), "name": path.name, "count": count, "sha256": sha256_file(path)})
+    return {"count": len(accepted), "shards": shards, "excluded": excluded, "in_place": True}
+
+
+def build(source, out_dir: str | Path, dataset: str, splits: list[str], per_class: dict[str, int | None],
+          maxcount: int) -> dict[str, Any]:
+    """Write every split of ``source`` to shards under ``out_dir``; return the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.unlink(missing_ok=True)  # the manifest marks completeness: gone until we finish
+    for stale in out_dir.glob("*.partial"):
+        stale.unlink()
+    rejected: list[tuple[str, str, str]] = []
+    result: dict[str, Any] = {}
+    for split in splits:
+        limit = per_class.get(split)
+        if isinstance(source, WebDatasetSource) and limit is None:
+            entry = index_in_place(source, split, rejected)
+        else:
+            entry = write_split(source.records(split), out_dir, split, limit, maxcount, rejected)
+        produced = {s["name"] for s in entry["shards"]}
+        for old in out_dir.glob(f"{split}-*.tar"):
+            if old.name not in produced or entry.get("in_place"):
+                old.unlink()
+        n_rejected = sum(1 for s, _, _ in rejected if s == split)
+        if entry["count"] == 0:
+            raise ValueError(
+                f"dataset '{dataset}', split '{split}': no images left ({n_rejected} rejected, see {out_dir / 'rejected.tsv'})"
+            )
+        log.info("split %s: %d images in %d shards, %d rejected", split, entry["count"], len(entry["shards"]), n_rejected)
+        result[split] = entry
+    lines = ["split\tkey\treason"] + [f"{s}\t{k}\t{r}" for s, k, r in rejected]
+    atomic_write_text(out_dir / "rejected.tsv", "\n".join(lines) + "\n")
+    if rejected:
+        log.warning("%d images rejected, listed in %s", len(rejected), out_dir / "rejected.tsv")
+    manifest = {
+        "dataset": dataset,
+        "source": type(source).__name__,
+        "label_space": source.label_space,
+        "classes": source.classes(),
+        "per_class": {s: per_class.get(s) for s in splits},
+        "rejected": len(rejected),
+        "splits": result,
+    }
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: build the shards first (featinv build-shards)")
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    key: str
+    cls: int
+    shard: str
+    offset: int
+    size: int
+
+
+def index_split(manifest_path: str | Path, split: str, verify: bool = False) -> list[IndexEntry]:
+    """One entry per sample of ``split`` in manifest order: where its image bytes lie in which tar."""
+    manifest_path = Path(manifest_path)
+    manifest = load_manifest(manifest_path)
+    if split not in manifest["splits"]:
+        raise KeyError(f"split '{split}' not in {manifest_path} (has {sorted(manifest['splits'])})")
+    entry = manifest["splits"][split]
+    excluded = set(entry.get("excluded", []))
+    base = manifest_path.parent if manifest_path.is_file() else manifest_path
+    index: list[IndexEntry] = []
+    for shard in entry["shards"]:
+        path = Path(shard.get("path") or base / shard["name"])
+        if verify and sha256_file(path) != shard["sha256"]:
+            raise ValueError(f"shard {path} does not match the sha256 in its manifest: rebuild the shards")
+        rows = []
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for key, members in tar_samples(path):
+                    ext = next((e for e in IMAGE_EXTS if e in members), None)
+                    if ext is None or key in excluded:
+                        continue
+                    cls = int(tar.extractfile(members["cls"]).read()) if "cls" in members else -1
+                    info = members[ext]
+                    rows.append(IndexEntry(key, cls, str(path), info.offset_data, info.size))
+        except tarfile.ReadError as exc:
+            raise ValueError(f"shard {path} is not a readable tar ({exc}): rebuild the shards") from None
+        if len(rows) != shard["count"]:
+            raise ValueError(f"shard {path} holds {len(rows)} samples, its manifest says {shard['count']}: rebuild the shards")
+        index.extend(rows)
+    return index
+
+
+def read_image(entry: IndexEntry) -> Image.Image:
+    with open(entry.shard, "rb") as fh:
+        fh.seek(entry.offset)
+        data = fh.read(entry.size)
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return to_rgb(img)

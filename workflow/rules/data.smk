@@ -1,0 +1,17 @@
+# Dataset source -> webdataset tar shards + manifest (+ rejected.tsv).
+
+
+rule build_shards:
+    message:
+        f"Building {DATASET} shards from source '{config['data']['source']}'"
+    output:
+        shards=directory(f"data/shards/{DATASET}"),
+    params:
+        cfg=section_json("data"),
+    log:
+        f"results/logs/build_shards/{DATASET}.log",
+    benchmark:
+        f"results/benchmarks/build_shards/{DATASET}.tsv"
+    threads: 1
+    shell:
+        "featinv --threads {threads} build-shards --out {output.shards} --config {params.cfg:q} > {log} 2>&1"
