@@ -58,7 +58,8 @@ class ShardSink:
         name = f"{self.split}-{len(self.shards):06d}.tar"
         self._path = self.out_dir / name
         self._partial = self.out_dir / (name + ".partial")
-        self._writer = wds.TarWriter(str(self._partial), encoder=False)
+        # A fixed mtime makes shards byte-identical across runs (same sha256, DVC deduplicates).
+        self._writer = wds.TarWriter(str(self._partial), encoder=False, mtime=0.0)
         self._count = 0
 
     def _close(self) -> None:
