@@ -45,8 +45,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode(data: bytes) -> Image.Image:
-    """Decode encoded image bytes fully (so truncation is caught here) into 8-bit RGB."""
+def _open(data: bytes) -> Image.Image:
+    """Open and fully load (so truncation is caught here) encoded image bytes, in their own mode."""
     if not data:
         raise BadImage("empty file")
     try:
@@ -58,22 +58,31 @@ def decode(data: bytes) -> Image.Image:
         raise BadImage(f"cannot decode: {exc}") from None
     if img.width < 1 or img.height < 1:
         raise BadImage(f"empty image of size {img.size}")
+    return img
+
+
+def _rgb(img: Image.Image) -> Image.Image:
     try:
         return to_rgb(img)
     except (OSError, ValueError) as exc:
         raise BadImage(f"cannot convert mode {img.mode} to RGB: {exc}") from None
 
 
+def decode(data: bytes) -> Image.Image:
+    """Decode encoded image bytes into 8-bit RGB; :class:`BadImage` says why when it cannot."""
+    return _rgb(_open(data))
+
+
 def normalise(data: bytes) -> tuple[bytes, str, Image.Image]:
     """Return (bytes, extension, RGB image) to store for one source image.
 
-    A baseline RGB JPEG is stored as is (no recompression); everything else is re-encoded as PNG
-    after conversion to RGB, so stored images are always lossless copies of what was decoded.
+    An RGB JPEG is stored as is (no recompression); everything else is re-encoded as PNG after
+    conversion to RGB, so stored images are always lossless copies of what was decoded.
     """
-    rgb = decode(data)
-    fmt = Image.open(io.BytesIO(data)).format
-    if fmt == "JPEG" and Image.open(io.BytesIO(data)).mode == "RGB":
-        return data, "jpg", rgb
+    img = _open(data)
+    if img.format == "JPEG" and img.mode == "RGB":
+        return data, "jpg", img
+    rgb = _rgb(img)
     return encode_png(rgb), "png", rgb
 
 

@@ -369,15 +369,17 @@ class CocoSource:
             yield Record(key, cls, (image_dir / img["file_name"]).read_bytes, extras)
 
 
+SOURCES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "demo": lambda p: DemoSource(**p["demo"]),
+    "imagefolder": lambda p: ImageFolderSource(p["root"], p["splits"]),
+    "webdataset": lambda p: WebDatasetSource(p["root"]),
+    "coco": lambda p: CocoSource(p["root"], **p["coco"]),
+}
+
+
 def make_source(data_params: dict[str, Any]) -> Any:
     """Build the source named by ``data.source`` from the ``data`` params section."""
     kind = data_params["source"]
-    if kind == "demo":
-        return DemoSource(**data_params["demo"])
-    if kind == "imagefolder":
-        return ImageFolderSource(data_params["root"], data_params["splits"])
-    if kind == "webdataset":
-        return WebDatasetSource(data_params["root"])
-    if kind == "coco":
-        return CocoSource(data_params["root"], **data_params["coco"])
-    raise ValueError(f"data.source: unknown source '{kind}' (demo, imagefolder, webdataset, coco)")
+    if kind not in SOURCES:
+        raise ValueError(f"data.source: unknown source '{kind}' (one of {', '.join(SOURCES)})")
+    return SOURCES[kind](data_params)
