@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from PIL import Image
 
-from conftest import photo_array
 from featinv.backbones import create_backbone
 from featinv.data import shards as shard_io
 from featinv.data.sources import DemoSource, ImageFolderSource, imagenet_synsets

@@ -9,6 +9,7 @@ from PIL import Image
 
 from conftest import demo_data_params, encode, photo_array
 from featinv.data import shards as shard_io
+from featinv.fileio import sha256_file
 from featinv.data.sources import (
     CocoSource, DemoSource, ImageFolderSource, WebDatasetSource, imagenet_synsets, make_source, rle_decode,
 )
@@ -47,7 +48,7 @@ def test_demo_manifest_counts_and_sha256(demo_shards):
         assert sum(s["count"] for s in entry["shards"]) == entry["count"]
         for shard in entry["shards"]:
             assert shard["count"] <= 10
-            assert shard_io.sha256_file(demo_shards / shard["name"]) == shard["sha256"]
+            assert sha256_file(demo_shards / shard["name"]) == shard["sha256"]
     assert not list(demo_shards.glob("*.partial"))
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from featinv import config as params
+from featinv.fileio import write_json
 
 
 def _json_arg(text: str):
@@ -17,14 +18,6 @@ def _json_arg(text: str):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-
-
-def _write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def cmd_validate(args) -> None:
@@ -56,7 +49,7 @@ def cmd_extract(args) -> None:
                       topk=feats["topk"])
     report = {**accuracy_report(args.store), "extraction": summary}
     if args.report:
-        _write_json(args.report, report)
+        write_json(args.report, report)
     print(json.dumps(report, indent=1))
 
 

@@ -22,19 +22,21 @@ def section_json(name):
     return lambda wildcards: text
 
 
+def weights_arg(wildcards):
+    """`--weights FILE` where params name a local weights file for this backbone, else nothing."""
+    path = config["backbones"]["weights"].get(wildcards.backbone)
+    return f"--weights {shlex.quote(path)}" if path else ""
+
+
+# Every artifact path, written once; rules and targets refer to these.
+SHARDS = f"data/shards/{DATASET}"
+STORE = f"data/features/{DATASET}/{{backbone}}/{{split}}.zarr"
+BACKBONE_REPORT = f"results/backbones/{DATASET}/{{backbone}}-{{split}}.json"
+
+
 def feature_stores():
-    return expand(
-        "data/features/{dataset}/{backbone}/{split}.zarr",
-        dataset=DATASET,
-        backbone=BACKBONES,
-        split=config["features"]["splits"],
-    )
+    return expand(STORE, backbone=BACKBONES, split=config["features"]["splits"])
 
 
 def backbone_reports():
-    return expand(
-        "results/backbones/{dataset}/{backbone}-{split}.json",
-        dataset=DATASET,
-        backbone=BACKBONES,
-        split=config["features"]["splits"],
-    )
+    return expand(BACKBONE_REPORT, backbone=BACKBONES, split=config["features"]["splits"])

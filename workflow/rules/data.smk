@@ -5,7 +5,7 @@ rule build_shards:
     message:
         f"Building {DATASET} shards from source '{config['data']['source']}'"
     output:
-        shards=directory(f"data/shards/{DATASET}"),
+        shards=directory(SHARDS),
     params:
         cfg=section_json("data"),
     log:

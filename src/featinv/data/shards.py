@@ -10,7 +10,6 @@ written last, so an interrupted run never leaves a shard set that looks complete
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -26,23 +25,10 @@ from tqdm import tqdm
 
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
 from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_samples
+from featinv.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class ShardSink:
