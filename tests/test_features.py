@@ -82,7 +82,7 @@ def test_interrupted_extraction_resumes_and_matches(tmp_path, demo_shards, lite0
     partial = store.partial_path(out)
     assert not out.exists() and partial.exists()
     assert zarr.open_group(str(partial), mode="r")["done"][:].tolist() == [True, False, False]
-    with pytest.raises(FileNotFoundError, match="interrupted extraction"):
+    with pytest.raises(FileNotFoundError, match="interrupted run"):
         store.open_store(out)
 
     summary = extract(lite0, demo_shards, "val", out, **KW)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from featinv import __version__
 from featinv.backbones import Backbone
 from featinv.data.shards import IndexEntry, index_split, load_manifest, read_image
+from featinv import rowstore
 from featinv.features import store
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,6 @@ def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: i
     }
 
 
-def _resumable(partial: Path, attrs: dict[str, Any], rows_per_shard: int) -> bool:
-    """A partial store can be resumed when it was started with exactly the same inputs."""
-    import zarr
-
-    try:
-        group = zarr.open_group(str(partial), mode="r")
-        old = dict(group.attrs)
-    except Exception:
-        return False
-    same = {k: old.get(k) for k in attrs} == json.loads(json.dumps(attrs))
-    return same and old.get("rows_per_block") == min(rows_per_shard, max(attrs["n"], 1))
-
-
 @torch.inference_mode()
 def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path, batch_size: int = 32,
             num_workers: int = 2, device: str = "auto", rows_per_shard: int = 128, rows_per_chunk: int = 16,
@@ -87,9 +74,6 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
     """Extract ``split`` of the shards at ``shards`` into the store ``out``; return a summary.
 
     ``limit`` > 0 keeps only the first ``limit`` rows (benchmarks)."""
-    import zarr
-
-    out = Path(out)
     manifest_path = Path(shards) / "manifest.json" if Path(shards).is_dir() else Path(shards)
     manifest = load_manifest(manifest_path)
     index = index_split(manifest_path, split)
@@ -99,59 +83,34 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
     dev = resolve_device(device)
     backbone = backbone.to(dev)
     attrs = _store_attrs(backbone, manifest, split, n, topk)
-    partial = store.partial_path(out)
-    if partial.exists() and _resumable(partial, attrs, rows_per_shard):
-        group = zarr.open_group(str(partial), mode="r+")
-    else:
-        if partial.exists():
-            log.warning("discarding %s: it was started with other inputs", partial)
-            shutil.rmtree(partial)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        group = store.create(partial, n, backbone.fmap_shape, topk, rows_per_shard, rows_per_chunk, attrs)
+    group, resumed = rowstore.open_or_resume(out, n, store.arrays(backbone.fmap_shape, topk), rows_per_shard,
+                                             rows_per_chunk, attrs)
+    if not resumed:
         group["labels"][:] = np.array([e.cls for e in index], dtype=np.int32)
         group["keys"][:] = np.array([e.key for e in index], dtype=object)
-    block = group.attrs["rows_per_block"]
-    done = group["done"][:]
-    pending = [b for b in range(len(done)) if not done[b]]
-    # Batches never straddle blocks and split each block the same way every time, so a resumed
-    # run computes every row in exactly the batch it would have had in an uninterrupted run.
-    batches = [list(range(lo, min(lo + batch_size, hi)))
-               for b in pending
-               for lo, hi in [(b * block, min((b + 1) * block, n))]
-               for lo in range(lo, hi, batch_size)]
+    batches = rowstore.pending_batches(group, batch_size)
     n_rows = sum(len(batch) for batch in batches)
-    log.info("%s %s: %d rows, %d/%d blocks to do", backbone.name, split, n, len(pending), len(done))
+    log.info("%s %s: %d rows, %d to do", backbone.name, split, n, n_rows)
 
     started = time.perf_counter()
     if batches:
         loader = DataLoader(ShardImages(index, backbone.preprocessing.transform()), batch_sampler=batches,
                             num_workers=num_workers, pin_memory=dev.type == "cuda",
                             prefetch_factor=4 if num_workers else None)
-        bar = tqdm(total=n_rows, desc=f"{backbone.name} {split}", unit="img", disable=not progress, mininterval=2.0)
-        buffer: dict[str, list[np.ndarray]] = {}
-        for images, rows in loader:
+        writer = rowstore.BlockWriter(group)
+        for images, rows in tqdm(loader, total=len(batches), desc=f"{backbone.name} {split}", unit="batch",
+                                 disable=not progress, mininterval=2.0):
             fmap = backbone.spatial(images.to(dev, non_blocking=True))
             probs = backbone.head(fmap).float().softmax(-1)
             top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-            results = {
+            writer.add(rows.tolist(), {
                 "features": fmap.to(torch.float16).cpu().numpy(),
                 "pooled": backbone.pooled(fmap).to(torch.float16).cpu().numpy(),
                 "topk_indices": top_i.int().cpu().numpy(),
                 "topk_probs": top_p.cpu().numpy(),
-            }
-            for name, value in results.items():
-                buffer.setdefault(name, []).append(value)
-            last = int(rows[-1])
-            if last + 1 == n or (last + 1) % block == 0:  # the block is complete: write it whole
-                b = last // block
-                for name, parts in buffer.items():
-                    group[name][b * block : last + 1] = np.concatenate(parts)
-                group["done"][b] = True
-                buffer = {}
-            bar.update(len(rows))
-        bar.close()
+            })
     elapsed = time.perf_counter() - started
-    store.finalize(partial, out)
+    rowstore.finalize(out)
     return {"n_images": n, "extracted": n_rows, "seconds": elapsed,
             "images_per_second": n_rows / elapsed if n_rows and elapsed > 0 else None}
 

@@ -1,0 +1,2 @@
+"""FeatInv: a frozen base diffusion model, a ControlNet conditioned on feature maps, training and
+batched sampling."""

@@ -1,0 +1,76 @@
+"""FeatInv's ControlNet: a diffusers ``ControlNetModel`` copied from the base UNet (trainable copy of
+the encoder and mid block, zero convolutions on every residual it adds to the down blocks and the
+mid block), fed by :class:`FeatureConditioningEncoder` instead of the stock image embedding.
+
+Saved as ``controlnet/`` (``save_pretrained``: config.json + safetensors, so
+``ControlNetModel.from_pretrained`` loads it), ``encoder/`` (same format) and ``featinv.json``
+(backbone, layer, pooled or not, base model, params hash). Nothing is unpickled on load.
+
+The stock conditioning embedding stays in the saved ControlNet at its smallest size (so the
+checkpoint loads with plain ``ControlNetModel.from_pretrained``) but is bypassed: its output would be
+added where the feature encoder's is added, after the first UNet convolution.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from torch import nn
+
+from featinv.diffusion.encoder import FeatureConditioningEncoder
+
+META = "featinv.json"
+
+
+class FeatureControlNet(nn.Module):
+    def __init__(self, controlnet: ControlNetModel, encoder: FeatureConditioningEncoder, meta: dict[str, Any]):
+        super().__init__()
+        self.controlnet = controlnet
+        self.encoder = encoder
+        self.meta = dict(meta)
+        # Bypass the stock embedding; keep it for saving in the stock format.
+        self._stock_embedding = [controlnet.controlnet_cond_embedding]
+        controlnet.controlnet_cond_embedding = nn.Identity()
+
+    @classmethod
+    def from_unet(cls, unet: UNet2DConditionModel, in_channels: int, fmap_size: tuple[int, int], hidden: int,
+                  depth: int, pooled: bool, meta: dict[str, Any]) -> "FeatureControlNet":
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16,), conditioning_channels=3)
+        encoder = FeatureConditioningEncoder(
+            in_channels=in_channels, fmap_size=tuple(fmap_size), grid=int(unet.config.sample_size), hidden=hidden,
+            depth=depth, out_channels=int(unet.config.block_out_channels[0]), pooled=pooled,
+        )
+        return cls(controlnet, encoder, {**meta, "pooled": pooled})
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, cond: torch.Tensor,
+                scale: float = 1.0):
+        """(down-block residuals, mid-block residual) to add to the frozen UNet."""
+        hint = self.encoder(cond)
+        return self.controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=hint.to(noisy.dtype),
+                               conditioning_scale=scale, return_dict=False)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        bypass = self.controlnet.controlnet_cond_embedding
+        self.controlnet.controlnet_cond_embedding = self._stock_embedding[0]
+        try:
+            self.controlnet.save_pretrained(directory / "controlnet")
+        finally:
+            self.controlnet.controlnet_cond_embedding = bypass
+        self.encoder.save_pretrained(directory / "encoder")
+        (directory / META).write_text(json.dumps(self.meta, indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "FeatureControlNet":
+        directory = Path(directory)
+        if not (directory / META).exists():
+            raise FileNotFoundError(f"{directory} is not a trained FeatInv ControlNet (no {META})")
+        controlnet = ControlNetModel.from_pretrained(directory / "controlnet")
+        encoder = FeatureConditioningEncoder.from_pretrained(directory / "encoder")
+        meta = json.loads((directory / META).read_text())
+        return cls(controlnet, encoder, meta).eval()

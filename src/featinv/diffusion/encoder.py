@@ -1,0 +1,63 @@
+"""The conditioning encoder (FeatInv, Sec. 2 "Conditional input encoder").
+
+A (B, C, H_f, W_f) feature map is bilinearly upsampled to the diffusion model's internal grid
+(H_d, W_d), then a shallow CNN maps it to the width of the UNet's first block:
+conv3x3 C->hidden, SiLU, (conv3x3 hidden->hidden, SiLU) x (depth-1), zero-initialised conv3x3
+hidden->out. The paper uses hidden=512, depth=2, out=320 (miniSD).
+
+Pooled variant: the pooled (B, C) vector is copied over the whole grid and goes through the same
+encoder (bilinear upsampling of a 1x1 map is exactly that copy).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero-initialise, so the ControlNet starts as the unmodified base model."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, in_channels: int, fmap_size: tuple[int, int], grid: int, hidden: int = 512,
+                 depth: int = 2, out_channels: int = 320, pooled: bool = False):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"encoder depth must be >= 1, got {depth}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU()]
+        layers.append(zero_module(nn.Conv2d(hidden, out_channels, 3, padding=1)))
+        self.net = nn.Sequential(*layers)
+
+    def check(self, cond: torch.Tensor) -> None:
+        """Raise a clear error when ``cond`` is not what this encoder was trained on."""
+        c = self.config.in_channels
+        if self.config.pooled:
+            if cond.ndim != 2 or cond.shape[1] != c:
+                raise ValueError(
+                    f"this pooled model takes (B, {c}) pooled feature vectors, got {tuple(cond.shape)}; "
+                    f"pool a feature map with backbone.pooled(fmap) first"
+                )
+            return
+        h, w = self.config.fmap_size
+        if cond.ndim != 4 or cond.shape[1] != c:
+            raise ValueError(f"feature map has shape {tuple(cond.shape)}, this model was trained on (B, {c}, {h}, {w}) maps")
+        if tuple(cond.shape[2:]) != (h, w):
+            raise ValueError(f"feature map grid {tuple(cond.shape[2:])} differs from the trained grid ({h}, {w})")
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        self.check(cond)
+        if cond.ndim == 2:
+            cond = cond[:, :, None, None]
+        grid = self.config.grid
+        x = F.interpolate(cond.to(self.dtype), size=(grid, grid), mode="bilinear", align_corners=False)
+        return self.net(x)
