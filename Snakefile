@@ -8,6 +8,7 @@ configfile: "params.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/diffusion.smk"
 
 
 rule all:
@@ -15,3 +16,6 @@ rule all:
     input:
         feature_stores(),
         backbone_reports(),
+        base_previews(),
+        sample_stores(),
+        sample_previews(),

@@ -21,6 +21,12 @@ TINY = {
              "demo": {"image_size": 64, "train_crops": 1, "val_crops": 1}},
     "backbones": {"names": ["tf_efficientnet_lite0"]},
     "features": {"batch_size": 4, "num_workers": 0, "rows_per_shard": 8, "rows_per_chunk": 4},
+    "diffusion": {"device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
+                  "base": {"resolution": 16, "patch": 2, "block_out_channels": [16, 32], "text_hidden": 16,
+                           "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "lr_warmup_steps": 0}}},
+    "controlnet": {"encoder": {"hidden": 8, "depth": 1},
+                   "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
+    "sampling": {"steps": 2, "rows_per_shard": 4, "preview": 4},
 }
 
 
@@ -55,6 +61,14 @@ def test_snakemake_then_nothing_to_do_then_dvc_reproduces(project):
     ]
     report = json.loads((project / "results/backbones/demo/tf_efficientnet_lite0-val.json").read_text())
     assert report["n_images"] == 12 and report["fmap_shape"] == [1280, 7, 7]
+    for variant in ("unpooled", "pooled"):
+        samples = store.open_store(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
+        assert samples["images"].shape == (12, 1, 3, 16, 16)
+        assert (project / f"results/samples/demo/tf_efficientnet_lite0-{variant}-val.png").exists()
+        meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
+        assert meta["variant"] == variant and meta["steps"] == 4
+    assert (project / "results/base/demo/samples.png").exists()
+    assert len((project / "results/training/demo/base-loss.csv").read_text().splitlines()) == 1 + 6
     assert "Nothing to be done" in run(snake + ["-n"], project)
 
     manifest = json.loads((project / "data/shards/demo/manifest.json").read_text())

@@ -1,5 +1,6 @@
 """``featinv <verb>``: the one entry point every Snakemake rule calls, usable by hand with the same
-arguments. Params sections arrive as JSON (``--config``) and are validated against the schema."""
+arguments. Params sections arrive as one JSON object (``--config``) and are validated against the
+schema."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def cmd_build_shards(args) -> None:
     from featinv.data.shards import build
     from featinv.data.sources import make_source
 
-    data = params.validate_section("data", args.config)
+    data = params.validate_sections(args.config, "data")["data"]
     manifest = build(make_source(data), args.out, data["dataset"], data["splits"], data["per_class"],
                      data["shard_maxcount"])
     for split, entry in manifest["splits"].items():
@@ -41,7 +42,7 @@ def cmd_extract(args) -> None:
     from featinv.backbones import create_backbone
     from featinv.features.extract import accuracy_report, extract
 
-    feats = params.validate_section("features", args.config)
+    feats = params.validate_sections(args.config, "features")["features"]
     backbone = create_backbone(args.backbone, weights=args.weights or None)
     summary = extract(backbone, args.shards, args.split, args.store, batch_size=feats["batch_size"],
                       num_workers=feats["num_workers"], device=feats["device"],
@@ -60,32 +61,110 @@ def cmd_bench_extract(args) -> None:
                   num_workers=args.num_workers, limit=args.limit)
 
 
+def _codec(diffusion: dict):
+    """The codec the targets are encoded with: the embedded base model's pixel space, or the VAE of
+    the pretrained base model."""
+    from featinv.diffusion.codec import PatchCodec
+
+    base = diffusion["base"]
+    if base["source"] == "train":
+        return PatchCodec(base["patch"]), f"patch{base['patch']}"
+    from featinv.diffusion.base import load_base
+
+    return load_base(base["source"], base["resolution"]).codec, f"vae:{base['source']}"
+
+
+def cmd_encode_targets(args) -> None:
+    from featinv.diffusion.targets import encode_targets
+
+    diffusion = params.validate_sections(args.config, "diffusion")["diffusion"]
+    codec, name = _codec(diffusion)
+    summary = encode_targets(codec, name, args.shards, args.split, args.out, diffusion["base"]["resolution"],
+                             batch_size=diffusion["targets"]["batch_size"],
+                             num_workers=diffusion["targets"]["num_workers"], device=diffusion["device"])
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_train_base(args) -> None:
+    from featinv.diffusion.recipes import train_base
+
+    diffusion = params.validate_sections(args.config, "diffusion")["diffusion"]
+    if diffusion["base"]["source"] != "train":
+        raise ValueError(f"diffusion.base.source is '{diffusion['base']['source']}': a pretrained base model is loaded, not trained")
+    summary = train_base(diffusion["base"], diffusion["prompt"], args.targets, args.out, args.loss_csv,
+                         device=diffusion["device"])
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_preview_base(args) -> None:
+    from featinv.diffusion.preview import preview_base
+
+    cfg = params.validate_sections(args.config, "diffusion", "sampling")
+    preview_base(args.base, args.targets, args.out, cfg["diffusion"], cfg["sampling"])
+
+
+def cmd_train_controlnet(args) -> None:
+    from featinv.diffusion.recipes import train_controlnet
+
+    cfg = params.validate_sections(args.config, "diffusion", "controlnet")
+    summary = train_controlnet(args.base, args.features, args.targets, args.variant, cfg["controlnet"],
+                               cfg["diffusion"]["prompt"], args.out, args.loss_csv, device=cfg["diffusion"]["device"])
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_sample(args) -> None:
+    from featinv.diffusion.base import load_base
+    from featinv.diffusion.controlnet import FeatureControlNet
+    from featinv.diffusion.preview import preview_samples
+    from featinv.diffusion.sample import sample_store
+
+    cfg = params.validate_sections(args.config, "diffusion", "sampling")
+    sampling = cfg["sampling"]
+    net = FeatureControlNet.from_pretrained(args.model)
+    base = load_base(args.base, cfg["diffusion"]["base"]["resolution"])
+    strength = sampling["control_strength"].get(net.meta["backbone"], 1.0)
+    summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg["diffusion"]["prompt"],
+                           device=cfg["diffusion"]["device"])
+    if args.preview:
+        preview_samples(args.out, args.shards, sampling["split"], args.preview, n=sampling["preview"])
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_bench_diffusion(args) -> None:
+    from featinv.diffusion.bench import bench
+
+    bench(args.device, args.scale, steps=args.steps, batch_size=args.batch_size, train_steps=args.train_steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featinv", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("validate", help="validate params files (later files overlay earlier ones)")
+    def verb(name, func, help_text, sections=()):
+        p = sub.add_parser(name, help=help_text)
+        if sections:
+            p.add_argument("--config", type=_json_arg, required=True,
+                           help=f"params sections {', '.join(sections)} as one JSON object")
+        p.set_defaults(func=func)
+        return p
+
+    p = verb("validate", cmd_validate, "validate params files (later files overlay earlier ones)")
     p.add_argument("params", nargs="+")
-    p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("build-shards", help="write a dataset source into webdataset shards + manifest")
-    p.add_argument("--config", type=_json_arg, required=True, help="the params 'data' section as JSON")
+    p = verb("build-shards", cmd_build_shards, "write a dataset source into webdataset shards + manifest", ["data"])
     p.add_argument("--out", required=True, help="shard directory, e.g. data/shards/demo")
-    p.set_defaults(func=cmd_build_shards)
 
-    p = sub.add_parser("extract", help="extract a split's feature maps into a zarr store")
+    p = verb("extract", cmd_extract, "extract a split's feature maps into a zarr store", ["features"])
     p.add_argument("--backbone", required=True, help="timm model name")
     p.add_argument("--weights", default="", help="local weights file (optional)")
     p.add_argument("--shards", required=True, help="shard directory with manifest.json")
     p.add_argument("--split", required=True)
     p.add_argument("--store", required=True, help="output zarr store, e.g. data/features/demo/<bb>/val.zarr")
     p.add_argument("--report", default="", help="accuracy/throughput JSON to write")
-    p.add_argument("--config", type=_json_arg, required=True, help="the params 'features' section as JSON")
-    p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("bench-extract", help="print extraction throughput, peak memory and bytes per image")
+    p = verb("bench-extract", cmd_bench_extract, "print extraction throughput, peak memory and bytes per image")
     p.add_argument("--backbone", required=True)
     p.add_argument("--shards", required=True)
     p.add_argument("--split", default="train")
@@ -93,7 +172,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="use only the first N images (0 = all)")
-    p.set_defaults(func=cmd_bench_extract)
+
+    p = verb("encode-targets", cmd_encode_targets, "cache a split's diffusion targets (encoded images)", ["diffusion"])
+    p.add_argument("--shards", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+
+    p = verb("train-base", cmd_train_base, "train the embedded base diffusion model", ["diffusion"])
+    p.add_argument("--targets", required=True, help="cached targets of the train split")
+    p.add_argument("--out", required=True, help="output directory (diffusers layout)")
+    p.add_argument("--loss-csv", required=True)
+
+    p = verb("preview-base", cmd_preview_base, "a grid of base-model samples under training images",
+             ["diffusion", "sampling"])
+    p.add_argument("--base", required=True)
+    p.add_argument("--targets", required=True)
+    p.add_argument("--out", required=True, help="PNG")
+
+    p = verb("train-controlnet", cmd_train_controlnet, "train one FeatInv ControlNet", ["diffusion", "controlnet"])
+    p.add_argument("--base", required=True, help="base model directory or hub id")
+    p.add_argument("--features", required=True, help="feature store of the train split")
+    p.add_argument("--targets", required=True, help="cached targets of the train split")
+    p.add_argument("--variant", required=True, choices=["unpooled", "pooled"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--loss-csv", required=True)
+
+    p = verb("sample", cmd_sample, "reconstruct a feature store's maps with a trained ControlNet",
+             ["diffusion", "sampling"])
+    p.add_argument("--model", required=True, help="trained ControlNet directory")
+    p.add_argument("--base", required=True, help="base model directory or hub id")
+    p.add_argument("--features", required=True, help="feature store of the sampling split")
+    p.add_argument("--shards", required=True, help="shards (originals for the preview)")
+    p.add_argument("--out", required=True, help="output sample store (zarr)")
+    p.add_argument("--preview", default="", help="preview grid PNG")
+
+    p = verb("bench-diffusion", cmd_bench_diffusion, "print training and sampling throughput")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--scale", choices=["demo", "paper", "both"], default="both")
+    p.add_argument("--steps", type=int, default=0, help="sampling steps (0 = 20 demo / 50 paper)")
+    p.add_argument("--batch-size", type=int, default=0, help="sampling batch (0 = automatic)")
+    p.add_argument("--train-steps", type=int, default=5)
     return parser
 
 

@@ -56,11 +56,21 @@ def validate_section(name: str, value: Any, schema_path: Path = SCHEMA_PATH) -> 
     schema = yaml.safe_load(Path(schema_path).read_text())
     if name not in schema["properties"]:
         raise ParamsError(f"unknown params section '{name}'")
-    validator = Draft202012Validator(schema["properties"][name])
+    validator = Draft202012Validator({**schema["properties"][name], "$defs": schema.get("$defs", {})})
     problems = [_describe(e) for e in validator.iter_errors(value)]
     if problems:
         raise ParamsError(f"invalid {name} section:\n  " + "\n  ".join(f"{name}.{p}" for p in problems))
     return dict(value)
+
+
+def validate_sections(value: Any, *names: str) -> dict[str, Any]:
+    """Validate the params sections a CLI verb takes (a JSON object keyed by section name)."""
+    if not isinstance(value, dict):
+        raise ParamsError(f"--config must be a JSON object of params sections {list(names)}")
+    missing = [n for n in names if n not in value]
+    if missing:
+        raise ParamsError(f"--config lacks the params section(s) {missing}")
+    return {n: validate_section(n, value[n]) for n in names}
 
 
 def _cross_checks(config: Mapping[str, Any]) -> list[str]:
@@ -79,6 +89,11 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
             f"features.rows_per_chunk: {feats['rows_per_chunk']} must divide "
             f"features.rows_per_shard ({feats['rows_per_shard']})"
         )
+    if config["sampling"]["split"] not in config["features"]["splits"]:
+        problems.append(f"sampling.split: '{config['sampling']['split']}' is not one of features.splits")
+    for name in config["sampling"]["control_strength"]:
+        if name not in config["backbones"]["names"]:
+            problems.append(f"sampling.control_strength.{name}: not one of backbones.names")
     for name in config["backbones"]["weights"]:
         if name not in config["backbones"]["names"]:
             problems.append(f"backbones.weights.{name}: not one of backbones.names")

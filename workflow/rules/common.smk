@@ -13,12 +13,13 @@ BACKBONES = config["backbones"]["names"]
 wildcard_constraints:
     backbone=r"[A-Za-z0-9_.\-]+",
     split=r"[A-Za-z0-9_]+",
+    variant=r"unpooled|pooled",
 
 
-def section_json(name):
-    """A params section as the JSON string its CLI verb takes (--config); a function, so that
-    Snakemake does not read the JSON braces as wildcards."""
-    text = json.dumps(config[name], sort_keys=True)
+def section_json(*names):
+    """The params sections a CLI verb takes (--config), as JSON; a function, so that Snakemake does
+    not read the JSON braces as wildcards. Snakemake reruns a job when these values change."""
+    text = json.dumps({name: config[name] for name in names}, sort_keys=True)
     return lambda wildcards: text
 
 
@@ -32,6 +33,16 @@ def weights_arg(wildcards):
 SHARDS = f"data/shards/{DATASET}"
 STORE = f"data/features/{DATASET}/{{backbone}}/{{split}}.zarr"
 BACKBONE_REPORT = f"results/backbones/{DATASET}/{{backbone}}-{{split}}.json"
+TARGETS = f"data/targets/{DATASET}/{{split}}.zarr"
+TRAINED_BASE = f"data/models/{DATASET}/base"
+CONTROLNET = f"data/models/{DATASET}/controlnet/{{backbone}}-{{variant}}"
+SAMPLES = f"data/samples/{DATASET}/{{backbone}}-{{variant}}/{{split}}.zarr"
+
+VARIANTS = config["controlnet"]["variants"]
+SAMPLING_SPLIT = config["sampling"]["split"]
+BASE_TRAINED_HERE = config["diffusion"]["base"]["source"] == "train"
+# The base model: trained by rule train_base, or a hub id / local directory given in params.
+BASE = TRAINED_BASE if BASE_TRAINED_HERE else config["diffusion"]["base"]["source"]
 
 
 def feature_stores():
@@ -40,3 +51,21 @@ def feature_stores():
 
 def backbone_reports():
     return expand(BACKBONE_REPORT, backbone=BACKBONES, split=config["features"]["splits"])
+
+
+def base_input(wildcards):
+    """The base model as a rule input: only when this pipeline trains it."""
+    return [TRAINED_BASE] if BASE_TRAINED_HERE else []
+
+
+def sample_stores():
+    return expand(SAMPLES, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
+
+
+def sample_previews():
+    return expand(f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{SAMPLING_SPLIT}.png",
+                  backbone=BACKBONES, variant=VARIANTS)
+
+
+def base_previews():
+    return [f"results/base/{DATASET}/samples.png"] if BASE_TRAINED_HERE else []

@@ -10,6 +10,7 @@ layout, so one loader serves both.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,12 @@ class BaseModel:
         (directory / "featinv_base.json").write_text(json.dumps({"resolution": self.resolution}) + "\n")
 
 
+def _groups(channels: tuple[int, ...]) -> int:
+    """GroupNorm groups: the largest count up to 32 that divides every width."""
+    g = math.gcd(*channels)
+    return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
+
+
 def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
     """A fresh embedded base model from the ``diffusion.base`` params (random init, seeded)."""
     codec = PatchCodec(cfg["patch"])
@@ -79,7 +86,7 @@ def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
         sample_size=grid, in_channels=codec.channels(), out_channels=codec.channels(),
         layers_per_block=cfg["layers_per_block"], block_out_channels=channels,
         down_block_types=down, up_block_types=up, cross_attention_dim=cfg["text_hidden"],
-        attention_head_dim=cfg["attention_head_dim"], norm_num_groups=min(32, channels[0] // 2),
+        attention_head_dim=cfg["attention_head_dim"], norm_num_groups=_groups(channels),
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=cfg["prediction_type"], clip_sample=False)

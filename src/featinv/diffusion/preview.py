@@ -1,0 +1,69 @@
+"""Preview grids: what a person looks at to judge the base model and the reconstructions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featinv import rowstore
+
+
+def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
+    """A grid of HWC uint8 images, one list per grid row, on white."""
+    h, w = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y : y + h, x : x + w] = img
+    return Image.fromarray(canvas)
+
+
+def _hwc(chw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(chw.transpose(1, 2, 0))
+
+
+def preview_samples(samples: str | Path, shards: str | Path, split: str, out_png: str | Path, n: int = 8) -> None:
+    """Originals (the diffusion target view) in the top row, reconstructions below, one row per sample."""
+    from featinv.data.shards import index_split, read_image
+    from featinv.diffusion.targets import TargetView
+
+    group = rowstore.open_complete(samples)
+    keys = list(group["keys"][:n])
+    images = group["images"][: len(keys)]
+    by_key = {e.key: e for e in index_split(shards, split)}
+    view = TargetView(images.shape[-1])
+    originals = [np.asarray(view.image(read_image(by_key[k]))) for k in keys]
+    rows = [originals] + [[_hwc(images[i, s]) for i in range(len(keys))] for s in range(images.shape[1])]
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(out_png)
+
+
+def preview_base(base_source: str, targets: str | Path, out_png: str | Path, diffusion: dict[str, Any],
+                 sampling: dict[str, Any], n: int = 8) -> None:
+    """Top row: training targets; two rows below: samples of the base model alone (prompted, seeded)."""
+    from featinv.diffusion.base import load_base
+    from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, to_uint8
+    from featinv.features.extract import resolve_device
+
+    base = load_base(base_source, diffusion["base"]["resolution"])
+    dev = resolve_device(diffusion["device"])
+    base.to(dev)
+    store = rowstore.open_complete(targets)
+    step = max(1, store["keys"].shape[0] // n)
+    rows_idx = list(range(0, step * n, step))[:n]
+    real = base.codec.decode(torch.from_numpy(store["latents"].get_orthogonal_selection((np.asarray(rows_idx),)).astype(np.float32)).to(dev))
+    noise = initial_noise([f"base-preview-{i}" for i in range(2 * n)], [0] * (2 * n), sampling["seed"],
+                          base.latent_shape).to(dev)
+    text = base.prompt_embeddings(diffusion["prompt"]).to(dev)
+    fake = denoise(base, None, None, noise, text, make_scheduler(sampling["scheduler"], base), sampling["steps"],
+                   sampling["guidance_scale"], 1.0)
+    real_u8, fake_u8 = to_uint8(real), to_uint8(fake)
+    rows = [[_hwc(x) for x in real_u8], [_hwc(x) for x in fake_u8[:n]], [_hwc(x) for x in fake_u8[n:]]]
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(out_png)

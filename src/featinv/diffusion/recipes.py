@@ -1,0 +1,117 @@
+"""What gets trained: the embedded base model, and one FeatInv ControlNet per (backbone, variant)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featinv import rowstore
+from featinv.diffusion.base import create_demo_base, load_base
+from featinv.diffusion.controlnet import FeatureControlNet
+from featinv.diffusion.train import RowData, TrainSettings, diffusion_loss, run
+from featinv.fileio import write_json
+
+VARIANTS = ("unpooled", "pooled")
+
+
+def params_hash(*sections: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _draws(gen: torch.Generator, n: int, shape: tuple[int, ...], timesteps: int, drop_prob: float):
+    """Noise, timesteps and drop mask of the whole global batch, from the step's generator."""
+    noise = torch.randn((n, *shape), generator=gen)
+    t = torch.randint(0, timesteps, (n,), generator=gen)
+    drop = torch.rand(n, generator=gen) < drop_prob
+    return noise, t, drop
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: str | Path, loss_csv: str | Path,
+               device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train the embedded base model on the cached targets of the demo train split; save it to ``out``."""
+    base = create_demo_base(base_cfg)
+    store = rowstore.open_complete(targets)
+    if tuple(store["latents"].shape[1:]) != base.latent_shape:
+        raise ValueError(f"targets {targets} have shape {store['latents'].shape[1:]}, the base model expects {base.latent_shape}")
+    data = RowData({"latents": store["latents"]})
+    emb = base.prompt_embeddings(prompt)
+    settings = TrainSettings.from_params(base_cfg["train"], device)
+    sched = base.noise_scheduler
+    shape = base.latent_shape
+
+    def loss_fn(model, batch, gen, n, part):
+        noise, t, drop = (x[part].to(batch["latents"].device) for x in _draws(gen, n, shape, sched.config.num_train_timesteps, settings.drop_prob))
+        e = emb.to(noise.device)
+        text = torch.where(drop[:, None, None], e[1], e[0])
+        return diffusion_loss(model, sched, batch["latents"], text, noise, t)
+
+    result = run(base.unet, [base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
+                 desc="base model", progress=progress)
+    if result["is_main"]:
+        base.unet = result["unwrapped"].eval().requires_grad_(False)
+        base.save(out)
+        write_json(Path(out) / "training.json", _summary(result, base_cfg))
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    return _summary(result, base_cfg)
+
+
+def train_controlnet(base_source: str | Path, features: str | Path, targets: str | Path, variant: str,
+                     cn_cfg: dict[str, Any], prompt: str, out: str | Path, loss_csv: str | Path,
+                     device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train one FeatInv ControlNet on (feature map or pooled vector -> target) pairs; save to ``out``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got '{variant}'")
+    base = load_base(base_source)
+    feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
+    if list(feats["keys"][:]) != list(tgts["keys"][:]):
+        raise ValueError(f"{features} and {targets} do not hold the same samples in the same order")
+    attrs = dict(feats.attrs)
+    pooled = variant == "pooled"
+    cond_array = feats["pooled"] if pooled else feats["features"]
+    fmap_shape = tuple(attrs["fmap_shape"])
+    meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
+            "fmap_shape": list(fmap_shape), "variant": variant, "base_model": str(base_source),
+            "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt})}
+    torch.manual_seed(cn_cfg["train"]["seed"])
+    net = FeatureControlNet.from_unet(base.unet, in_channels=fmap_shape[0], fmap_size=fmap_shape[1:],
+                                      hidden=cn_cfg["encoder"]["hidden"], depth=cn_cfg["encoder"]["depth"],
+                                      pooled=pooled, meta=meta)
+    data = RowData({"latents": tgts["latents"], "cond": cond_array})
+    emb = base.prompt_embeddings(prompt)
+    settings = TrainSettings.from_params(cn_cfg["train"], device)
+    sched, unet = base.noise_scheduler, base.unet
+    shape = base.latent_shape
+
+    def loss_fn(model, batch, gen, n, part):
+        noise, t, drop = (x[part].to(batch["latents"].device) for x in _draws(gen, n, shape, sched.config.num_train_timesteps, settings.drop_prob))
+        e = emb.to(noise.device)
+        text = torch.where(drop[:, None, None], e[1], e[0])
+        # Hint and prompt are dropped together (zeros, ""), as in the official code.
+        keep = (~drop).float().view(-1, *([1] * (batch["cond"].ndim - 1)))
+        cond = batch["cond"] * keep
+        return diffusion_loss(unet, sched, batch["latents"], text, noise, t,
+                              residuals=lambda noisy, tt, txt: model(noisy, tt, txt, cond))
+
+    result = run(net, [unet, base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
+                 desc=f"controlnet {attrs['backbone']} {variant}", progress=progress)
+    if result["is_main"]:
+        trained = result["unwrapped"].eval()
+        trained.meta.update({"steps": settings.steps, "final_loss": result["final_loss"]})
+        trained.save_pretrained(out)
+        write_json(Path(out) / "training.json", _summary(result, cn_cfg))
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    return _summary(result, cn_cfg)
+
+
+def _summary(result: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(cfg)}

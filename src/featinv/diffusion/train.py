@@ -1,0 +1,215 @@
+"""Training with the base model's own objective (noise or v prediction), under ``accelerate``.
+
+One loop serves the embedded base UNet and the FeatInv ControlNets. Every step is a pure function
+of (seed, step): its rows come from a seeded per-epoch permutation and its noise, timesteps and
+drop mask from a generator seeded with (seed, step). With optimizer, LR-scheduler and RNG state
+restored from the last checkpoint, a run interrupted at any point (kill -9) and rerun continues
+exactly where it was, and on CPU ends with the same weights as an uninterrupted run.
+
+Multi-process (DDP): every process draws the same global batch and trains on its slice, so the
+effective batch size stays ``batch_size`` whatever the process count.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_grad_norm: float
+    drop_prob: float
+    lr_warmup_steps: int
+    checkpoint_every: int
+    seed: int
+    mixed_precision: str = "no"
+    device: str = "auto"
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any], device: str = "auto") -> "TrainSettings":
+        keys = ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm", "drop_prob", "lr_warmup_steps",
+                "checkpoint_every", "seed", "mixed_precision")
+        return cls(**{k: section[k] for k in keys}, device=device)
+
+
+class RowData:
+    """Named per-row arrays (zarr or numpy), held in memory when they fit, else read per batch."""
+
+    def __init__(self, arrays: dict[str, Any], memory_limit: int = 4 << 30):
+        sizes = {a.shape[0] for a in arrays.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"training arrays have different row counts: { {k: a.shape[0] for k, a in arrays.items()} }")
+        self.n = sizes.pop()
+        total = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays.values())
+        self.arrays = {k: np.asarray(a[:]) for k, a in arrays.items()} if total <= memory_limit else arrays
+
+    def get(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        order = np.argsort(rows)
+        inverse = np.argsort(order)
+        out = {}
+        for name, arr in self.arrays.items():
+            if isinstance(arr, np.ndarray):
+                values = arr[rows]
+            else:  # zarr: read sorted rows once, restore the batch order
+                values = arr.get_orthogonal_selection((rows[order],))[inverse]
+            out[name] = torch.from_numpy(np.ascontiguousarray(values)).float()
+        return out
+
+
+def batch_rows(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
+    """The global batch of ``step``: consecutive slices of seeded per-epoch permutations."""
+    start = step * batch_size
+    rows = []
+    while len(rows) < batch_size:
+        epoch, offset = divmod(start + len(rows), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        rows.extend(perm[offset : offset + batch_size - len(rows)].tolist())
+    return np.asarray(rows)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
+def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
+                   timesteps: torch.Tensor, residuals: Callable | None = None) -> torch.Tensor:
+    """MSE of the UNet's prediction against its own target (epsilon or v), optionally with ControlNet
+    residuals computed from the noisy input."""
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    extra = {}
+    if residuals is not None:
+        down, mid = residuals(noisy, timesteps, text)
+        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    pred = unet(noisy, timesteps, encoder_hidden_states=text, **extra).sample
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"unsupported prediction_type '{kind}' (epsilon or v_prediction)")
+    return F.mse_loss(pred.float(), target.float())
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path | None]:
+    done = sorted(ckpt_dir.glob("step-*[0-9]")) if ckpt_dir.exists() else []
+    if not done:
+        return 0, None
+    return int(done[-1].name.split("-")[1]), done[-1]
+
+
+def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
+
+
+def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: RowData, settings: TrainSettings,
+        ckpt_dir: str | Path, loss_csv: str | Path, desc: str = "train", progress: bool = True) -> dict[str, Any]:
+    """Train ``trainable``; ``loss_fn(batch, generator, n_global, rank_slice)`` returns the loss of
+    this process's slice of the global batch."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+
+    from featinv.features.extract import resolve_device
+
+    device = resolve_device(settings.device)
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision if device.type == "cuda" else "no",
+                              cpu=device.type == "cpu")
+    set_seed(settings.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if settings.batch_size % world:
+        raise ValueError(f"batch_size {settings.batch_size} is not divisible by {world} processes")
+    per_process = settings.batch_size // world
+    for module in frozen:
+        module.to(accelerator.device)
+    trainable.train()
+    optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
+                                 num_warmup_steps=settings.lr_warmup_steps * world)
+    model, optimizer, lr_scheduler = accelerator.prepare(trainable, optimizer, lr_scheduler)
+
+    ckpt_dir, loss_csv = Path(ckpt_dir), Path(loss_csv)
+    start, latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        log.info("resuming %s from %s", desc, latest)
+    rows_log = _read_log(loss_csv, start)
+    loss_csv.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc=desc,
+               disable=not (progress and accelerator.is_main_process), mininterval=2.0)
+    loss_value = float("nan")
+    for step in bar:
+        rows = batch_rows(step, settings.batch_size, data.n, settings.seed)
+        batch = {k: v.to(accelerator.device) for k, v in data.get(rows[rank * per_process:(rank + 1) * per_process]).items()}
+        with accelerator.accumulate(model), accelerator.autocast():
+            loss = loss_fn(model, batch, step_generator(settings.seed, step), settings.batch_size,
+                           slice(rank * per_process, (rank + 1) * per_process))
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and settings.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+        rows_log.append({"step": str(step + 1), "loss": f"{loss_value:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}"})
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
+            _checkpoint(accelerator, ckpt_dir, step + 1)
+            if accelerator.is_main_process:
+                _write_log(loss_csv, rows_log)
+    bar.close()
+    if accelerator.is_main_process:
+        _write_log(loss_csv, rows_log)
+    seconds = time.perf_counter() - started
+    trained = settings.steps - start
+    return {"steps": settings.steps, "resumed_from": start, "final_loss": loss_value, "seconds": seconds,
+            "samples_per_second": trained * settings.batch_size / seconds if trained and seconds > 0 else None,
+            "unwrapped": accelerator.unwrap_model(model), "is_main": accelerator.is_main_process}
+
+
+def _checkpoint(accelerator, ckpt_dir: Path, step: int) -> None:
+    """Save model, optimizer, LR scheduler and RNG state; keep only the newest complete checkpoint."""
+    final = ckpt_dir / f"step-{step:08d}"
+    tmp = ckpt_dir / f"step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp.rename(final)
+        for old in ckpt_dir.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_log(path: Path, rows: list[dict[str, str]]) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["step", "loss", "lr"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

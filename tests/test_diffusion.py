@@ -1,0 +1,214 @@
+"""FeatInv diffusion parts on tiny random-weight configs (nothing from a hub)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from featinv import rowstore
+from featinv.diffusion.base import BaseModelError, create_demo_base, load_base
+from featinv.diffusion.codec import PatchCodec, VaeCodec
+from featinv.diffusion.controlnet import FeatureControlNet
+from featinv.diffusion.encoder import FeatureConditioningEncoder
+from featinv.diffusion.sample import denoise, make_scheduler, sample_store
+
+TRAIN = {"steps": 40, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "drop_prob": 0.15,
+         "lr_warmup_steps": 0, "checkpoint_every": 10, "seed": 0, "mixed_precision": "no"}
+TINY_BASE = {"source": "train", "resolution": 16, "patch": 2, "block_out_channels": [16, 32], "layers_per_block": 1,
+             "attention_head_dim": 8, "text_hidden": 16, "text_layers": 1, "prediction_type": "epsilon", "seed": 0,
+             "train": TRAIN}
+SAMPLING = {"split": "val", "scheduler": "ddim", "steps": 4, "guidance_scale": 1.75, "control_strength": {},
+            "samples_per_map": 2, "seed": 100, "batch_size": 0, "precision": "auto", "rows_per_shard": 6, "preview": 4}
+PROMPT = "a high-quality, detailed, and professional image"
+
+
+@pytest.fixture(scope="module")
+def base():
+    return create_demo_base(TINY_BASE)
+
+
+def make_net(base, channels=24, fmap=(3, 3), pooled=False, seed=0):
+    torch.manual_seed(seed)
+    return FeatureControlNet.from_unet(base.unet, in_channels=channels, fmap_size=fmap, hidden=16, depth=2,
+                                       pooled=pooled, meta={"backbone": "toy", "variant": "pooled" if pooled else "unpooled"})
+
+
+def randomise(module, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_fresh_controlnet_leaves_the_base_unet_exactly_unchanged(base):
+    net = make_net(base)
+    x = torch.randn(2, *base.latent_shape)
+    t = torch.tensor([10, 700])
+    text = base.prompt_embeddings(PROMPT)[[0, 1]]
+    cond = torch.randn(2, 24, 3, 3)
+    with torch.no_grad():
+        down, mid = net(x, t, text, cond)
+        plain = base.unet(x, t, encoder_hidden_states=text).sample
+        controlled = base.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                               mid_block_additional_residual=mid).sample
+    assert len(down) == len(net.controlnet.controlnet_down_blocks)  # a residual for every down block
+    assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
+    assert torch.equal(plain, controlled)
+
+
+@pytest.mark.parametrize("shape", [(2048, 7, 7), (1024, 12, 12), (768, 14, 14), (1280, 9, 9), (320, 2, 2)],
+                         ids=["resnet50", "swinv2", "vit", "efficientnet", "convnext"])
+def test_conditioning_shapes(shape):
+    for pooled in (False, True):
+        enc = FeatureConditioningEncoder(in_channels=shape[0], fmap_size=shape[1:], grid=32, hidden=8, depth=2,
+                                         out_channels=320, pooled=pooled)
+        x = torch.randn(2, shape[0]) if pooled else torch.randn(2, *shape)
+        assert tuple(enc(x).shape) == (2, 320, 32, 32)
+
+
+def test_pooled_vector_is_copied_over_the_grid():
+    enc = FeatureConditioningEncoder(in_channels=4, fmap_size=(3, 3), grid=8, hidden=4, depth=1, out_channels=2, pooled=True)
+    randomise(enc)
+    v = torch.randn(1, 4)
+    out = enc(v)
+    # Away from the zero-padded border every position sees the same input, so the same output.
+    inner = out[0, :, 2:-2, 2:-2]
+    torch.testing.assert_close(inner, inner[:, :1, :1].expand_as(inner))
+
+
+def test_wrong_conditioning_input_is_a_clear_error():
+    enc = FeatureConditioningEncoder(in_channels=1280, fmap_size=(7, 7), grid=16, hidden=8, depth=2, out_channels=32)
+    with pytest.raises(ValueError, match=r"trained on \(B, 1280, 7, 7\)"):
+        enc(torch.randn(1, 2048, 7, 7))
+    with pytest.raises(ValueError, match="differs from the trained grid"):
+        enc(torch.randn(1, 1280, 9, 9))
+    pooled = FeatureConditioningEncoder(in_channels=1280, fmap_size=(7, 7), grid=16, hidden=8, depth=2,
+                                        out_channels=32, pooled=True)
+    with pytest.raises(ValueError, match="backbone.pooled"):
+        pooled(torch.randn(1, 1280, 7, 7))
+
+
+def test_unconditional_branch_keeps_the_hint(base):
+    net = make_net(base)
+    seen = []
+    real = net.forward
+
+    def spy(x, t, text, cond, scale=1.0):
+        seen.append(cond.clone())
+        return real(x, t, text, cond, scale)
+
+    net.forward = spy
+    cond = torch.randn(3, 24, 3, 3)
+    text = base.prompt_embeddings(PROMPT)
+    denoise(base, net, cond, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base), 2, 1.75, 1.0)
+    assert len(seen) == 2
+    for c in seen:  # padded to 8 rows: [cond, cond, padding]
+        torch.testing.assert_close(c[:6], torch.cat([cond, cond]))
+
+
+def write_features(path, n=10, channels=24, fmap=(3, 3), seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = {"features": ((channels, *fmap), "float16", 0), "pooled": ((channels,), "float16", 0), "keys": ((), "str", None)}
+    group, _ = rowstore.open_or_resume(path, n, arrays, 4, 4, {"backbone": "toy", "fmap_shape": [channels, *fmap],
+                                                                "layer": "toy", "weights_source": "toy"})
+    feats = rng.standard_normal((n, channels, *fmap)).astype(np.float16)
+    group["features"][:] = feats
+    group["pooled"][:] = feats.astype(np.float32).mean((2, 3)).astype(np.float16)
+    group["keys"][:] = np.array([f"k/{i:03d}" for i in range(n)], dtype=object)
+    group["done"][:] = True
+    rowstore.finalize(path)
+
+
+def test_sampling_is_batch_size_invariant_and_survives_save_and_reload(base, tmp_path):
+    net = make_net(base)
+    randomise(net.encoder, 2)
+    randomise(net.controlnet, 3)
+    write_features(tmp_path / "f.zarr")
+    outs = {}
+    for bs in (1, 3, 10):
+        cfg = {**SAMPLING, "batch_size": bs}
+        sample_store(base, net, tmp_path / "f.zarr", tmp_path / f"s{bs}.zarr", cfg, 1.0, PROMPT, device="cpu", progress=False)
+        outs[bs] = rowstore.open_complete(tmp_path / f"s{bs}.zarr")["images"][:]
+    assert outs[1].shape == (10, 2, 3, 16, 16)
+    assert np.array_equal(outs[1], outs[3]) and np.array_equal(outs[1], outs[10])
+    assert not np.array_equal(outs[1][:, 0], outs[1][:, 1])  # the two samples per map differ
+
+    net.save_pretrained(tmp_path / "model")
+    from diffusers import ControlNetModel
+
+    plain = ControlNetModel.from_pretrained(tmp_path / "model" / "controlnet")  # loads as a stock ControlNet
+    assert isinstance(plain, ControlNetModel)
+    assert not list((tmp_path / "model").rglob("*.bin")) and list((tmp_path / "model").rglob("*.safetensors"))
+    reloaded = FeatureControlNet.from_pretrained(tmp_path / "model")
+    sample_store(base, reloaded, tmp_path / "f.zarr", tmp_path / "r.zarr", {**SAMPLING, "batch_size": 4}, 1.0, PROMPT,
+                 device="cpu", progress=False)
+    assert np.array_equal(rowstore.open_complete(tmp_path / "r.zarr")["images"][:], outs[1])
+
+
+def test_base_model_saves_and_loads_in_the_diffusers_layout(base, tmp_path):
+    base.save(tmp_path / "b")
+    loaded = load_base(tmp_path / "b")
+    assert isinstance(loaded.codec, PatchCodec) and loaded.resolution == 16
+    for (k, v), (k2, v2) in zip(base.unet.state_dict().items(), loaded.unet.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    torch.testing.assert_close(loaded.prompt_embeddings(PROMPT), base.prompt_embeddings(PROMPT))
+
+
+def test_paper_layout_with_a_vae_loads(tmp_path, base):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4)
+    for part, module in (("unet", base.unet), ("text_encoder", base.text_encoder), ("tokenizer", base.tokenizer),
+                         ("scheduler", base.noise_scheduler), ("vae", vae)):
+        module.save_pretrained(tmp_path / "sd" / part)
+    loaded = load_base(tmp_path / "sd", resolution=32)
+    assert isinstance(loaded.codec, VaeCodec)
+    z = loaded.codec.encode(torch.rand(1, 3, 32, 32) * 2 - 1)
+    assert tuple(z.shape) == (1, 4, 16, 16) and tuple(loaded.codec.decode(z).shape) == (1, 3, 32, 32)
+
+
+def test_missing_base_model_offline_names_what_to_supply(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelError) as err:
+        load_base("lambdalabs/miniSD-diffusers")
+    assert "lambdalabs/miniSD-diffusers" in str(err.value) and "diffusion.base.source" in str(err.value)
+
+
+def test_patch_codec_is_lossless():
+    codec = PatchCodec(4)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = codec.encode(x)
+    assert tuple(z.shape) == (2, 48, 4, 4)
+    assert torch.equal(codec.decode(z), x)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type):
+    """A denoiser that knows x0 makes deterministic DDIM return x0 from any starting noise."""
+    from types import SimpleNamespace
+
+    base = create_demo_base({**TINY_BASE, "prediction_type": prediction_type})
+    x0 = torch.rand(3, *base.latent_shape) * 2 - 1
+    alphas = base.noise_scheduler.alphas_cumprod
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states=None, **kw):
+            a = alphas[t.long()].view(-1, 1, 1, 1)
+            target = x0.repeat(x.shape[0] // 3 + 1, 1, 1, 1)[: x.shape[0]]
+            eps = (x - a.sqrt() * target) / (1 - a).sqrt()
+            out = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * target
+            return SimpleNamespace(sample=out)
+
+    base.unet = Oracle()
+    text = base.prompt_embeddings(PROMPT)
+    out = denoise(base, None, None, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base), 10, 1.75, 1.0)
+    torch.testing.assert_close(out, base.codec.decode(x0), atol=1e-4, rtol=0)

@@ -1,0 +1,132 @@
+"""Training lowers the loss, and a run killed with SIGKILL resumes to the same weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from featinv import rowstore
+from featinv.backbones import create_backbone
+from featinv.diffusion.codec import PatchCodec
+from featinv.diffusion.recipes import train_base, train_controlnet
+from featinv.diffusion.targets import encode_targets
+from featinv.features.extract import extract
+from test_diffusion import PROMPT, TINY_BASE, TRAIN
+
+CN = {"variants": ["unpooled", "pooled"], "encoder": {"hidden": 16, "depth": 2},
+      "train": {**TRAIN, "steps": 150, "lr": 1e-3, "checkpoint_every": 1000}}
+
+
+@pytest.fixture(scope="module")
+def demo_targets(tmp_path_factory, demo_shards):
+    out = tmp_path_factory.mktemp("targets") / "train.zarr"
+    encode_targets(PatchCodec(2), "patch2", demo_shards, "train", out, 16, batch_size=16, num_workers=0,
+                   device="cpu", progress=False)
+    return out
+
+
+def losses(csv_path):
+    rows = Path(csv_path).read_text().splitlines()[1:]
+    return np.array([float(r.split(",")[1]) for r in rows])
+
+
+def test_targets_are_the_central_square_in_pixel_space(demo_targets, demo_shards):
+    from featinv.data.shards import index_split, read_image
+    from featinv.diffusion.targets import TargetView
+
+    group = rowstore.open_complete(demo_targets)
+    entry = index_split(demo_shards, "train")[4]
+    expected = TargetView(16)(read_image(entry))
+    stored = PatchCodec(2).decode(torch.from_numpy(group["latents"][4:5].astype(np.float32)))[0]
+    assert list(group["keys"][:])[4] == entry.key
+    torch.testing.assert_close(stored, expected, atol=2e-3, rtol=0)  # float16 storage
+
+
+def test_base_training_lowers_the_loss(demo_targets, tmp_path):
+    cfg = {**TINY_BASE, "train": {**TRAIN, "steps": 200, "checkpoint_every": 1000}}
+    summary = train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
+    curve = losses(tmp_path / "loss.csv")
+    assert len(curve) == 200 and summary["steps"] == 200
+    assert curve[-30:].mean() < 0.7 * curve[:30].mean()
+    assert (tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert not (tmp_path / "base.ckpt").exists()  # checkpoints are removed once the model is saved
+
+
+def held_out_loss(base, net, features, targets, n=36, seed=7):
+    """Diffusion loss on a fixed batch (fixed noise and timesteps), with the ControlNet's residuals."""
+    from featinv.diffusion.train import diffusion_loss
+
+    g = torch.Generator().manual_seed(seed)
+    lat = torch.from_numpy(rowstore.open_complete(targets)["latents"][:n].astype(np.float32))
+    cond = torch.from_numpy(rowstore.open_complete(features)["features"][:n].astype(np.float32))
+    noise = torch.randn(lat.shape, generator=g)
+    t = torch.randint(100, 900, (n,), generator=g)
+    text = base.prompt_embeddings(PROMPT)[0:1].expand(n, -1, -1)
+    with torch.no_grad():
+        return diffusion_loss(base.unet, base.noise_scheduler, lat, text, noise, t,
+                              residuals=lambda x, tt, txt: net(x, tt, txt, cond)).item()
+
+
+def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path):
+    from featinv.diffusion.base import load_base
+    from featinv.diffusion.controlnet import FeatureControlNet
+
+    train_base({**TINY_BASE, "train": {**TRAIN, "steps": 100}}, PROMPT, demo_targets, tmp_path / "base",
+               tmp_path / "bl.csv", device="cpu", progress=False)
+    lite0 = create_backbone("tf_efficientnet_lite0")
+    extract(lite0, demo_shards, "train", tmp_path / "f.zarr", batch_size=16, num_workers=0, device="cpu",
+            rows_per_shard=16, rows_per_chunk=8, progress=False)
+    train_controlnet(tmp_path / "base", tmp_path / "f.zarr", demo_targets, "unpooled", CN, PROMPT,
+                     tmp_path / "cn", tmp_path / "cn.csv", device="cpu", progress=False)
+    base = load_base(tmp_path / "base")
+    trained = FeatureControlNet.from_pretrained(tmp_path / "cn")
+    torch.manual_seed(CN["train"]["seed"])
+    fresh = FeatureControlNet.from_unet(base.unet, 1280, (7, 7), 16, 2, False, {})
+    before = held_out_loss(base, fresh, tmp_path / "f.zarr", demo_targets)
+    after = held_out_loss(base, trained, tmp_path / "f.zarr", demo_targets)
+    assert after < 0.9 * before, (before, after)
+    meta = json.loads((tmp_path / "cn" / "featinv.json").read_text())
+    assert meta["backbone"] == "tf_efficientnet_lite0" and meta["variant"] == "unpooled"
+    assert meta["fmap_shape"] == [1280, 7, 7] and meta["base_model"] == str(tmp_path / "base")
+
+
+def cli(args, **kw):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen([sys.executable, "-m", "featinv.cli", "--threads", "1", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path):
+    cfg = {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
+                         "base": {**TINY_BASE, "train": {**TRAIN, "steps": 60, "checkpoint_every": 10}}}}
+    args = lambda out: ["train-base", "--targets", str(demo_targets), "--out", str(out), "--loss-csv",
+                        str(out) + ".csv", "--config", json.dumps(cfg)]
+    whole = cli(args(tmp_path / "whole"))
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+
+    killed = cli(args(tmp_path / "killed"))
+    ckpt = tmp_path / "killed.ckpt"
+    deadline = time.time() + 300
+    while not any(p.name >= "step-00000020" and not p.name.endswith(".tmp") for p in ckpt.glob("step-*")):
+        assert time.time() < deadline and killed.poll() is None, "no checkpoint appeared"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "unet").exists()
+
+    resumed = cli(args(tmp_path / "killed"))
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    a = load_file(tmp_path / "whole" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "killed" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((tmp_path / "killed" / "training.json").read_text())
+    assert summary["resumed_from"] >= 20
+    assert losses(str(tmp_path / "killed") + ".csv").tolist() == losses(str(tmp_path / "whole") + ".csv").tolist()

@@ -1,0 +1,107 @@
+# FeatInv: targets cache -> (embedded) base model -> ControlNet per (backbone, variant) -> samples.
+
+
+rule encode_targets:
+    message:
+        "Caching diffusion targets of {wildcards.split}"
+    input:
+        shards=rules.build_shards.output.shards,
+    output:
+        targets=directory(TARGETS),
+    params:
+        cfg=section_json("diffusion"),
+    log:
+        f"results/logs/encode_targets/{DATASET}-{{split}}.log",
+    benchmark:
+        f"results/benchmarks/encode_targets/{DATASET}-{{split}}.tsv"
+    threads: 2
+    shell:
+        "featinv --threads {threads} encode-targets --shards {input.shards} --split {wildcards.split}"
+        " --out {output.targets} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule train_base:
+    message:
+        "Training the embedded base diffusion model on the train split"
+    input:
+        targets=expand(TARGETS, split="train"),
+    output:
+        model=directory(TRAINED_BASE),
+        loss=f"results/training/{DATASET}/base-loss.csv",
+    params:
+        cfg=section_json("diffusion"),
+    log:
+        f"results/logs/train_base/{DATASET}.log",
+    benchmark:
+        f"results/benchmarks/train_base/{DATASET}.tsv"
+    threads: 2
+    shell:
+        "featinv --threads {threads} train-base --targets {input.targets} --out {output.model}"
+        " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule preview_base:
+    message:
+        "Sampling the base model for a preview grid"
+    input:
+        base=TRAINED_BASE,
+        targets=expand(TARGETS, split="train"),
+    output:
+        grid=f"results/base/{DATASET}/samples.png",
+    params:
+        cfg=section_json("diffusion", "sampling"),
+    log:
+        f"results/logs/preview_base/{DATASET}.log",
+    threads: 2
+    shell:
+        "featinv --threads {threads} preview-base --base {input.base} --targets {input.targets}"
+        " --out {output.grid} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule train_controlnet:
+    message:
+        "Training the FeatInv ControlNet for {wildcards.backbone} ({wildcards.variant})"
+    input:
+        base=base_input,
+        features=expand(STORE, split="train", allow_missing=True),
+        targets=expand(TARGETS, split="train"),
+    output:
+        model=directory(CONTROLNET),
+        loss=f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv",
+    params:
+        base=BASE,
+        cfg=section_json("diffusion", "controlnet"),
+    log:
+        f"results/logs/train_controlnet/{DATASET}-{{backbone}}-{{variant}}.log",
+    benchmark:
+        f"results/benchmarks/train_controlnet/{DATASET}-{{backbone}}-{{variant}}.tsv"
+    threads: 1
+    shell:
+        "featinv --threads {threads} train-controlnet --base {params.base:q} --features {input.features}"
+        " --targets {input.targets} --variant {wildcards.variant} --out {output.model}"
+        " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule sample:
+    message:
+        "Reconstructing {wildcards.split} feature maps of {wildcards.backbone} ({wildcards.variant})"
+    input:
+        base=base_input,
+        model=CONTROLNET,
+        features=STORE,
+        shards=rules.build_shards.output.shards,
+    output:
+        samples=directory(SAMPLES),
+        preview=f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
+    params:
+        base=BASE,
+        cfg=section_json("diffusion", "sampling"),
+    log:
+        f"results/logs/sample/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
+    benchmark:
+        f"results/benchmarks/sample/{DATASET}-{{backbone}}-{{variant}}-{{split}}.tsv"
+    threads: 1
+    shell:
+        "featinv --threads {threads} sample --model {input.model} --base {params.base:q}"
+        " --features {input.features} --shards {input.shards} --out {output.samples}"
+        " --preview {output.preview} --config {params.cfg:q} > {log} 2>&1"
