@@ -1,18 +1,10 @@
 """FeatInv diffusion parts on tiny random-weight configs (nothing from a hub)."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from featinv import rowstore
 from featinv.diffusion.base import BaseModelError, create_demo_base, load_base
 from featinv.diffusion.codec import PatchCodec, VaeCodec
