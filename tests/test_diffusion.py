@@ -15,7 +15,7 @@ from featinv.diffusion.sample import denoise, make_scheduler, sample_store
 TRAIN = {"steps": 40, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "drop_prob": 0.15,
          "lr_warmup_steps": 0, "checkpoint_every": 10, "seed": 0, "mixed_precision": "no"}
 TINY_BASE = {"source": "train", "resolution": 16, "patch": 2, "block_out_channels": [16, 32], "layers_per_block": 1,
-             "attention_head_dim": 8, "text_hidden": 16, "text_layers": 1, "prediction_type": "epsilon", "seed": 0,
+             "attention_head_dim": 8, "text_hidden": 16, "text_layers": 1, "prediction_type": "sample", "seed": 0,
              "train": TRAIN}
 SAMPLING = {"split": "val", "scheduler": "ddim", "steps": 4, "guidance_scale": 1.75, "control_strength": {},
             "samples_per_map": 2, "seed": 100, "batch_size": 0, "precision": "auto", "rows_per_shard": 6, "preview": 4}
@@ -183,7 +183,7 @@ def test_patch_codec_is_lossless():
     assert torch.equal(codec.decode(z), x)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type):
     """A denoiser that knows x0 makes deterministic DDIM return x0 from any starting noise."""
     from types import SimpleNamespace
@@ -197,7 +197,8 @@ def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type):
             a = alphas[t.long()].view(-1, 1, 1, 1)
             target = x0.repeat(x.shape[0] // 3 + 1, 1, 1, 1)[: x.shape[0]]
             eps = (x - a.sqrt() * target) / (1 - a).sqrt()
-            out = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * target
+            out = {"epsilon": eps, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * target,
+                   "sample": target}[prediction_type]
             return SimpleNamespace(sample=out)
 
     base.unet = Oracle()

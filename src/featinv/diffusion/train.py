@@ -91,7 +91,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
                    timesteps: torch.Tensor, residuals: Callable | None = None) -> torch.Tensor:
-    """MSE of the UNet's prediction against its own target (epsilon or v), optionally with ControlNet
+    """MSE of the UNet's prediction against its own target (epsilon, v or x0), optionally with ControlNet
     residuals computed from the noisy input."""
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     extra = {}
@@ -104,8 +104,10 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Ten
         target = noise
     elif kind == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    elif kind == "sample":
+        target = latents
     else:
-        raise ValueError(f"unsupported prediction_type '{kind}' (epsilon or v_prediction)")
+        raise ValueError(f"unsupported prediction_type '{kind}' (epsilon, v_prediction or sample)")
     return F.mse_loss(pred.float(), target.float())
 
 
