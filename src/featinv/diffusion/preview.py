@@ -29,13 +29,16 @@ def _hwc(chw: np.ndarray) -> np.ndarray:
 
 
 def preview_samples(samples: str | Path, shards: str | Path, split: str, out_png: str | Path, n: int = 8) -> None:
-    """Originals (the diffusion target view) in the top row, reconstructions below, one row per sample."""
+    """Originals (the diffusion target view) in the top row, reconstructions below, one row per sample;
+    ``n`` feature maps evenly spaced over the store (so over the classes)."""
     from featinv.data.shards import index_split, read_image
     from featinv.diffusion.targets import TargetView
 
     group = rowstore.open_complete(samples)
-    keys = list(group["keys"][:n])
-    images = group["images"][: len(keys)]
+    total = group["keys"].shape[0]
+    rows_idx = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))  # spread over classes
+    keys = [str(k) for k in group["keys"].get_orthogonal_selection((rows_idx,))]
+    images = group["images"].get_orthogonal_selection((rows_idx,))
     by_key = {e.key: e for e in index_split(shards, split)}
     view = TargetView(images.shape[-1])
     originals = [np.asarray(view.image(read_image(by_key[k]))) for k in keys]
