@@ -134,13 +134,15 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
         run(1, 1)
     _sync(device)
     single = single_n / (time.perf_counter() - t0)
-    call = lambda: (lambda d_m: base.unet(torch.randn(2, *latent, device=device), torch.tensor([500, 500], device=device),
-                                           encoder_hidden_states=text, down_block_additional_residuals=d_m[0],
-                                           mid_block_additional_residual=d_m[1]))(net(torch.randn(2, *latent, device=device),
-                                                                                      torch.tensor([500, 500], device=device), text,
-                                                                                      torch.randn(2, *fmap, device=device)))
+    def one_call():  # UNet + ControlNet on 2 rows
+        x = torch.randn(2, *latent, device=device)
+        tt = torch.tensor([500, 500], device=device)
+        down, mid = net(x, tt, text, torch.randn(2, *fmap, device=device))
+        return base.unet(x, tt, encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid)
+
     with torch.no_grad():
-        per_image_step = _flops(call) / 2  # one row of UNet + ControlNet
+        per_image_step = _flops(one_call) / 2  # one row of UNet + ControlNet
     out.update({"sampling_steps": steps, "guidance": 1.75, "batch_size": b, "images_per_s": batched,
                 "images_per_s_one_at_a_time": single, "batched_speedup": batched / single,
                 "sampling_flops_per_image": per_image_step * 2 * steps})
