@@ -115,7 +115,6 @@ def cmd_train_controlnet(args) -> None:
 def cmd_sample(args) -> None:
     from featinv.diffusion.base import load_base
     from featinv.diffusion.controlnet import FeatureControlNet
-    from featinv.diffusion.preview import preview_samples
     from featinv.diffusion.sample import sample_store
 
     cfg = params.validate_sections(args.config, "diffusion", "sampling")
@@ -125,9 +124,13 @@ def cmd_sample(args) -> None:
     strength = sampling["control_strength"].get(net.meta["backbone"], 1.0)
     summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg["diffusion"]["prompt"],
                            device=cfg["diffusion"]["device"])
-    if args.preview:
-        preview_samples(args.out, args.shards, sampling["split"], args.preview, n=sampling["preview"])
     print(json.dumps(summary, indent=1))
+
+
+def cmd_preview_samples(args) -> None:
+    from featinv.diffusion.preview import preview_samples
+
+    preview_samples(args.samples, args.shards, args.split, args.out, n=args.n)
 
 
 def cmd_bench_diffusion(args) -> None:
@@ -202,9 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="trained ControlNet directory")
     p.add_argument("--base", required=True, help="base model directory or hub id")
     p.add_argument("--features", required=True, help="feature store of the sampling split")
-    p.add_argument("--shards", required=True, help="shards (originals for the preview)")
     p.add_argument("--out", required=True, help="output sample store (zarr)")
-    p.add_argument("--preview", default="", help="preview grid PNG")
+
+    p = verb("preview-samples", cmd_preview_samples, "a grid of originals above their reconstructions")
+    p.add_argument("--samples", required=True, help="sample store (zarr)")
+    p.add_argument("--shards", required=True, help="shards holding the originals")
+    p.add_argument("--split", required=True)
+    p.add_argument("--n", type=int, default=8, help="feature maps shown (evenly spaced over the store)")
+    p.add_argument("--out", required=True, help="PNG")
 
     p = verb("bench-diffusion", cmd_bench_diffusion, "print training and sampling throughput")
     p.add_argument("--device", default="auto")

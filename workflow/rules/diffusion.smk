@@ -89,10 +89,8 @@ rule sample:
         base=base_input,
         model=CONTROLNET,
         features=STORE,
-        shards=rules.build_shards.output.shards,
     output:
         samples=directory(SAMPLES),
-        preview=f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
     params:
         base=BASE,
         cfg=section_json("diffusion", "sampling"),
@@ -103,5 +101,22 @@ rule sample:
     threads: 1
     shell:
         "featinv --threads {threads} sample --model {input.model} --base {params.base:q}"
-        " --features {input.features} --shards {input.shards} --out {output.samples}"
-        " --preview {output.preview} --config {params.cfg:q} > {log} 2>&1"
+        " --features {input.features} --out {output.samples} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule preview_samples:
+    message:
+        "Preview grid of {wildcards.backbone} ({wildcards.variant}) reconstructions"
+    input:
+        samples=SAMPLES,
+        shards=rules.build_shards.output.shards,
+    output:
+        grid=f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
+    params:
+        n=config["sampling"]["preview"],
+    log:
+        f"results/logs/preview_samples/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
+    threads: 1
+    shell:
+        "featinv preview-samples --samples {input.samples} --shards {input.shards} --split {wildcards.split}"
+        " --n {params.n} --out {output.grid} > {log} 2>&1"
