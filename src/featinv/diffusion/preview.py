@@ -24,6 +24,11 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def spread_rows(total: int, n: int) -> np.ndarray:
+    """Up to ``n`` row indices evenly spaced over ``total`` rows (so over the classes, which are contiguous)."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+
+
 def _hwc(chw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(chw.transpose(1, 2, 0))
 
@@ -35,8 +40,7 @@ def preview_samples(samples: str | Path, shards: str | Path, split: str, out_png
     from featinv.diffusion.targets import TargetView
 
     group = rowstore.open_complete(samples)
-    total = group["keys"].shape[0]
-    rows_idx = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))  # spread over classes
+    rows_idx = spread_rows(group["keys"].shape[0], n)
     keys = [str(k) for k in group["keys"].get_orthogonal_selection((rows_idx,))]
     images = group["images"].get_orthogonal_selection((rows_idx,))
     by_key = {e.key: e for e in index_split(shards, split)}
@@ -58,9 +62,8 @@ def preview_base(base_source: str, targets: str | Path, out_png: str | Path, dif
     dev = resolve_device(diffusion["device"])
     base.to(dev)
     store = rowstore.open_complete(targets)
-    step = max(1, store["keys"].shape[0] // n)
-    rows_idx = list(range(0, step * n, step))[:n]
-    real = base.codec.decode(torch.from_numpy(store["latents"].get_orthogonal_selection((np.asarray(rows_idx),)).astype(np.float32)).to(dev))
+    rows_idx = spread_rows(store["keys"].shape[0], n)
+    real = base.codec.decode(torch.from_numpy(store["latents"].get_orthogonal_selection((rows_idx,)).astype(np.float32)).to(dev))
     noise = initial_noise([f"base-preview-{i}" for i in range(2 * n)], [0] * (2 * n), sampling["seed"],
                           base.latent_shape).to(dev)
     text = base.prompt_embeddings(diffusion["prompt"]).to(dev)

@@ -23,12 +23,15 @@ def params_hash(*sections: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _draws(gen: torch.Generator, n: int, shape: tuple[int, ...], timesteps: int, drop_prob: float):
-    """Noise, timesteps and drop mask of the whole global batch, from the step's generator."""
-    noise = torch.randn((n, *shape), generator=gen)
-    t = torch.randint(0, timesteps, (n,), generator=gen)
-    drop = torch.rand(n, generator=gen) < drop_prob
-    return noise, t, drop
+def _draws(gen: torch.Generator, n: int, part: slice, shape: tuple[int, ...], timesteps: int, drop_prob: float,
+           emb: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
+    """This process's slice of the step's noise, timesteps and drop mask (drawn for the whole global batch
+    from the step's generator), and the text: the prompt, or the empty prompt where dropped."""
+    noise = torch.randn((n, *shape), generator=gen)[part].to(device)
+    t = torch.randint(0, timesteps, (n,), generator=gen)[part].to(device)
+    drop = (torch.rand(n, generator=gen) < drop_prob)[part].to(device)
+    e = emb.to(device)
+    return noise, t, drop, torch.where(drop[:, None, None], e[1], e[0])
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -50,9 +53,8 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
     shape = base.latent_shape
 
     def loss_fn(model, batch, gen, n, part):
-        noise, t, drop = (x[part].to(batch["latents"].device) for x in _draws(gen, n, shape, sched.config.num_train_timesteps, settings.drop_prob))
-        e = emb.to(noise.device)
-        text = torch.where(drop[:, None, None], e[1], e[0])
+        noise, t, _, text = _draws(gen, n, part, shape, sched.config.num_train_timesteps, settings.drop_prob, emb,
+                                   batch["latents"].device)
         return diffusion_loss(model, sched, batch["latents"], text, noise, t)
 
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
@@ -93,9 +95,8 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
     shape = base.latent_shape
 
     def loss_fn(model, batch, gen, n, part):
-        noise, t, drop = (x[part].to(batch["latents"].device) for x in _draws(gen, n, shape, sched.config.num_train_timesteps, settings.drop_prob))
-        e = emb.to(noise.device)
-        text = torch.where(drop[:, None, None], e[1], e[0])
+        noise, t, drop, text = _draws(gen, n, part, shape, sched.config.num_train_timesteps, settings.drop_prob, emb,
+                                      batch["latents"].device)
         # Hint and prompt are dropped together (zeros, ""), as in the official code.
         keep = (~drop).float().view(-1, *([1] * (batch["cond"].ndim - 1)))
         cond = batch["cond"] * keep

@@ -15,6 +15,7 @@ between minutes and hours on a CPU.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -23,12 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.data.shards import index_split
-from featinv.features.extract import ShardImages, resolve_device
+from featinv.features.extract import resolve_device, shard_batches
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +70,13 @@ def encode_targets(codec, codec_name: str, shards: str | Path, split: str, out: 
     batches = rowstore.pending_batches(group, batch_size)
     started = time.perf_counter()
     if batches:
-        loader = DataLoader(ShardImages(index, TargetView(resolution)), batch_sampler=batches,
-                            num_workers=num_workers, prefetch_factor=4 if num_workers else None)
         writer = rowstore.BlockWriter(group)
-        for images, rows in tqdm(loader, total=len(batches), desc=f"targets {split}", unit="batch",
-                                 disable=not progress, mininterval=2.0):
-            latents = codec.encode(images.to(dev))
-            writer.add(rows.tolist(), {"latents": latents.to(torch.float16).cpu().numpy()})
+        for images, rows in shard_batches(index, TargetView(resolution), batches, num_workers, dev,
+                                          f"targets {split}", progress):
+            writer.add(rows, {"latents": codec.encode(images).to(torch.float16).cpu().numpy()})
     rowstore.finalize(out)
     return {"n_images": n, "seconds": time.perf_counter() - started, "latent_shape": list(shape)}
 
 
 def _keys_digest(index) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(e.key for e in index).encode()).hexdigest()

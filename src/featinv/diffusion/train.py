@@ -1,4 +1,4 @@
-"""Training with the base model's own objective (noise or v prediction), under ``accelerate``.
+"""Training with the base model's own objective (noise, v or x0 prediction), under ``accelerate``.
 
 One loop serves the embedded base UNet and the FeatInv ControlNets. Every step is a pure function
 of (seed, step): its rows come from a seeded per-epoch permutation and its noise, timesteps and
@@ -127,7 +127,7 @@ def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
 
 def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: RowData, settings: TrainSettings,
         ckpt_dir: str | Path, loss_csv: str | Path, desc: str = "train", progress: bool = True) -> dict[str, Any]:
-    """Train ``trainable``; ``loss_fn(batch, generator, n_global, rank_slice)`` returns the loss of
+    """Train ``trainable``; ``loss_fn(model, batch, generator, n_global, rank_slice)`` returns the loss of
     this process's slice of the global batch."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed

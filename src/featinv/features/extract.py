@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from featinv import __version__
 from featinv.backbones import Backbone
-from featinv.data.shards import IndexEntry, index_split, load_manifest, read_image
 from featinv import rowstore
+from featinv.data.shards import IndexEntry, index_split, load_manifest, read_image
 from featinv.features import store
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,16 @@ class ShardImages(Dataset):
 
     def __getitem__(self, row: int):
         return self.transform(read_image(self.index[row])), row
+
+
+def shard_batches(index: list[IndexEntry], transform, batches: list[list[int]], num_workers: int,
+                  device: torch.device, desc: str, progress: bool = True):
+    """(images on ``device``, rows) for each batch of rows, decoded and transformed by DataLoader workers."""
+    loader = DataLoader(ShardImages(index, transform), batch_sampler=batches, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None)
+    for images, rows in tqdm(loader, total=len(batches), desc=desc, unit="batch", disable=not progress,
+                             mininterval=2.0):
+        yield images.to(device, non_blocking=True), rows.tolist()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -94,16 +104,13 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
 
     started = time.perf_counter()
     if batches:
-        loader = DataLoader(ShardImages(index, backbone.preprocessing.transform()), batch_sampler=batches,
-                            num_workers=num_workers, pin_memory=dev.type == "cuda",
-                            prefetch_factor=4 if num_workers else None)
         writer = rowstore.BlockWriter(group)
-        for images, rows in tqdm(loader, total=len(batches), desc=f"{backbone.name} {split}", unit="batch",
-                                 disable=not progress, mininterval=2.0):
-            fmap = backbone.spatial(images.to(dev, non_blocking=True))
+        for images, rows in shard_batches(index, backbone.preprocessing.transform(), batches, num_workers, dev,
+                                          f"{backbone.name} {split}", progress):
+            fmap = backbone.spatial(images)
             probs = backbone.head(fmap).float().softmax(-1)
             top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-            writer.add(rows.tolist(), {
+            writer.add(rows, {
                 "features": fmap.to(torch.float16).cpu().numpy(),
                 "pooled": backbone.pooled(fmap).to(torch.float16).cpu().numpy(),
                 "topk_indices": top_i.int().cpu().numpy(),
