@@ -9,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/metrics.smk"
 
 
 rule all:
@@ -19,3 +20,4 @@ rule all:
         base_previews(),
         sample_stores(),
         sample_previews(),
+        TABLE1,

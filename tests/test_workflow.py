@@ -1,5 +1,6 @@
-"""The real workflow on a tiny config: Snakemake builds shards and feature stores, a second run has
-nothing to do, and `dvc repro` of the same stages reproduces the same bytes."""
+"""The real workflow on a tiny config: Snakemake builds everything up to the tables, a second run has
+nothing to do, `dvc repro` from scratch writes the same tables, a param change reruns only the
+stages that read it, and after `dvc checkout` Snakemake still has nothing to do."""
 
 import json
 import os
@@ -40,7 +41,7 @@ def run(cmd, cwd, **kw):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    for name in ("Snakefile", "dvc.yaml", "workflow", "config"):
+    for name in ("Snakefile", "dvc.yaml", "workflow", "config", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
@@ -50,34 +51,110 @@ def project(tmp_path_factory):
     return root
 
 
+def snakemake_outputs(root) -> dict[str, set[str]]:
+    """Rule name -> every output its jobs write in the whole DAG (`snakemake --summary`)."""
+    outputs: dict[str, set[str]] = {}
+    for line in run([sys.executable, "-m", "snakemake", "--summary", "--quiet"], root).splitlines()[1:]:
+        fields = line.split("\t")
+        if len(fields) >= 3:
+            outputs.setdefault(fields[2], set()).add(fields[0])
+    return outputs
+
+
+def dvc_outputs(root) -> dict[str, set[str]]:
+    """Rule name (from each stage's `--allowed-rules`) -> the outs of its DVC stages."""
+    from dvc.repo import Repo
+
+    outputs: dict[str, set[str]] = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            words = stage.cmd.split()
+            rule = words[words.index("--allowed-rules") + 1]
+            target = words[-1]
+            outs = {str(o.def_path) for o in stage.outs}
+            assert target in outs, f"stage {stage.name} asks Snakemake for {target}, which it does not declare"
+            outputs.setdefault(rule, set()).update(outs)
+    return outputs
+
+
+def test_dvc_stages_and_snakemake_rules_declare_the_same_outputs(project):
+    if not (project / ".dvc").exists():
+        run(["git", "init", "-q"], project)
+        run([sys.executable, "-m", "dvc", "init", "-q"], project)
+    snake, dvc = snakemake_outputs(project), dvc_outputs(project)
+    snake.pop("all", None)
+    assert sorted(snake) == sorted(dvc)
+    for rule in snake:
+        assert snake[rule] == dvc[rule], f"rule {rule}: Snakemake {sorted(snake[rule])} vs DVC {sorted(dvc[rule])}"
+
+
+def stages_run(output: str) -> set[str]:
+    """Stage names (without matrix suffixes) that `dvc repro` ran."""
+    return {line.split("'")[1].split("@")[0] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def set_param(root, section, key, value):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.mark.slow
-def test_snakemake_then_nothing_to_do_then_dvc_reproduces(project):
+def test_snakemake_and_dvc_build_the_same_tables(project):
     snake = [sys.executable, "-m", "snakemake", "--cores", "2"]
-    run(snake, project)
+    dvc = [sys.executable, "-m", "dvc"]
+    run(snake + ["results/table1.csv"], project)
     stores = sorted((project / "data" / "features" / "demo").glob("*/*.zarr"))
     assert [p.relative_to(project).as_posix() for p in stores] == [
         "data/features/demo/tf_efficientnet_lite0/train.zarr",
         "data/features/demo/tf_efficientnet_lite0/val.zarr",
     ]
-    report = json.loads((project / "results/backbones/demo/tf_efficientnet_lite0-val.json").read_text())
-    assert report["n_images"] == 12 and report["fmap_shape"] == [1280, 7, 7]
     for variant in ("unpooled", "pooled"):
         samples = store.open_store(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
         assert samples["images"].shape == (12, 1, 3, 16, 16)
-        assert (project / f"results/samples/demo/tf_efficientnet_lite0-{variant}-val.png").exists()
         meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
         assert meta["variant"] == variant and meta["steps"] == 4
-    assert (project / "results/base/demo/samples.png").exists()
+        metrics = json.loads((project / f"results/metrics/demo/tf_efficientnet_lite0-{variant}-val.json").read_text())
+        assert metrics["n_images"] == 12 and -1 <= metrics["cosine_sim"]["mean"] <= 1
     assert len((project / "results/training/demo/base-loss.csv").read_text().splitlines()) == 1 + 6
-    assert "Nothing to be done" in run(snake + ["-n"], project)
+    table1 = (project / "results/table1.csv").read_text()
+    header, *rows = table1.splitlines()
+    assert "fid[tf_efficientnet_lite0 pooled, N=12]" in header
+    assert [r.split(",")[:2] for r in rows] == [["tf_efficientnet_lite0", "unpooled"], ["tf_efficientnet_lite0", "pooled"]]
+    assert (project / "results/table2.csv").read_text().startswith("conditioning,tf_efficientnet_lite0:top5")
+    assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)
+    run(snake, project)  # the rest of `all`: previews
+    assert (project / "results/base/demo/samples.png").exists()
 
+    # dvc repro from scratch gives the same table, byte for byte.
     manifest = json.loads((project / "data/shards/demo/manifest.json").read_text())
-    before = store.open_store(stores[1])["features"][:]
-
-    run(["git", "init", "-q"], project)
-    run([sys.executable, "-m", "dvc", "init", "-q"], project)
-    run([sys.executable, "-m", "dvc", "repro"], project)
+    features = store.open_store(stores[1])["features"][:]
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / "results")
+    if not (project / ".dvc").exists():
+        run(["git", "init", "-q"], project)
+        run(dvc + ["init", "-q"], project)
+    run(dvc + ["repro"], project)
+    assert (project / "results/table1.csv").read_text() == table1
     assert json.loads((project / "data/shards/demo/manifest.json").read_text()) == manifest
-    np.testing.assert_array_equal(store.open_store(stores[1])["features"][:], before)
-    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], project)
-    assert "didn't change" in run([sys.executable, "-m", "dvc", "repro"], project)
+    np.testing.assert_array_equal(store.open_store(stores[1])["features"][:], features)
+    assert "up to date" in run(dvc + ["status"], project)
+    assert "didn't change" in run(dvc + ["repro"], project)
+    assert "tf_efficientnet_lite0/unpooled" in run(dvc + ["metrics", "show"], project)
+
+    # A sampling param reruns sampling and what reads samples; a feature param reruns from features on.
+    set_param(project, "sampling", "seed", 101)
+    ran = stages_run(run(dvc + ["repro"], project))
+    assert {"sample", "evaluate", "tables"} <= ran <= {"sample", "preview_samples", "preview_base", "evaluate", "tables"}
+    set_param(project, "features", "topk", 6)
+    ran = stages_run(run(dvc + ["repro"], project))
+    assert {"extract_features", "train_controlnet", "sample", "evaluate", "tables"} <= ran
+    assert not ran & {"build_shards", "encode_targets", "train_base", "preview_base"}
+
+    # After a checkout every output has a new mtime; Snakemake still has nothing to do.
+    shutil.rmtree(project / "data")
+    for path in (project / "results").glob("table*"):
+        path.unlink()
+    run(dvc + ["checkout"], project)
+    assert (project / "results/table1.csv").exists()
+    assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)

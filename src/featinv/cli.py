@@ -133,6 +133,28 @@ def cmd_preview_samples(args) -> None:
     preview_samples(args.samples, args.shards, args.split, args.out, n=args.n)
 
 
+def cmd_evaluate(args) -> None:
+    from featinv import rowstore
+    from featinv.metrics.evaluate import evaluate_samples
+
+    cfg = params.validate_sections(args.config, "metrics", "backbones")
+    stores = {str(rowstore.open_complete(path).attrs["backbone"]): path for path in args.stores}
+    result = evaluate_samples(args.samples, stores, args.shards, cfg["metrics"], cfg["backbones"]["weights"],
+                              per_image_csv=args.per_image)
+    write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))
+
+
+def cmd_tables(args) -> None:
+    from featinv.metrics.tables import write_tables
+
+    cfg = params.validate_sections(args.config, "metrics", "data")
+    metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
+    write_tables(metrics, args.out_dir, cfg["data"]["dataset"], cfg["metrics"]["cross_model_variant"], args.metrics_json)
+    print((Path(args.out_dir) / "table1.md").read_text())
+    print((Path(args.out_dir) / "table2.md").read_text())
+
+
 def cmd_bench_diffusion(args) -> None:
     from featinv.diffusion.bench import bench
 
@@ -213,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--n", type=int, default=8, help="feature maps shown (evenly spaced over the store)")
     p.add_argument("--out", required=True, help="PNG")
+
+    p = verb("evaluate", cmd_evaluate, "cosine-sim, top-k match and FID of one model's reconstructions",
+             ["metrics", "backbones"])
+    p.add_argument("--samples", required=True, help="sample store (zarr)")
+    p.add_argument("--stores", nargs="+", required=True,
+                   help="feature stores of the originals, one per evaluating backbone (the conditioning one first)")
+    p.add_argument("--shards", required=True, help="shards holding the originals (for FID)")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument("--per-image", default="", help="per-image CSV (conditioning backbone)")
+
+    p = verb("tables", cmd_tables, "assemble Table 1, Table 2 and the DVC metrics file", ["metrics", "data"])
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics JSONs written by `featinv evaluate`")
+    p.add_argument("--out-dir", required=True, help="directory for table1/table2 .csv and .md")
+    p.add_argument("--metrics-json", required=True, help="summary for `dvc metrics show`")
 
     p = verb("bench-diffusion", cmd_bench_diffusion, "print training and sampling throughput")
     p.add_argument("--device", default="auto")

@@ -97,6 +97,9 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     for name in config["backbones"]["weights"]:
         if name not in config["backbones"]["names"]:
             problems.append(f"backbones.weights.{name}: not one of backbones.names")
+    fid_features = config["metrics"]["fid"]["features"]
+    if fid_features != "inception" and fid_features not in config["backbones"]["names"]:
+        problems.append(f"metrics.fid.features: '{fid_features}' is neither 'inception' nor one of backbones.names")
     return problems
 
 

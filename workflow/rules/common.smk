@@ -37,9 +37,13 @@ TARGETS = f"data/targets/{DATASET}/{{split}}.zarr"
 TRAINED_BASE = f"data/models/{DATASET}/base"
 CONTROLNET = f"data/models/{DATASET}/controlnet/{{backbone}}-{{variant}}"
 SAMPLES = f"data/samples/{DATASET}/{{backbone}}-{{variant}}/{{split}}.zarr"
+METRICS = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}.json"
+PER_IMAGE = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}-per-image.csv"
+TABLE1 = "results/table1.csv"
 
 VARIANTS = config["controlnet"]["variants"]
 SAMPLING_SPLIT = config["sampling"]["split"]
+CROSS_VARIANT = config["metrics"]["cross_model_variant"]
 BASE_TRAINED_HERE = config["diffusion"]["base"]["source"] == "train"
 # The base model: trained by rule train_base, or a hub id / local directory given in params.
 BASE = TRAINED_BASE if BASE_TRAINED_HERE else config["diffusion"]["base"]["source"]
@@ -69,3 +73,7 @@ def sample_previews():
 
 def base_previews():
     return [f"results/base/{DATASET}/samples.png"] if BASE_TRAINED_HERE else []
+
+
+def metric_files():
+    return expand(METRICS, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)

@@ -1,0 +1,1 @@
+"""Reconstruction metrics: feature similarity, prediction match, Fréchet distance, pairwise MSE."""

@@ -1,0 +1,154 @@
+"""Evaluate one trained model's reconstructions (a sample store) against the originals.
+
+- Cosine similarity per spatial position, with the conditioning backbone: each reconstruction goes
+  through the backbone's own eval preprocessing, its feature map is compared with the stored map of
+  the original at every position, averaged over positions.
+- Top-5(1) match per evaluating backbone: the original's top-1 class (from that backbone's feature
+  store) among the reconstruction's top 5 (equal to its top 1). The conditioning backbone gives
+  Table 1; every backbone evaluating the ``cross_model_variant`` models gives Table 2.
+- FID between all reconstructions and the originals as the diffusion model sees them (the target
+  view at the sample resolution), on the features named in ``metrics.fid.features``.
+
+With several samples per map, a map's value is the mean over its samples; intervals are bootstrap
+intervals over maps.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from featinv import rowstore
+from featinv.backbones import Backbone, create_backbone
+from featinv.features.extract import resolve_device
+from featinv.metrics import fid
+from featinv.metrics.similarity import cosine_per_position, topk_match
+from featinv.metrics.stats import summarise
+
+log = logging.getLogger(__name__)
+
+
+def _batches(n: int, size: int, desc: str):
+    return tqdm(range(0, n, size), desc=desc, unit="batch", mininterval=2.0)
+
+
+@torch.inference_mode()
+def backbone_outputs(backbone: Backbone, images: np.ndarray, batch_size: int, device: torch.device,
+                     topk: int = 5) -> dict[str, np.ndarray]:
+    """Feature maps, pooled features and top-k classes of (M, 3, R, R) uint8 images, each through the
+    backbone's own eval preprocessing (resize and crop to its input size, normalisation)."""
+    transform = backbone.preprocessing.transform()
+    backbone = backbone.to(device)
+    out: dict[str, list[np.ndarray]] = {"features": [], "pooled": [], "topk": []}
+    for i in _batches(len(images), batch_size, f"{backbone.name} on reconstructions"):
+        x = torch.stack([transform(Image.fromarray(a.transpose(1, 2, 0))) for a in images[i:i + batch_size]])
+        fmap = backbone.spatial(x.to(device))
+        out["features"].append(fmap.float().cpu().numpy())
+        out["pooled"].append(backbone.pooled(fmap).float().cpu().numpy())
+        out["topk"].append(backbone.head(fmap).topk(topk, dim=-1).indices.cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@torch.inference_mode()
+def fid_features(name: str, images: np.ndarray, batch_size: int, device: torch.device,
+                 weights: dict[str, str]) -> np.ndarray:
+    """(M, D) features of (M, 3, R, R) uint8 images for the Fréchet distance: pytorch-fid's Inception
+    pool3 (``inception``) or a backbone's pooled features."""
+    if name == fid.INCEPTION:
+        model = fid.inception_model(weights.get(fid.INCEPTION) or None).to(device)
+        feats = []
+        for i in _batches(len(images), batch_size, "inception"):
+            x = torch.from_numpy(images[i:i + batch_size]).float().div(255).to(device)
+            feats.append(model(x)[0].flatten(1).cpu().numpy())
+        return np.concatenate(feats)
+    return backbone_outputs(create_backbone(name, weights=weights.get(name) or None), images, batch_size,
+                            device)["pooled"]
+
+
+def original_views(shards: str | Path, split: str, keys: list[str], resolution: int) -> np.ndarray:
+    """The originals of ``keys`` as the diffusion model sees them: (N, 3, R, R) uint8 target views."""
+    from featinv.data.shards import index_split, read_image
+    from featinv.diffusion.targets import TargetView
+
+    by_key = {e.key: e for e in index_split(shards, split)}
+    view = TargetView(resolution)
+    return np.stack([np.asarray(view.image(read_image(by_key[k]))).transpose(2, 0, 1) for k in keys])
+
+
+def _per_map(values: np.ndarray, n_maps: int) -> np.ndarray:
+    return values.reshape(n_maps, -1).astype(np.float64).mean(axis=1)
+
+
+def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards: str | Path, cfg: dict[str, Any],
+                     weights: dict[str, str] | None = None, per_image_csv: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of one sample store. ``stores`` maps each evaluating backbone to its feature store of
+    the originals (same split, same rows); the conditioning backbone must be among them."""
+    weights = weights or {}
+    group = rowstore.open_complete(samples)
+    attrs = dict(group.attrs)
+    model = attrs["model"]
+    conditioning = model["backbone"]
+    if conditioning not in stores:
+        raise ValueError(f"no feature store of the conditioning backbone {conditioning} among {sorted(stores)}")
+    keys = [str(k) for k in group["keys"][:]]
+    images = group["images"][:]  # (N, S, 3, R, R)
+    n, s = images.shape[:2]
+    flat = images.reshape(n * s, *images.shape[2:])
+    device = resolve_device(cfg["device"])
+    boot = {"n_boot": cfg["bootstrap"], "level": cfg["confidence"], "seed": cfg["seed"]}
+
+    split = dict(rowstore.open_complete(stores[conditioning]).attrs)["split"]
+    result: dict[str, Any] = {"model": model, "samples": str(samples), "split": split,
+                              "n_images": n, "samples_per_map": s, "resolution": int(images.shape[-1]),
+                              "confidence": cfg["confidence"], "match": {}}
+    per_image: dict[str, np.ndarray] = {}
+    for name, store_path in stores.items():
+        originals = rowstore.open_complete(store_path)
+        stored_keys = [str(k) for k in originals["keys"][:]]
+        if stored_keys != keys:
+            raise ValueError(f"feature store {store_path} holds other images than {samples} (keys differ)")
+        backbone = create_backbone(name, weights=weights.get(name) or None)
+        recon = backbone_outputs(backbone, flat, cfg["batch_size"], device)
+        reference = np.repeat(originals["topk_indices"][:, 0], s)
+        top5 = topk_match(reference, recon["topk"], 5)
+        top1 = topk_match(reference, recon["topk"], 1)
+        result["match"][name] = {"top5": summarise(_per_map(top5, n), **boot),
+                                 "top1": summarise(_per_map(top1, n), **boot)}
+        if name == conditioning:
+            ref_maps = np.repeat(originals["features"][:].astype(np.float32), s, axis=0)
+            cos = cosine_per_position(ref_maps, recon["features"])
+            result["cosine_sim"] = summarise(_per_map(cos, n), **boot)
+            per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1}
+
+    fid_name = cfg["fid"]["features"]
+    fid_weights = {**weights, fid.INCEPTION: cfg["fid"]["inception_weights"]}
+    real = fid_features(fid_name, original_views(shards, split, keys, images.shape[-1]),
+                        cfg["batch_size"], device, fid_weights)
+    fake = fid_features(fid_name, flat, cfg["batch_size"], device, fid_weights)
+    result["fid"] = {"features": fid_name, "dim": int(real.shape[1]), "n_real": len(real), "n_fake": len(fake),
+                     "value": fid.frechet_distance(real, fake)}
+    if per_image_csv:
+        _write_per_image(per_image_csv, keys, s, per_image)
+    return result
+
+
+def _write_per_image(path: str | Path, keys: list[str], s: int, values: dict[str, np.ndarray]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["key", "sample", *values])
+        for i, key in enumerate(keys):
+            for j in range(s):
+                row = i * s + j
+                writer.writerow([key, j, *(f"{float(v[row]):.6f}" if v.dtype.kind == "f" else int(v[row])
+                                            for v in values.values())])
+    tmp.replace(path)

@@ -1,0 +1,192 @@
+"""Metrics with known answers: cosine per position, top-k match, bootstrap, Fréchet distance,
+pairwise MSE, Table 1/2 assembly, and a whole evaluation of reconstructions that equal the originals."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from featinv import rowstore
+from featinv.backbones.registry import WeightsError
+from featinv.metrics import fid
+from featinv.metrics.pairwise import pairwise_mse
+from featinv.metrics.similarity import cosine_per_position, topk_match
+from featinv.metrics.stats import bootstrap_ci, summarise
+from featinv.metrics.tables import table1, table2, write_tables
+
+
+def test_cosine_of_identical_and_orthogonal_maps():
+    a = torch.randn(3, 8, 4, 5)
+    np.testing.assert_allclose(cosine_per_position(a, a), 1.0, atol=1e-6)
+    np.testing.assert_allclose(cosine_per_position(a, 2.5 * a), 1.0, atol=1e-6)
+    np.testing.assert_allclose(cosine_per_position(a, -a), -1.0, atol=1e-6)
+    x = torch.zeros(1, 2, 3, 3)
+    x[:, 0] = 1.0
+    y = torch.zeros(1, 2, 3, 3)
+    y[:, 1] = 4.0
+    np.testing.assert_allclose(cosine_per_position(x, y), 0.0, atol=1e-7)
+
+
+def test_per_position_average_differs_from_flattened_cosine():
+    # Position 0 agrees with a large norm, position 1 disagrees with a small norm.
+    a = torch.tensor([[[[10.0, 1.0]], [[0.0, 0.0]]]])  # (1, C=2, H=1, W=2)
+    b = torch.tensor([[[[10.0, 0.0]], [[0.0, 1.0]]]])
+    per_position = cosine_per_position(a, b)[0]
+    flattened = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))[0].item()
+    assert per_position == pytest.approx(0.5)  # (1 + 0) / 2
+    assert flattened == pytest.approx(100 / (np.sqrt(101) * np.sqrt(101)))  # ~0.990: dominated by position 0
+    with pytest.raises(ValueError, match="one shape"):
+        cosine_per_position(a, b[:, :1])
+
+
+def test_topk_match_on_constructed_logits():
+    logits = torch.tensor([[0.1, 0.9, 0.5, 0.3, 0.2, 0.0, 0.4],
+                           [0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    ranking = logits.topk(5, dim=-1).indices.numpy()  # row 0: 1,2,6,3,4   row 1: 0,6,5,4,3
+    reference = np.array([2, 1])
+    np.testing.assert_array_equal(topk_match(reference, ranking, 5), [True, False])
+    np.testing.assert_array_equal(topk_match(reference, ranking, 1), [False, False])
+    np.testing.assert_array_equal(topk_match(np.array([1, 0]), ranking, 1), [True, True])
+    with pytest.raises(ValueError, match="at least 5"):
+        topk_match(reference, ranking[:, :3], 5)
+
+
+def test_bootstrap_interval():
+    assert bootstrap_ci(np.full(50, 0.3)) == pytest.approx((0.3, 0.3))
+    rng = np.random.default_rng(1)
+    values = rng.normal(1.0, 1.0, 400)
+    lo, hi = bootstrap_ci(values, n_boot=2000)
+    assert lo < values.mean() < hi
+    # Width of a 95% interval of a mean: ~2 * 1.96 * sigma / sqrt(n) = 0.196.
+    assert hi - lo == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.15)
+    assert summarise(values)["mean"] == pytest.approx(values.mean())
+
+
+def test_frechet_distance_known_answers():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (20000, 4))
+    assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # N(0, I) vs N(mu, I): |mu|^2.   N(0, I) vs N(0, 4I): tr(I + 4I - 2 * 2I) = d.
+    mu = np.array([1.0, 2.0, 0.0, -1.0])
+    assert fid.frechet_distance(a, rng.normal(0, 1, (20000, 4)) + mu) == pytest.approx(6.0, rel=0.03)
+    assert fid.frechet_distance(a, rng.normal(0, 2, (20000, 4))) == pytest.approx(4.0, rel=0.05)
+    with pytest.raises(ValueError, match="one width"):
+        fid.frechet_distance(a, a[:, :3])
+
+
+def test_fid_inception_architecture_and_missing_weights(tmp_path, monkeypatch):
+    model = fid.inception_model(pretrained=False)
+    assert model(torch.rand(2, 3, 75, 75))[0].shape == (2, 2048, 1, 1)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match=r"pt_inception-2015-12-05-6726825d\.pth.*metrics\.fid\.inception_weights"):
+        fid.inception_model()
+    with pytest.raises(WeightsError, match="does not exist"):
+        fid.inception_model(tmp_path / "nope.pth")
+    # A weights file given by path is loaded into pytorch-fid's architecture.
+    from pytorch_fid import inception as fid_inception
+
+    torch.manual_seed(3)
+    inner = fid._fid_blocks(fid_inception, fid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None))
+    torch.save(inner.state_dict(), tmp_path / "weights.pth")
+    loaded = fid.inception_model(tmp_path / "weights.pth")
+    torch.testing.assert_close(loaded.blocks[0][0].conv.weight, inner.Conv2d_1a_3x3.conv.weight)
+    torch.testing.assert_close(loaded.blocks[3][2].branch_pool.conv.weight, inner.Mixed_7c.branch_pool.conv.weight)
+
+
+def test_pairwise_mse_known_answer():
+    versions = np.stack([np.full((2, 3, 4, 4), v) for v in (0.0, 1.0, 3.0)])  # V=3, N=2
+    np.testing.assert_allclose(pairwise_mse(versions), [14 / 3, 14 / 3])  # (1 + 9 + 4) / 3
+    with pytest.raises(ValueError, match="two versions"):
+        pairwise_mse(versions[:1])
+
+
+def _fake_metrics(backbone, variant, cos, top5, top1, evaluators):
+    stat = lambda v: {"mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1}  # noqa: E731
+    match = {e: {"top5": stat(top5 if e == backbone else top5 / 2), "top1": stat(top1)} for e in evaluators}
+    return {"model": {"backbone": backbone, "variant": variant}, "n_images": 10, "samples_per_map": 1,
+            "confidence": 0.95, "cosine_sim": stat(cos), "match": match,
+            "fid": {"features": "bb_a", "dim": 8, "n_real": 10, "n_fake": 10, "value": 12.5}}
+
+
+def test_table_assembly(tmp_path):
+    both = ["bb_a", "bb_b"]
+    metrics = [_fake_metrics("bb_b", "pooled", 0.2, 0.3, 0.1, ["bb_b"]),
+               _fake_metrics("bb_a", "unpooled", 0.6, 0.8, 0.5, both),
+               _fake_metrics("bb_a", "pooled", 0.25, 0.4, 0.2, ["bb_a"]),
+               _fake_metrics("bb_b", "unpooled", 0.5, 0.7, 0.4, both)]
+    header, rows = table1(metrics)
+    assert header[:5] == ["backbone", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
+    assert "fid[bb_a pooled, N=10]" in header and header[-2:] == ["n_images", "samples_per_map"]
+    assert [(r[0], r[1]) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
+                                            ("bb_a", "pooled"), ("bb_b", "pooled")]
+    assert rows[0][2:5] == [0.6, 0.5, 0.7] and rows[0][5] == 0.8 and rows[0][8] == 0.5
+    h2, r2 = table2(metrics, "unpooled")
+    assert h2 == ["conditioning", "bb_a:top5", "bb_a:top1", "bb_b:top5", "bb_b:top1"]
+    assert r2 == [["bb_a", 0.8, 0.5, 0.4, 0.5], ["bb_b", 0.35, 0.4, 0.7, 0.4]]
+    write_tables(metrics, tmp_path, "demo", "unpooled", tmp_path / "metrics.json")
+    with open(tmp_path / "table1.csv") as fh:
+        assert len(list(csv.reader(fh))) == 5
+    assert "| bb_a | unpooled | 0.600 [0.500, 0.700] |" in (tmp_path / "table1.md").read_text()
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["table1"]["bb_b/pooled"]["cosine_sim"] == 0.2
+    assert summary["table2"]["bb_b"]["bb_b:top5"] == 0.7
+    mixed = metrics + [{**_fake_metrics("bb_c", "pooled", 0, 0, 0, ["bb_c"]),
+                        "fid": {"features": "inception", "n_fake": 10, "value": 1.0}}]
+    with pytest.raises(ValueError, match="different FID features"):
+        table1(mixed)
+
+
+@pytest.fixture(scope="module")
+def lite0_val_store(tmp_path_factory, demo_shards):
+    from featinv.backbones import create_backbone
+    from featinv.features.extract import extract
+
+    out = tmp_path_factory.mktemp("metrics") / "val.zarr"
+    extract(create_backbone("tf_efficientnet_lite0"), demo_shards, "val", out, batch_size=8, num_workers=0,
+            device="cpu", rows_per_shard=8, rows_per_chunk=4, progress=False)
+    return out
+
+
+def _sample_store(path, images, keys):
+    arrays = {"images": ((1, *images.shape[1:]), "uint8", 0), "keys": ((), "str", None)}
+    group, _ = rowstore.open_or_resume(path, len(keys), arrays, 8, 8,
+                                       {"model": {"backbone": "tf_efficientnet_lite0", "variant": "unpooled"}})
+    group["keys"][:] = np.array(keys, dtype=object)
+    group["images"][:] = images[:, None]
+    group["done"][:] = True
+    rowstore.finalize(path)
+    return path
+
+
+METRICS_CFG = {"batch_size": 8, "device": "cpu", "bootstrap": 200, "confidence": 0.95, "seed": 0,
+               "cross_model_variant": "unpooled", "fid": {"features": "tf_efficientnet_lite0", "inception_weights": ""}}
+
+
+def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shards, lite0_val_store):
+    from featinv.metrics.evaluate import evaluate_samples, original_views
+
+    keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
+    originals = original_views(demo_shards, "val", keys, 64)  # the demo crops are 64 px squares
+    stores = {"tf_efficientnet_lite0": lite0_val_store}
+    perfect = evaluate_samples(_sample_store(tmp_path / "same.zarr", originals, keys), stores, demo_shards,
+                               METRICS_CFG, per_image_csv=tmp_path / "same.csv")
+    assert perfect["cosine_sim"]["mean"] == pytest.approx(1.0, abs=1e-3)
+    assert perfect["match"]["tf_efficientnet_lite0"]["top1"]["mean"] == 1.0
+    assert perfect["fid"]["value"] == pytest.approx(0.0, abs=1e-2) and perfect["fid"]["n_fake"] == len(keys)
+    with open(tmp_path / "same.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["key"] for r in rows] == keys and float(rows[0]["cosine_sim"]) > 0.999
+
+    # Every reconstruction swapped with another image's original: far worse on every measure.
+    swapped = evaluate_samples(_sample_store(tmp_path / "swapped.zarr", originals[::-1].copy(), keys), stores,
+                               demo_shards, METRICS_CFG)
+    assert swapped["cosine_sim"]["mean"] < 0.5
+    assert swapped["cosine_sim"]["ci_high"] < perfect["cosine_sim"]["ci_low"]
+    assert swapped["match"]["tf_efficientnet_lite0"]["top1"]["mean"] < 0.5
+    assert swapped["fid"]["value"] == pytest.approx(0.0, abs=1e-2)  # same set of images, other order
+
+    with pytest.raises(ValueError, match="keys differ"):
+        evaluate_samples(_sample_store(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
+                         METRICS_CFG)
