@@ -106,7 +106,7 @@ def _fake_metrics(backbone, variant, cos, top5, top1, evaluators):
     stat = lambda v: {"mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1}  # noqa: E731
     match = {e: {"top5": stat(top5 if e == backbone else top5 / 2), "top1": stat(top1)} for e in evaluators}
     return {"model": {"backbone": backbone, "variant": variant}, "n_images": 10, "samples_per_map": 1,
-            "confidence": 0.95, "cosine_sim": stat(cos), "match": match,
+            "confidence": 0.95, "cosine_sim": stat(cos), "cosine_sim_unrelated": 0.05, "match": match,
             "fid": {"features": "bb_a", "dim": 8, "n_real": 10, "n_fake": 10, "value": 12.5}}
 
 
@@ -118,7 +118,7 @@ def test_table_assembly(tmp_path):
                _fake_metrics("bb_b", "unpooled", 0.5, 0.7, 0.4, both)]
     header, rows = table1(metrics)
     assert header[:5] == ["backbone", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
-    assert "fid[bb_a pooled, N=10]" in header and header[-2:] == ["n_images", "samples_per_map"]
+    assert "fid[bb_a pooled, N=10]" in header and header[-3:] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
     assert [(r[0], r[1]) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
                                             ("bb_a", "pooled"), ("bb_b", "pooled")]
     assert rows[0][2:5] == [0.6, 0.5, 0.7] and rows[0][5] == 0.8 and rows[0][8] == 0.5
@@ -183,6 +183,7 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     swapped = evaluate_samples(_sample_store(tmp_path / "swapped.zarr", originals[::-1].copy(), keys), stores,
                                demo_shards, METRICS_CFG)
     assert swapped["cosine_sim"]["mean"] < 0.5
+    assert swapped["cosine_sim_unrelated"] == perfect["cosine_sim_unrelated"] < 0.5
     assert swapped["cosine_sim"]["ci_high"] < perfect["cosine_sim"]["ci_low"]
     assert swapped["match"]["tf_efficientnet_lite0"]["top1"]["mean"] < 0.5
     assert swapped["fid"]["value"] == pytest.approx(0.0, abs=1e-2)  # same set of images, other order

@@ -82,6 +82,15 @@ def original_views(shards: str | Path, split: str, keys: list[str], resolution: 
     return np.stack([np.asarray(view.image(read_image(by_key[k]))).transpose(2, 0, 1) for k in keys])
 
 
+def unrelated_cosine(maps: np.ndarray) -> float:
+    """Chance level of cosine-sim: the mean cosine per position between each original's map and the
+    map of the original half the split away (another image; in class-ordered splits, another class)."""
+    maps = maps.astype(np.float32)
+    if len(maps) < 2:
+        return float("nan")
+    return float(cosine_per_position(maps, np.roll(maps, len(maps) // 2, axis=0)).mean())
+
+
 def _per_map(values: np.ndarray, n_maps: int) -> np.ndarray:
     return values.reshape(n_maps, -1).astype(np.float64).mean(axis=1)
 
@@ -125,6 +134,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             ref_maps = np.repeat(originals["features"][:].astype(np.float32), s, axis=0)
             cos = cosine_per_position(ref_maps, recon["features"])
             result["cosine_sim"] = summarise(_per_map(cos, n), **boot)
+            result["cosine_sim_unrelated"] = unrelated_cosine(originals["features"][:])
             per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1}
 
     fid_name = cfg["fid"]["features"]

@@ -36,7 +36,7 @@ def table1(metrics: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     header = ["backbone", "variant"]
     for name in MEASURES:
         header += [name, f"{name}_ci{level}_low", f"{name}_ci{level}_high"]
-    header += [fid_col, "n_images", "samples_per_map"]
+    header += [fid_col, "n_images", "samples_per_map", "cosine_sim_unrelated"]
     order = {"unpooled": 0, "pooled": 1}
     rows = []
     for m in sorted(metrics, key=lambda m: (order.get(m["model"]["variant"], 2), m["model"]["backbone"])):
@@ -44,7 +44,7 @@ def table1(metrics: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
         for name in MEASURES:
             s = _measure(m, name)
             row += [s["mean"], s["ci_low"], s["ci_high"]]
-        row += [m["fid"]["value"], m["n_images"], m["samples_per_map"]]
+        row += [m["fid"]["value"], m["n_images"], m["samples_per_map"], m["cosine_sim_unrelated"]]
         rows.append(row)
     return header, rows
 
@@ -80,21 +80,21 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table1_markdown(header: list[str], rows: list[list[Any]], dataset: str) -> str:
-    fid_col = header[-3]
-    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", fid_col, "N"]
+    fid_col = header[11]
+    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", fid_col, "N", "chance cosine-sim"]
     body = []
     for r in rows:
         cells = [r[0], r[1]]
         for i in range(3):
             mean, lo, hi = r[2 + 3 * i: 5 + 3 * i]
             cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
-        cells += [f"{r[11]:.1f}", str(r[12])]
+        cells += [f"{r[11]:.1f}", str(r[12]), f"{r[14]:.3f}"]
         body.append(cells)
     return (f"# Table 1: reconstruction quality ({dataset})\n\nMean over evaluation images with "
             f"{header[3].split('_ci')[1].split('_')[0]}% bootstrap intervals. cosine-sim: feature cosine per "
             "spatial position with the conditioning backbone; top5(1) match: the original's top-1 class among "
             "the reconstruction's top 5 (its top 1); FID: between reconstructions and originals on the named "
-            "features.\n\n" + _md_table(md_header, body))
+            "features; chance: cosine-sim between unrelated originals (another image of the split).\n\n" + _md_table(md_header, body))
 
 
 def table2_markdown(header: list[str], rows: list[list[Any]], dataset: str, variant: str) -> str:
