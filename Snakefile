@@ -5,6 +5,9 @@
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
@@ -21,3 +24,4 @@ rule all:
         sample_stores(),
         sample_previews(),
         TABLE1,
+        f"results/figures/{DATASET}/training-loss.png",

@@ -191,3 +191,19 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     with pytest.raises(ValueError, match="keys differ"):
         evaluate_samples(_sample_store(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
                          METRICS_CFG)
+
+
+def test_loss_plot_smoothing_and_bad_csv(tmp_path):
+    from featinv.plots import plot_losses, smooth
+
+    np.testing.assert_allclose(smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
+    base = tmp_path / "base-loss.csv"
+    base.write_text("step,loss,lr\n1,0.5,0.1\n2,0.4,0.1\n3,0.3,0.1\n")
+    net = tmp_path / "bb-unpooled-loss.csv"
+    net.write_text("step,loss,lr\n1,0.2,0.1\n2,0.1,0.1\n")
+    plot_losses([base, net], tmp_path / "loss.png", window=2)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    bad = tmp_path / "bad-loss.csv"
+    bad.write_text("epoch,value\n1,2\n")
+    with pytest.raises(ValueError, match="bad-loss.csv: expected a CSV with columns step,loss"):
+        plot_losses([bad], tmp_path / "x.png")

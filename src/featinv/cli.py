@@ -155,6 +155,12 @@ def cmd_tables(args) -> None:
     print((Path(args.out_dir) / "table2.md").read_text())
 
 
+def cmd_plot_losses(args) -> None:
+    from featinv.plots import plot_losses
+
+    plot_losses(args.csv, args.out)
+
+
 def cmd_bench_diffusion(args) -> None:
     from featinv.diffusion.bench import bench
 
@@ -249,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="metrics JSONs written by `featinv evaluate`")
     p.add_argument("--out-dir", required=True, help="directory for table1/table2 .csv and .md")
     p.add_argument("--metrics-json", required=True, help="summary for `dvc metrics show`")
+
+    p = verb("plot-losses", cmd_plot_losses, "training-loss curves of the base model and the ControlNets")
+    p.add_argument("--csv", nargs="+", required=True, help="loss CSVs (step,loss,...)")
+    p.add_argument("--out", required=True, help="PNG")
 
     p = verb("bench-diffusion", cmd_bench_diffusion, "print training and sampling throughput")
     p.add_argument("--device", default="auto")

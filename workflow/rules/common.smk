@@ -1,4 +1,9 @@
 # Shared helpers: params validation, wildcard constraints and the paths every rule refers to.
+#
+# Every rule input is ancient(): a job reruns when its output is missing, its params, shell command
+# or set of inputs changed, or an upstream job reruns, never on modification times alone. DVC
+# versions the contents, and `dvc checkout` / `dvc pull` restore outputs with fresh mtimes in
+# arbitrary order; with mtimes, Snakemake would then rerun everything.
 import json
 import shlex
 
@@ -59,7 +64,7 @@ def backbone_reports():
 
 def base_input(wildcards):
     """The base model as a rule input: only when this pipeline trains it."""
-    return [TRAINED_BASE] if BASE_TRAINED_HERE else []
+    return [ancient(TRAINED_BASE)] if BASE_TRAINED_HERE else []
 
 
 def sample_stores():
@@ -77,3 +82,10 @@ def base_previews():
 
 def metric_files():
     return expand(METRICS, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
+
+
+def loss_csvs():
+    """Training-loss CSVs of every model this pipeline trains."""
+    base = [f"results/training/{DATASET}/base-loss.csv"] if BASE_TRAINED_HERE else []
+    return base + expand(f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv", backbone=BACKBONES,
+                         variant=VARIANTS)

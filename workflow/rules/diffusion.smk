@@ -5,7 +5,7 @@ rule encode_targets:
     message:
         "Caching diffusion targets of {wildcards.split}"
     input:
-        shards=rules.build_shards.output.shards,
+        shards=ancient(rules.build_shards.output.shards),
     output:
         targets=directory(TARGETS),
     params:
@@ -24,7 +24,7 @@ rule train_base:
     message:
         "Training the embedded base diffusion model on the train split"
     input:
-        targets=expand(TARGETS, split="train"),
+        targets=ancient(expand(TARGETS, split="train")),
     output:
         model=directory(TRAINED_BASE),
         loss=f"results/training/{DATASET}/base-loss.csv",
@@ -44,10 +44,10 @@ rule preview_base:
     message:
         "Sampling the base model for a preview grid"
     input:
-        base=TRAINED_BASE,
-        targets=expand(TARGETS, split="train"),
+        base=ancient(TRAINED_BASE),
+        targets=ancient(expand(TARGETS, split="train")),
     output:
-        grid=f"results/base/{DATASET}/samples.png",
+        grid=report(f"results/base/{DATASET}/samples.png", caption="../report/base.rst", category="Base model"),
     params:
         cfg=section_json("diffusion", "sampling"),
     log:
@@ -63,8 +63,8 @@ rule train_controlnet:
         "Training the FeatInv ControlNet for {wildcards.backbone} ({wildcards.variant})"
     input:
         base=base_input,
-        features=expand(STORE, split="train", allow_missing=True),
-        targets=expand(TARGETS, split="train"),
+        features=ancient(expand(STORE, split="train", allow_missing=True)),
+        targets=ancient(expand(TARGETS, split="train")),
     output:
         model=directory(CONTROLNET),
         loss=f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv",
@@ -87,8 +87,8 @@ rule sample:
         "Reconstructing {wildcards.split} feature maps of {wildcards.backbone} ({wildcards.variant})"
     input:
         base=base_input,
-        model=CONTROLNET,
-        features=STORE,
+        model=ancient(CONTROLNET),
+        features=ancient(STORE),
     output:
         samples=directory(SAMPLES),
     params:
@@ -108,10 +108,11 @@ rule preview_samples:
     message:
         "Preview grid of {wildcards.backbone} ({wildcards.variant}) reconstructions"
     input:
-        samples=SAMPLES,
-        shards=rules.build_shards.output.shards,
+        samples=ancient(SAMPLES),
+        shards=ancient(rules.build_shards.output.shards),
     output:
-        grid=f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
+        grid=report(f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
+                    caption="../report/samples.rst", category="Reconstructions"),
     params:
         n=config["sampling"]["preview"],
     log:

@@ -5,7 +5,7 @@ rule extract_features:
     message:
         f"Extracting {{wildcards.backbone}} feature maps of {DATASET}/{{wildcards.split}}"
     input:
-        shards=rules.build_shards.output.shards,
+        shards=ancient(rules.build_shards.output.shards),
     output:
         store=directory(STORE),
         report=BACKBONE_REPORT,

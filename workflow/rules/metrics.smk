@@ -1,4 +1,5 @@
-# Evaluation: metrics per trained model (cosine-sim, top-k match, FID) -> Table 1, Table 2, metrics.json.
+# Evaluation: metrics per trained model (cosine-sim, top-k match, FID) -> Table 1, Table 2, metrics.json;
+# loss curves for the report.
 
 
 def evaluators(wildcards):
@@ -11,9 +12,9 @@ rule evaluate:
     message:
         "Scoring {wildcards.backbone} ({wildcards.variant}) reconstructions of {wildcards.split}"
     input:
-        samples=SAMPLES,
-        stores=lambda wildcards: expand(STORE, backbone=evaluators(wildcards), split=wildcards.split),
-        shards=rules.build_shards.output.shards,
+        samples=ancient(SAMPLES),
+        stores=lambda wildcards: ancient(expand(STORE, backbone=evaluators(wildcards), split=wildcards.split)),
+        shards=ancient(rules.build_shards.output.shards),
     output:
         metrics=METRICS,
         per_image=PER_IMAGE,
@@ -34,11 +35,11 @@ rule tables:
     message:
         "Assembling Table 1 and Table 2"
     input:
-        metrics=metric_files(),
+        metrics=ancient(metric_files()),
     output:
-        table1=TABLE1,
+        table1=report(TABLE1, caption="../report/table1.rst", category="Tables"),
         table1_md="results/table1.md",
-        table2="results/table2.csv",
+        table2=report("results/table2.csv", caption="../report/table2.rst", category="Tables"),
         table2_md="results/table2.md",
         summary="results/metrics.json",
     params:
@@ -49,3 +50,17 @@ rule tables:
     shell:
         "featinv tables --metrics {input.metrics} --out-dir results --metrics-json {output.summary}"
         " --config {params.cfg:q} > {log} 2>&1"
+
+
+rule plot_losses:
+    message:
+        "Plotting training losses"
+    input:
+        ancient(loss_csvs()),
+    output:
+        report(f"results/figures/{DATASET}/training-loss.png", caption="../report/losses.rst", category="Training"),
+    log:
+        f"results/logs/plot_losses/{DATASET}.log",
+    threads: 1
+    shell:
+        "featinv plot-losses --csv {input} --out {output} > {log} 2>&1"

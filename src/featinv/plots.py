@@ -1,0 +1,49 @@
+"""Figures for the report: training-loss curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _read_loss(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "step" not in rows[0] or "loss" not in rows[0]:
+        raise ValueError(f"{path}: expected a CSV with columns step,loss")
+    return np.array([int(r["step"]) for r in rows]), np.array([float(r["loss"]) for r in rows])
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running mean over ``window`` steps (shorter at the start)."""
+    cumsum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (cumsum[idx] - cumsum[lo]) / (idx - lo)
+
+
+def plot_losses(csvs: list[str | Path], out_png: str | Path, window: int = 20) -> None:
+    """One panel per model group (the base model; the ControlNets), one line per loss CSV, raw loss
+    faint and its running mean solid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {"base model": [p for p in csvs if Path(p).name == "base-loss.csv"],
+              "ControlNets": [p for p in csvs if Path(p).name != "base-loss.csv"]}
+    groups = {k: v for k, v in groups.items() if v}
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    for ax, (title, paths) in zip(axes[0], groups.items()):
+        for path in paths:
+            steps, loss = _read_loss(path)
+            line, = ax.plot(steps, smooth(loss, window), label=Path(path).name.removesuffix("-loss.csv"))
+            ax.plot(steps, loss, color=line.get_color(), alpha=0.2, linewidth=0.8)
+        ax.set(title=title, xlabel="step", ylabel="training loss", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
