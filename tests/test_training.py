@@ -130,3 +130,19 @@ def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path):
     summary = json.loads((tmp_path / "killed" / "training.json").read_text())
     assert summary["resumed_from"] >= 20
     assert losses(str(tmp_path / "killed") + ".csv").tolist() == losses(str(tmp_path / "whole") + ".csv").tolist()
+
+
+def test_timestep_distributions():
+    from featinv.diffusion.recipes import draw_timesteps
+
+    gen = torch.Generator().manual_seed(0)
+    uniform = draw_timesteps(gen, 20000, 1000, "uniform").float()
+    cubic = draw_timesteps(gen, 20000, 1000, "cubic").float()
+    for t in (uniform, cubic):
+        assert t.min() >= 0 and t.max() <= 999
+    # E[u T] = T/2; E[(1 - u^3) T] = 3T/4: cubic favours the noisy end.
+    assert uniform.mean().item() == pytest.approx(500, rel=0.02)
+    assert cubic.mean().item() == pytest.approx(750, rel=0.02)
+    assert (cubic >= 500).float().mean().item() == pytest.approx(0.5 ** (1 / 3), abs=0.01)  # P(u^3 <= 1/2)
+    with pytest.raises(ValueError, match="unknown timestep sampling"):
+        draw_timesteps(gen, 4, 1000, "lognormal")

@@ -23,12 +23,23 @@ def params_hash(*sections: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def draw_timesteps(gen: torch.Generator, n: int, timesteps: int, how: str) -> torch.Tensor:
+    """``uniform`` over [0, T); ``cubic``: t = (1 - u^3) T for uniform u, so that noisy steps, where the
+    layout of the image is decided and the hint matters most, are drawn more often (T2I-Adapter)."""
+    if how == "uniform":
+        return torch.randint(0, timesteps, (n,), generator=gen)
+    if how == "cubic":
+        u = torch.rand(n, generator=gen)
+        return ((1 - u**3) * timesteps).long().clamp(0, timesteps - 1)
+    raise ValueError(f"unknown timestep sampling '{how}' (uniform or cubic)")
+
+
 def _draws(gen: torch.Generator, n: int, part: slice, shape: tuple[int, ...], timesteps: int, drop_prob: float,
-           emb: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
+           emb: torch.Tensor, device, how: str = "uniform") -> tuple[torch.Tensor, ...]:
     """This process's slice of the step's noise, timesteps and drop mask (drawn for the whole global batch
     from the step's generator), and the text: the prompt, or the empty prompt where dropped."""
     noise = torch.randn((n, *shape), generator=gen)[part].to(device)
-    t = torch.randint(0, timesteps, (n,), generator=gen)[part].to(device)
+    t = draw_timesteps(gen, n, timesteps, how)[part].to(device)
     drop = (torch.rand(n, generator=gen) < drop_prob)[part].to(device)
     e = emb.to(device)
     return noise, t, drop, torch.where(drop[:, None, None], e[1], e[0])
@@ -54,7 +65,7 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
 
     def loss_fn(model, batch, gen, n, part):
         noise, t, _, text = _draws(gen, n, part, shape, sched.config.num_train_timesteps, settings.drop_prob, emb,
-                                   batch["latents"].device)
+                                   batch["latents"].device, settings.timesteps)
         return diffusion_loss(model, sched, batch["latents"], text, noise, t)
 
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
@@ -96,7 +107,7 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
 
     def loss_fn(model, batch, gen, n, part):
         noise, t, drop, text = _draws(gen, n, part, shape, sched.config.num_train_timesteps, settings.drop_prob, emb,
-                                      batch["latents"].device)
+                                      batch["latents"].device, settings.timesteps)
         # Hint and prompt are dropped together (zeros, ""), as in the official code.
         keep = (~drop).float().view(-1, *([1] * (batch["cond"].ndim - 1)))
         cond = batch["cond"] * keep

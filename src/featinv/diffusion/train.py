@@ -41,12 +41,13 @@ class TrainSettings:
     checkpoint_every: int
     seed: int
     mixed_precision: str = "no"
+    timesteps: str = "uniform"
     device: str = "auto"
 
     @classmethod
     def from_params(cls, section: dict[str, Any], device: str = "auto") -> "TrainSettings":
         keys = ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm", "drop_prob", "lr_warmup_steps",
-                "checkpoint_every", "seed", "mixed_precision")
+                "checkpoint_every", "seed", "mixed_precision", "timesteps")
         return cls(**{k: section[k] for k in keys}, device=device)
 
 
