@@ -207,3 +207,10 @@ def test_loss_plot_smoothing_and_bad_csv(tmp_path):
     bad.write_text("epoch,value\n1,2\n")
     with pytest.raises(ValueError, match="bad-loss.csv: expected a CSV with columns step,loss"):
         plot_losses([bad], tmp_path / "x.png")
+
+
+def test_fid_warns_below_the_feature_dimension(caplog):
+    rng = np.random.default_rng(0)
+    with caplog.at_level("WARNING"):
+        fid.frechet_distance(rng.normal(size=(10, 16)), rng.normal(size=(10, 16)))
+    assert "FID on 10 images with 16-d features" in caplog.text

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -56,20 +56,24 @@ def backbone_outputs(backbone: Backbone, images: np.ndarray, batch_size: int, de
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-@torch.inference_mode()
-def fid_features(name: str, images: np.ndarray, batch_size: int, device: torch.device,
-                 weights: dict[str, str]) -> np.ndarray:
-    """(M, D) features of (M, 3, R, R) uint8 images for the Fréchet distance: pytorch-fid's Inception
-    pool3 (``inception``) or a backbone's pooled features."""
-    if name == fid.INCEPTION:
-        model = fid.inception_model(weights.get(fid.INCEPTION) or None).to(device)
+def fid_extractor(name: str, weights: dict[str, str], batch_size: int,
+                  device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """(M, 3, R, R) uint8 images -> (M, D) features for the Fréchet distance: pytorch-fid's Inception
+    pool3 (``inception``) or a backbone's pooled features. The network is built once."""
+    if name != fid.INCEPTION:
+        backbone = create_backbone(name, weights=weights.get(name) or None)
+        return lambda images: backbone_outputs(backbone, images, batch_size, device)["pooled"]
+    model = fid.inception_model(weights.get(fid.INCEPTION) or None).to(device)
+
+    @torch.inference_mode()
+    def pool3(images: np.ndarray) -> np.ndarray:
         feats = []
         for i in _batches(len(images), batch_size, "inception"):
             x = torch.from_numpy(images[i:i + batch_size]).float().div(255).to(device)
             feats.append(model(x)[0].flatten(1).cpu().numpy())
         return np.concatenate(feats)
-    return backbone_outputs(create_backbone(name, weights=weights.get(name) or None), images, batch_size,
-                            device)["pooled"]
+
+    return pool3
 
 
 def original_views(shards: str | Path, split: str, keys: list[str], resolution: int) -> np.ndarray:
@@ -138,10 +142,10 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1}
 
     fid_name = cfg["fid"]["features"]
-    fid_weights = {**weights, fid.INCEPTION: cfg["fid"]["inception_weights"]}
-    real = fid_features(fid_name, original_views(shards, split, keys, images.shape[-1]),
-                        cfg["batch_size"], device, fid_weights)
-    fake = fid_features(fid_name, flat, cfg["batch_size"], device, fid_weights)
+    extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg["fid"]["inception_weights"]},
+                            cfg["batch_size"], device)
+    real = extract(original_views(shards, split, keys, images.shape[-1]))
+    fake = extract(flat)
     result["fid"] = {"features": fid_name, "dim": int(real.shape[1]), "n_real": len(real), "n_fake": len(fake),
                      "value": fid.frechet_distance(real, fake)}
     if per_image_csv:

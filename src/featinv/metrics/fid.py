@@ -31,11 +31,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two (N >= 2, D) feature sets of one width, got {a.shape} and {b.shape}")
-    for n in (len(a), len(b)):
-        if n < a.shape[1]:
-            log.warning("FID on %d images with %d-d features: the covariance is rank-deficient, so the value "
-                        "is biased and only comparable at equal N", n, a.shape[1])
-            break
+    if min(len(a), len(b)) < a.shape[1]:
+        log.warning("FID on %d images with %d-d features: the covariance is rank-deficient, so the value "
+                    "is biased and only comparable at equal N", min(len(a), len(b)), a.shape[1])
     return float(calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
 
 

@@ -80,7 +80,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table1_markdown(header: list[str], rows: list[list[Any]], dataset: str) -> str:
-    fid_col = header[11]
+    fid_col = header[11]  # after backbone, variant and three (mean, low, high) triples
     md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", fid_col, "N", "chance cosine-sim"]
     body = []
     for r in rows:
