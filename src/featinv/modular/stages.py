@@ -1,0 +1,108 @@
+"""A forward model as an ordered list of named processing stages N_{j-1:j}.
+
+``StagedModel.representations(x)`` gives x_0 = image, x_1, ..., x_n, one per stage output, and
+``run(x, start, stop)`` applies stages ``start`` .. ``stop - 1`` (so composing all stages is the
+model's own forward). Adapters:
+
+- timm ViT: ``bb`` = patch embedding + class token + position embedding (+ pre-norm),
+  ``enc`` = transformer blocks + final norm, ``pred`` = the classification head. Intermediate block
+  outputs: ``encoder_layers(x_bb)``.
+- timm CNN (EfficientNet family, the demo): ``stem`` = first convolution + norm, then the block
+  groups given by ``cnn_groups`` (indices into ``model.blocks``), ``head`` = last 1x1 convolution
+  + norm, ``pred`` = pooling + classifier.
+
+DETR (transformers) joins in a later change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class Stage(nn.Module):
+    """One processing stage: a named callable over the previous stage's representation."""
+
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], modules: Sequence[nn.Module] = ()):
+        super().__init__()
+        self.name = name
+        self.fn = fn
+        self.parts = nn.ModuleList(modules)  # the forward model's own modules (for parameter counts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class StagedModel(nn.Module):
+    def __init__(self, model: nn.Module, stages: Sequence[Stage], kind: str):
+        super().__init__()
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        self.model = model
+        self.stages = nn.ModuleList(stages)
+        self.kind = kind
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def index(self, name: str) -> int:
+        """Position j (1-based) of the stage whose output is x_j."""
+        try:
+            return self.names.index(name) + 1
+        except ValueError:
+            raise KeyError(f"no stage '{name}' (stages: {', '.join(self.names)})") from None
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """x_stop from x_start (stages start+1 .. stop)."""
+        for stage in self.stages[start:stop]:
+            x = stage(x)
+        return x
+
+    def representations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[x_0 (the input), x_1, ..., x_n]."""
+        out = [x]
+        for stage in self.stages:
+            out.append(stage(out[-1]))
+        return out
+
+
+def vit_stages(model: nn.Module) -> StagedModel:
+    """A timm VisionTransformer as bb -> enc -> pred."""
+    def bb(x):
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+
+    def enc(x):
+        return model.norm(model.blocks(x))
+
+    stages = [Stage("bb", bb, [model.patch_embed, model.norm_pre]),
+              Stage("enc", enc, [model.blocks, model.norm]),
+              Stage("pred", model.forward_head, [model.head])]
+    return StagedModel(model, stages, "vit")
+
+
+def encoder_layers(model: nn.Module, x_bb: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every transformer block of a timm ViT, from the bb representation."""
+    out, x = [], x_bb
+    for block in model.blocks:
+        x = block(x)
+        out.append(x)
+    return out
+
+
+def cnn_stages(model: nn.Module, groups: Sequence[Sequence[int]]) -> StagedModel:
+    """A timm EfficientNet-style CNN as stem -> block groups -> head -> pred. ``groups`` partition
+    ``range(len(model.blocks))`` into consecutive runs (e.g. [[0, 1], [2, 3], [4, 5, 6]])."""
+    flat = [i for g in groups for i in g]
+    if flat != list(range(len(model.blocks))):
+        raise ValueError(f"groups must split blocks 0..{len(model.blocks) - 1} into consecutive runs, got {groups}")
+    stages = [Stage("stem", lambda x: model.bn1(model.conv_stem(x)), [model.conv_stem, model.bn1])]
+    for k, group in enumerate(groups, 1):
+        seq = nn.Sequential(*[model.blocks[i] for i in group])
+        stages.append(Stage(f"blocks{k}", seq, [seq]))
+    stages.append(Stage("head", lambda x: model.bn2(model.conv_head(x)), [model.conv_head, model.bn2]))
+    stages.append(Stage("pred", model.forward_head, [model.classifier]))
+    return StagedModel(model, stages, "cnn")
