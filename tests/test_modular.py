@@ -57,7 +57,7 @@ def test_inverses_map_back_stage_by_stage_and_chain_to_images(kind, tiny_vit):
         staged, x = cnn_stages(model, [[0, 1], [2, 3], [4, 5, 6]]), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         reps = staged.representations(x)
-    inverses = build_inverses(reps, hidden=32)
+    inverses = build_inverses(staged, reps, hidden=32)
     for j, inverse in enumerate(inverses, 1):
         assert inverse(reps[j]).shape == reps[j - 1].shape, staged.names[j - 1]
     for j in range(1, len(reps)):
@@ -73,7 +73,7 @@ def test_a_few_steps_lower_the_local_loss(tiny_vit):
     images = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
         x_bb = staged.run(images, 0, 1)
-    inverse = build_inverses([images, x_bb])[0]
+    inverse = build_inverses(staged, [images, x_bb])[0]
     assert isinstance(inverse, PatchInverse) and inverse.prefix == 1
     opt = torch.optim.Adam(inverse.parameters(), lr=1e-2)
     losses = []
@@ -84,3 +84,47 @@ def test_a_few_steps_lower_the_local_loss(tiny_vit):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def detr():
+    from featinv.modular.detr import detr_stages, tiny_detr
+
+    torch.manual_seed(0)
+    model = tiny_detr(num_labels=10, d_model=32, queries=5)
+    return model, detr_stages(model, (64, 96))
+
+
+def test_detr_stages_compose_to_the_models_forward(detr):
+    model, staged = detr
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        reps = staged.representations(x)
+        out = model(pixel_values=x, output_hidden_states=True)
+    assert staged.names == ["bb", "enc", "dec", "pred"] and staged.grid == (2, 3)
+    assert [tuple(r.shape[1:]) for r in reps[1:]] == [(32, 2, 3), (6, 32), (5, 32), (5, 11 + 4)]
+    torch.testing.assert_close(reps[2], out.encoder_last_hidden_state)
+    torch.testing.assert_close(reps[3], out.last_hidden_state)
+    torch.testing.assert_close(reps[4][..., :11], out.logits)
+    torch.testing.assert_close(reps[4][..., 11:], out.pred_boxes)
+
+
+def test_detr_inverses_and_prediction_inputs(detr):
+    from featinv.modular.detr import prediction_input
+    from featinv.modular.inverses import MlpInverse, QueryInverse, build_inverses, chain
+
+    _, staged = detr
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        reps = staged.representations(x)
+    inverses = build_inverses(staged, reps, hidden=16, heads=2)
+    assert isinstance(inverses[2], QueryInverse) and isinstance(inverses[3], MlpInverse)
+    for j, inverse in enumerate(inverses, 1):
+        assert inverse(reps[j]).shape == reps[j - 1].shape, staged.names[j - 1]
+    assert chain(inverses, reps[4], 4).shape == x.shape
+    full = prediction_input(reps[4], one_hot=False)
+    hot = prediction_input(reps[4], one_hot=True)
+    torch.testing.assert_close(full[..., :11].sum(-1), torch.ones(2, 5))
+    assert set(hot[..., :11].unique().tolist()) == {0.0, 1.0} and (hot[..., :11].sum(-1) == 1).all()
+    torch.testing.assert_close(hot[..., :11].argmax(-1), full[..., :11].argmax(-1))
+    torch.testing.assert_close(hot[..., 11:], reps[4][..., 11:])

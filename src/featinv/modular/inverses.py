@@ -1,12 +1,17 @@
-"""Inverse components, one per forward stage, each mapping x_j back to x_{j-1} (the paper's eq. 1),
-chosen by the shapes of the two representations:
+"""Inverse components, one per forward stage, each mapping x_j back to x_{j-1} (the paper's eq. 1).
+The stage names the kind (:class:`featinv.modular.stages.Stage`); the shapes of x_{j-1} and x_j fix
+the sizes:
 
-- map -> map (a CNN stage, downsampling by 2^k): 3x3 convolution, k transposed convolutions
-  (stride 2) with GroupNorm + SiLU, 3x3 convolution to the input's channels;
-- tokens -> image (a patch embedding): prefix (class) tokens dropped, patch tokens on their grid,
-  a transposed convolution with kernel = stride = patch size;
-- tokens -> tokens (transformer blocks): ``depth`` transformer blocks and a linear map;
-- vector -> anything (a prediction head): a two-layer MLP reshaped to the input's shape.
+- ``conv`` (a downsampling CNN stage, a DETR backbone): 3x3 convolution, log2(factor) transposed
+  convolutions (stride 2) with GroupNorm + SiLU, 3x3 convolution to the input's channels;
+- ``patch`` (a ViT patch embedding): prefix (class) tokens dropped, patch tokens placed on their
+  grid, a transposed convolution with kernel = stride = patch size;
+- ``tokens`` (transformer blocks): transformer blocks and a linear map;
+- ``tokens_to_map`` (DETR's encoder, whose input is a flattened map): as ``tokens``, reshaped to the map;
+- ``queries_to_tokens`` (DETR's decoder): blank learned queries, one per output token, cross-attend
+  to the decoded object queries;
+- ``mlp`` (a classification head): a two-layer MLP from the logits, reshaped to the input's shape;
+- ``per_token_mlp`` (DETR's prediction head): the same MLP applied to every query.
 
 ``chain(inverses, x_j, j)`` applies inverses j, j-1, ..., 1: the image-level reconstruction from
 stage j (eq. 2).
@@ -29,11 +34,12 @@ class ConvInverse(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, upsample: int, hidden: int):
         super().__init__()
         steps = int(round(math.log2(upsample)))
-        if 2**steps != upsample:
+        if upsample < 1 or 2**steps != upsample:
             raise ValueError(f"a CNN stage inverse upsamples by a power of two, not {upsample}")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.GroupNorm(_groups(hidden), hidden), nn.SiLU()]
+        norm = lambda: nn.GroupNorm(_groups(hidden), hidden)  # noqa: E731
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), norm(), nn.SiLU()]
         for _ in range(steps):
-            layers += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1), nn.GroupNorm(_groups(hidden), hidden), nn.SiLU()]
+            layers += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1), norm(), nn.SiLU()]
         layers.append(nn.Conv2d(hidden, out_channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
@@ -42,7 +48,7 @@ class ConvInverse(nn.Module):
 
 
 class PatchInverse(nn.Module):
-    """Patch tokens (B, prefix + h*w, D) -> image (B, C, h*p, w*p)."""
+    """Tokens (B, prefix + h*w, D) -> image (B, C, h*p, w*p)."""
 
     def __init__(self, dim: int, out_channels: int, grid: tuple[int, int], patch: int, prefix: int):
         super().__init__()
@@ -51,60 +57,91 @@ class PatchInverse(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x[:, self.prefix:]
-        b, n, d = tokens.shape
-        return self.net(tokens.transpose(1, 2).reshape(b, d, *self.grid))
+        return self.net(tokens.transpose(1, 2).reshape(x.shape[0], tokens.shape[-1], *self.grid))
 
 
 class TokenInverse(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, depth: int, heads: int):
+    """Tokens (B, T, D_in) -> (B, T, D_out), or a map (B, D_out, h, w) when ``grid`` is given."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int, heads: int, grid: tuple[int, int] | None = None):
         super().__init__()
         from timm.models.vision_transformer import Block
 
         self.blocks = nn.Sequential(*[Block(in_dim, num_heads=heads) for _ in range(depth)])
         self.out = nn.Linear(in_dim, out_dim)
+        self.grid = grid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.blocks(x))
+        y = self.out(self.blocks(x))
+        return y if self.grid is None else y.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
+
+
+class QueryInverse(nn.Module):
+    """Decoded queries (B, Q, D_in) -> tokens (B, T, D_out): T blank learned queries cross-attend to them."""
+
+    def __init__(self, in_dim: int, out_dim: int, out_tokens: int, depth: int, heads: int):
+        super().__init__()
+        self.blank = nn.Parameter(torch.randn(1, out_tokens, in_dim) * 0.02)
+        layer = nn.TransformerDecoderLayer(in_dim, heads, dim_feedforward=2 * in_dim, batch_first=True,
+                                           norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, depth)
+        self.out = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.decoder(self.blank.expand(x.shape[0], -1, -1), x))
 
 
 class MlpInverse(nn.Module):
-    def __init__(self, in_features: int, out_shape: Sequence[int], hidden: int):
+    """(B, F) -> (B, *out_shape); with ``per_token``, (B, T, F) -> (B, T, *out_shape)."""
+
+    def __init__(self, in_features: int, out_shape: Sequence[int], hidden: int, per_token: bool = False):
         super().__init__()
-        self.out_shape = tuple(out_shape)
+        self.out_shape, self.per_token = tuple(out_shape), per_token
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, math.prod(out_shape)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(x.shape[0], *self.out_shape)
+        lead = x.shape[:2] if self.per_token else x.shape[:1]
+        return self.net(x).view(*lead, *self.out_shape)
 
 
-def inverse_for(x_prev: torch.Tensor, x_next: torch.Tensor, hidden: int = 64, depth: int = 1,
+def inverse_for(kind: str, x_prev: torch.Tensor, x_next: torch.Tensor, hidden: int = 64, depth: int = 1,
                 heads: int = 4) -> nn.Module:
-    """The inverse component mapping representations shaped like ``x_next`` to ones like ``x_prev``
+    """The ``kind`` of inverse mapping representations shaped like ``x_next`` to ones like ``x_prev``
     (both with a batch dimension)."""
     prev, nxt = tuple(x_prev.shape[1:]), tuple(x_next.shape[1:])
-    if len(nxt) == 1:
-        return MlpInverse(nxt[0], prev, hidden)
-    if len(prev) == 3 and len(nxt) == 3 and x_next.ndim == 4:
-        if prev[1] % nxt[1] or prev[1] // nxt[1] != prev[2] // nxt[2]:
-            raise ValueError(f"cannot invert a CNN stage from {nxt} to {prev}: not an integer downsampling")
-        return ConvInverse(nxt[0], prev[0], prev[1] // nxt[1], hidden)
-    if len(prev) == 3 and len(nxt) == 2:
+    if kind == "conv":
+        factor = prev[1] // nxt[1]
+        if prev[1] != factor * nxt[1] or prev[2] != factor * nxt[2]:
+            raise ValueError(f"cannot invert a CNN stage from {nxt} to {prev}: not one integer downsampling")
+        return ConvInverse(nxt[0], prev[0], factor, hidden)
+    if kind == "patch":
         n_tokens, dim = nxt
         for prefix in range(0, 9):  # class / register / distillation tokens come first
             side = math.isqrt(n_tokens - prefix)
             if side * side == n_tokens - prefix and prev[1] % side == 0:
                 return PatchInverse(dim, prev[0], (side, side), prev[1] // side, prefix)
         raise ValueError(f"cannot place {n_tokens} tokens on a square grid for an image of {prev}")
-    if len(prev) == 2 and len(nxt) == 2:
+    if kind == "tokens":
         if prev[0] != nxt[0]:
-            raise ValueError(f"token stages must keep the token count, got {nxt} -> {prev}")
+            raise ValueError(f"token stages keep the token count, got {nxt} -> {prev}")
         return TokenInverse(nxt[1], prev[1], depth, heads)
-    raise ValueError(f"no inverse component for {nxt} -> {prev}")
+    if kind == "tokens_to_map":
+        if nxt[0] != prev[1] * prev[2]:
+            raise ValueError(f"{nxt[0]} tokens do not fill a {prev[1]}x{prev[2]} map")
+        return TokenInverse(nxt[1], prev[0], depth, heads, grid=(prev[1], prev[2]))
+    if kind == "queries_to_tokens":
+        return QueryInverse(nxt[1], prev[1], prev[0], depth, heads)
+    if kind == "mlp":
+        return MlpInverse(nxt[0], prev, hidden)
+    if kind == "per_token_mlp":
+        return MlpInverse(nxt[-1], prev[1:], hidden, per_token=True)
+    raise ValueError(f"unknown inverse kind '{kind}'")
 
 
-def build_inverses(representations: Sequence[torch.Tensor], **kw) -> nn.ModuleList:
-    """Inverse j (index j-1) maps x_j to x_{j-1}, for every stage j = 1..n."""
-    return nn.ModuleList(inverse_for(a, b, **kw) for a, b in zip(representations[:-1], representations[1:]))
+def build_inverses(staged, representations: Sequence[torch.Tensor], **kw) -> nn.ModuleList:
+    """Inverse j (index j-1) maps x_j to x_{j-1}, for every stage j = 1..n of ``staged``."""
+    return nn.ModuleList(inverse_for(stage.inverse, a, b, **kw)
+                         for stage, a, b in zip(staged.stages, representations[:-1], representations[1:]))
 
 
 def chain(inverses: Sequence[nn.Module], x: torch.Tensor, j: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ model's own forward). Adapters:
   groups given by ``cnn_groups`` (indices into ``model.blocks``), ``head`` = last 1x1 convolution
   + norm, ``pred`` = pooling + classifier.
 
-DETR (transformers) joins in a later change.
+- transformers DETR: :func:`featinv.modular.detr.detr_stages`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ from torch import nn
 
 
 class Stage(nn.Module):
-    """One processing stage: a named callable over the previous stage's representation."""
+    """One processing stage: a named callable over the previous stage's representation, and the kind
+    of inverse component that mirrors it (see :mod:`featinv.modular.inverses`)."""
 
-    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], modules: Sequence[nn.Module] = ()):
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], modules: Sequence[nn.Module] = (),
+                 inverse: str = "conv"):
         super().__init__()
         self.name = name
         self.fn = fn
+        self.inverse = inverse
         self.parts = nn.ModuleList(modules)  # the forward model's own modules (for parameter counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,9 +81,9 @@ def vit_stages(model: nn.Module) -> StagedModel:
     def enc(x):
         return model.norm(model.blocks(x))
 
-    stages = [Stage("bb", bb, [model.patch_embed, model.norm_pre]),
-              Stage("enc", enc, [model.blocks, model.norm]),
-              Stage("pred", model.forward_head, [model.head])]
+    stages = [Stage("bb", bb, [model.patch_embed, model.norm_pre], inverse="patch"),
+              Stage("enc", enc, [model.blocks, model.norm], inverse="tokens"),
+              Stage("pred", model.forward_head, [model.head], inverse="mlp")]
     return StagedModel(model, stages, "vit")
 
 
@@ -104,5 +107,5 @@ def cnn_stages(model: nn.Module, groups: Sequence[Sequence[int]]) -> StagedModel
         seq = nn.Sequential(*[model.blocks[i] for i in group])
         stages.append(Stage(f"blocks{k}", seq, [seq]))
     stages.append(Stage("head", lambda x: model.bn2(model.conv_head(x)), [model.conv_head, model.bn2]))
-    stages.append(Stage("pred", model.forward_head, [model.classifier]))
+    stages.append(Stage("pred", model.forward_head, [model.classifier], inverse="mlp"))
     return StagedModel(model, stages, "cnn")

@@ -1,0 +1,78 @@
+"""transformers' DETR as four stages: ``bb`` = convolutional backbone + input projection (a map
+(B, D, h, w)), ``enc`` = transformer encoder (tokens (B, h*w, D)), ``dec`` = transformer decoder over
+the object queries (B, Q, D), ``pred`` = class logits and boxes, concatenated (B, Q, C+1+4).
+
+Images of one size share one unpadded mask, so every stage is a function of the previous
+representation alone; the grid (h, w) of the backbone's map is fixed by the input size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from featinv.modular.stages import Stage, StagedModel
+
+
+def detr_stages(model: nn.Module, image_size: tuple[int, int]) -> StagedModel:
+    """Stages of a ``DetrForObjectDetection`` for images of ``image_size`` (H, W)."""
+    detr = model.model
+    with torch.no_grad():
+        probe = detr.backbone(torch.zeros(1, 3, *image_size), torch.ones(1, *image_size))[-1][0]
+    grid = tuple(probe.shape[-2:])
+
+    def positions(batch: int, like: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(batch, *grid, dtype=torch.bool, device=like.device)
+        shape = torch.Size([batch, detr.config.d_model, *grid])
+        return detr.position_embedding(shape=shape, device=like.device, dtype=like.dtype, mask=mask).flatten(2).transpose(1, 2)
+
+    def bb(x: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(x.shape[0], *x.shape[-2:], device=x.device)
+        feature_map, _ = detr.backbone(x, mask)[-1]
+        return detr.input_projection(feature_map)
+
+    def enc(fmap: torch.Tensor) -> torch.Tensor:
+        tokens = fmap.flatten(2).transpose(1, 2)
+        ones = torch.ones(tokens.shape[:2], device=tokens.device, dtype=torch.long)
+        return detr.encoder(inputs_embeds=tokens, attention_mask=ones,
+                            spatial_position_embeddings=positions(tokens.shape[0], tokens)).last_hidden_state
+
+    def dec(memory: torch.Tensor) -> torch.Tensor:
+        batch = memory.shape[0]
+        query_pos = detr.query_position_embeddings.weight.unsqueeze(0).repeat(batch, 1, 1)
+        ones = torch.ones(memory.shape[:2], device=memory.device, dtype=torch.long)
+        return detr.decoder(inputs_embeds=torch.zeros_like(query_pos), spatial_position_embeddings=positions(batch, memory),
+                            object_queries_position_embeddings=query_pos, encoder_hidden_states=memory,
+                            encoder_attention_mask=ones).last_hidden_state
+
+    def pred(queries: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.class_labels_classifier(queries), model.bbox_predictor(queries).sigmoid()], dim=-1)
+
+    stages = [Stage("bb", bb, [detr.backbone, detr.input_projection], inverse="conv"),
+              Stage("enc", enc, [detr.encoder], inverse="tokens_to_map"),
+              Stage("dec", dec, [detr.decoder, detr.query_position_embeddings], inverse="queries_to_tokens"),
+              Stage("pred", pred, [model.class_labels_classifier, model.bbox_predictor], inverse="per_token_mlp")]
+    staged = StagedModel(model, stages, "detr")
+    staged.grid = grid
+    return staged
+
+
+def tiny_detr(num_labels: int = 10, d_model: int = 32, queries: int = 5) -> nn.Module:
+    """A DETR of the paper's architecture family with random weights, built from a config (tests)."""
+    from transformers import DetrConfig, DetrForObjectDetection
+
+    config = DetrConfig(use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False,
+                        d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=d_model, decoder_ffn_dim=d_model,
+                        num_queries=queries, num_labels=num_labels)
+    return DetrForObjectDetection(config).eval()
+
+
+def prediction_input(x_pred: torch.Tensor, one_hot: bool) -> torch.Tensor:
+    """What the prediction-head inverse sees: the full class distribution (softmax of the logits) or
+    its one-hot argmax, followed by the 4 box coordinates."""
+    logits, boxes = x_pred[..., :-4], x_pred[..., -4:]
+    probs = logits.softmax(-1)
+    if one_hot:
+        probs = torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
+    return torch.cat([probs, boxes], dim=-1)
