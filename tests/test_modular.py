@@ -1,5 +1,6 @@
 """Modular inversion: forward models split into stages that compose to the model's own forward."""
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -128,3 +129,24 @@ def test_detr_inverses_and_prediction_inputs(detr):
     assert set(hot[..., :11].unique().tolist()) == {0.0, 1.0} and (hot[..., :11].sum(-1) == 1).all()
     torch.testing.assert_close(hot[..., :11].argmax(-1), full[..., :11].argmax(-1))
     torch.testing.assert_close(hot[..., 11:], reps[4][..., 11:])
+
+
+def test_modular_and_classic_training_and_parameter_counts(tiny_vit):
+    from featinv.modular.inverses import build_inverses, chain
+    from featinv.modular.training import classic_inverses, count_parameters, train_classic, train_modular
+
+    torch.manual_seed(0)
+    staged = vit_stages(tiny_vit)
+    with torch.no_grad():
+        reps = staged.representations(torch.rand(16, 3, 32, 32))
+    modular = build_inverses(staged, reps, hidden=32, heads=4)
+    classic = classic_inverses(staged, reps, hidden=32, heads=4)
+    p = [count_parameters(m) for m in modular]
+    # Classic: stage j's full path repeats components 1..j, so sum_j sum_{i<=j} p_i (= (n+1)p/2 for equal p_i).
+    assert count_parameters(classic) == sum(sum(p[:j]) for j in range(1, len(p) + 1))
+    local = train_modular(modular, reps, steps=25, batch_size=8, lr=3e-3)
+    assert all(np.mean(h[-5:]) < np.mean(h[:5]) for h in local), [(h[0], h[-1]) for h in local]
+    full = train_classic(classic[:2], reps, steps=25, batch_size=8, lr=3e-3)
+    assert all(np.mean(h[-5:]) < np.mean(h[:5]) for h in full)
+    with torch.no_grad():
+        assert chain(classic[1], reps[2], 2).shape == reps[0].shape
