@@ -13,6 +13,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/modular.smk"
 
 
 rule all:
@@ -25,3 +26,4 @@ rule all:
         sample_previews(),
         TABLE1,
         f"results/figures/{DATASET}/training-loss.png",
+        f"{MODULAR}/mse_by_stage.csv",

@@ -29,6 +29,7 @@ TINY = {
                    "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
     "sampling": {"steps": 2, "rows_per_shard": 4, "preview": 4},
     "metrics": {"batch_size": 12, "bootstrap": 200},
+    "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4, "examples": 2},
 }
 
 
@@ -126,6 +127,11 @@ def test_snakemake_and_dvc_build_the_same_tables(project):
     assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)
     run(snake, project)  # the rest of `all`: previews and the loss plot
     assert (project / "results/base/demo/samples.png").exists()
+    mse = (project / "results/modular/demo/mse_by_stage.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in mse[1:]] == ["stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
+    params_rows = [line.split(",") for line in (project / "results/modular/demo/params.csv").read_text().splitlines()]
+    total = [r for r in params_rows if r[0] == "total"][0]
+    assert int(total[3]) == sum(int(r[2]) for r in params_rows[1:7])  # classic = sum of the modular paths
     run(snake + ["--report", "results/report.html"], project)
     html = (project / "results/report.html").read_text(errors="replace")
     assert "Table 1" in html and "training-loss.png" in html

@@ -155,6 +155,15 @@ def cmd_tables(args) -> None:
     print((Path(args.out_dir) / "table2.md").read_text())
 
 
+def cmd_modular_mse(args) -> None:
+    from featinv.modular.analysis import modular_mse
+
+    cfg = params.validate_sections(args.config, "modular", "backbones")
+    modular = cfg["modular"]
+    result = modular_mse(modular, args.shards, args.out_dir, cfg["backbones"]["weights"].get(modular["backbone"]))
+    print(json.dumps(result, indent=1))
+
+
 def cmd_plot_losses(args) -> None:
     from featinv.plots import plot_losses
 
@@ -255,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True, help="metrics JSONs written by `featinv evaluate`")
     p.add_argument("--out-dir", required=True, help="directory for table1/table2 .csv and .md")
     p.add_argument("--metrics-json", required=True, help="summary for `dvc metrics show`")
+
+    p = verb("modular-mse", cmd_modular_mse, "modular vs classic inversion: reconstruction MSE by stage",
+             ["modular", "backbones"])
+    p.add_argument("--shards", required=True)
+    p.add_argument("--out-dir", required=True, help="directory for mse_by_stage.csv, params.csv, reconstructions.png")
 
     p = verb("plot-losses", cmd_plot_losses, "training-loss curves of the base model and the ControlNets")
     p.add_argument("--csv", nargs="+", required=True, help="loss CSVs (step,loss,...)")

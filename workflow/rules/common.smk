@@ -45,6 +45,7 @@ SAMPLES = f"data/samples/{DATASET}/{{backbone}}-{{variant}}/{{split}}.zarr"
 METRICS = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}.json"
 PER_IMAGE = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}-per-image.csv"
 TABLE1 = "results/table1.csv"
+MODULAR = f"results/modular/{DATASET}"
 
 VARIANTS = config["controlnet"]["variants"]
 SAMPLING_SPLIT = config["sampling"]["split"]
