@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -28,3 +30,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def csv_text(header: list[str], rows: list[list[Any]], float_format: str = ".4f") -> str:
+    """A CSV document (header + rows) with floats written as ``float_format``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[format(v, float_format) if isinstance(v, float) else v for v in row] for row in rows])
+    return buf.getvalue()

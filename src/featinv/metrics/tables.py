@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
-from featinv.fileio import atomic_write_text, write_json
+from featinv.fileio import atomic_write_text, csv_text, write_json
 
 MEASURES = ("cosine_sim", "top5_match", "top1_match")
 
@@ -65,14 +63,6 @@ def table2(metrics: list[dict[str, Any]], variant: str) -> tuple[list[str], list
     return header, rows
 
 
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[f"{v:.4f}" if isinstance(v, float) else v for v in row] for row in rows])
-    return buf.getvalue()
-
-
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -112,9 +102,9 @@ def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: st
     out_dir = Path(out_dir)
     h1, r1 = table1(metrics)
     h2, r2 = table2(metrics, cross_variant)
-    atomic_write_text(out_dir / "table1.csv", _csv(h1, r1))
+    atomic_write_text(out_dir / "table1.csv", csv_text(h1, r1))
     atomic_write_text(out_dir / "table1.md", table1_markdown(h1, r1, dataset))
-    atomic_write_text(out_dir / "table2.csv", _csv(h2, r2))
+    atomic_write_text(out_dir / "table2.csv", csv_text(h2, r2))
     atomic_write_text(out_dir / "table2.md", table2_markdown(h2, r2, dataset, cross_variant))
     summary = {"table1": {f"{r[0]}/{r[1]}": {"cosine_sim": r[2], "top5_match": r[5], "top1_match": r[8],
                                              "fid": r[11]} for r in r1},

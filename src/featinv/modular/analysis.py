@@ -9,8 +9,6 @@ memory (the demo's are a few tens of MB), so the forward model never runs per tr
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import numpy as np
 import torch
 
 from featinv.backbones import create_backbone
-from featinv.fileio import atomic_write_text
+from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.stats import summarise
 from featinv.modular.inverses import build_inverses, chain
 from featinv.modular.stages import cnn_stages
@@ -33,14 +31,6 @@ def split_images(shards: str | Path, split: str, size: int) -> torch.Tensor:
     view = TargetView(size)
     arrays = [np.asarray(view.image(read_image(e)), dtype=np.float32) / 255.0 for e in index_split(shards, split)]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[f"{v:.6g}" if isinstance(v, float) else v for v in row] for row in rows])
-    return buf.getvalue()
 
 
 @torch.no_grad()
@@ -89,15 +79,15 @@ def modular_mse(cfg: dict[str, Any], shards: str | Path, out_dir: str | Path, we
     out_dir = Path(out_dir)
     header = ["stage", "modular_mse", "modular_ci95_low", "modular_ci95_high", "classic_mse", "classic_ci95_low",
               "classic_ci95_high", "mean_image_mse", "modular_final_train_loss", "classic_final_train_loss"]
-    atomic_write_text(out_dir / "mse_by_stage.csv", _csv(header, rows))
+    atomic_write_text(out_dir / "mse_by_stage.csv", csv_text(header, rows, ".6g"))
 
     p = [count_parameters(m) for m in modular]
     n, total = len(p), sum(p)
     param_rows = [[name, p[j], sum(p[:j + 1]), count_parameters(classic[j])] for j, name in enumerate(staged.names)]
     param_rows.append(["total", total, total, count_parameters(classic)])
     param_rows.append(["paper: p vs (n+1)p/2 for equal stages", total, total, (n + 1) * total / 2])
-    atomic_write_text(out_dir / "params.csv", _csv(["stage", "modular_component", "modular_path", "classic_path"],
-                                                   param_rows))
+    atomic_write_text(out_dir / "params.csv", csv_text(["stage", "modular_component", "modular_path", "classic_path"],
+                                                       param_rows, ".6g"))
     _save_grid([g[pick] for g in grid], out_dir / "reconstructions.png")
     return {"stages": staged.names, "mse": rows, "params": param_rows}
 

@@ -8,7 +8,7 @@ never runs per step; batches are drawn from a seeded generator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,21 +23,26 @@ def _batches(n: int, batch_size: int, steps: int, seed: int):
         yield torch.randint(0, n, (min(batch_size, n),), generator=gen)
 
 
+def _fit(module: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int, batch_size: int,
+         lr: float, seed: int) -> list[float]:
+    """AdamW on ``loss_of(batch indices)`` for ``steps`` seeded batches; the loss per step."""
+    opt = torch.optim.AdamW(module.parameters(), lr=lr)
+    losses = []
+    for idx in _batches(n, batch_size, steps, seed):
+        loss = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def train_modular(inverses: Sequence[nn.Module], reps: Sequence[torch.Tensor], steps: int, batch_size: int,
                   lr: float, seed: int = 0, progress: bool = False) -> list[list[float]]:
     """Train inverse j on (x_j -> x_{j-1}) with MSE, every stage independently; the loss per step per stage."""
-    history = []
-    for j, inverse in enumerate(tqdm(inverses, desc="modular inverses", disable=not progress), 1):
-        opt = torch.optim.AdamW(inverse.parameters(), lr=lr)
-        losses = []
-        for idx in _batches(len(reps[0]), batch_size, steps, seed + j):
-            loss = nn.functional.mse_loss(inverse(reps[j][idx]), reps[j - 1][idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history.append(losses)
-    return history
+    return [_fit(inv, lambda idx, j=j, inv=inv: nn.functional.mse_loss(inv(reps[j][idx]), reps[j - 1][idx]),
+                 len(reps[0]), steps, batch_size, lr, seed + j)
+            for j, inv in enumerate(tqdm(inverses, desc="modular inverses", disable=not progress), 1)]
 
 
 def classic_inverses(staged, reps: Sequence[torch.Tensor], **kw) -> nn.ModuleList:
@@ -49,18 +54,9 @@ def classic_inverses(staged, reps: Sequence[torch.Tensor], **kw) -> nn.ModuleLis
 def train_classic(paths: Sequence[nn.ModuleList], reps: Sequence[torch.Tensor], steps: int, batch_size: int,
                   lr: float, seed: int = 0, progress: bool = False) -> list[list[float]]:
     """Train full-path inverse j on image MSE: ||chain(x_j) - x_0||^2."""
-    history = []
-    for j, path in enumerate(tqdm(paths, desc="classic inverses", disable=not progress), 1):
-        opt = torch.optim.AdamW(path.parameters(), lr=lr)
-        losses = []
-        for idx in _batches(len(reps[0]), batch_size, steps, seed + j):
-            loss = nn.functional.mse_loss(chain(path, reps[j][idx], j), reps[0][idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history.append(losses)
-    return history
+    return [_fit(path, lambda idx, j=j, path=path: nn.functional.mse_loss(chain(path, reps[j][idx], j), reps[0][idx]),
+                 len(reps[0]), steps, batch_size, lr, seed + j)
+            for j, path in enumerate(tqdm(paths, desc="classic inverses", disable=not progress), 1)]
 
 
 def count_parameters(module: nn.Module) -> int:
