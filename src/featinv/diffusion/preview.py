@@ -36,16 +36,13 @@ def _hwc(chw: np.ndarray) -> np.ndarray:
 def preview_samples(samples: str | Path, shards: str | Path, split: str, out_png: str | Path, n: int = 8) -> None:
     """Originals (the diffusion target view) in the top row, reconstructions below, one row per sample;
     ``n`` feature maps evenly spaced over the store (so over the classes)."""
-    from featinv.data.shards import index_split, read_image
-    from featinv.diffusion.targets import TargetView
+    from featinv.diffusion.targets import view_images
 
     group = rowstore.open_complete(samples)
     rows_idx = spread_rows(group["keys"].shape[0], n)
     keys = [str(k) for k in group["keys"].get_orthogonal_selection((rows_idx,))]
     images = group["images"].get_orthogonal_selection((rows_idx,))
-    by_key = {e.key: e for e in index_split(shards, split)}
-    view = TargetView(images.shape[-1])
-    originals = [np.asarray(view.image(read_image(by_key[k]))) for k in keys]
+    originals = list(view_images(shards, split, images.shape[-1], keys))
     rows = [originals] + [[_hwc(images[i, s]) for i in range(len(keys))] for s in range(images.shape[1])]
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows).save(out_png)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from featinv import rowstore
-from featinv.data.shards import index_split
+from featinv.data.shards import index_split, read_image
 from featinv.features.extract import resolve_device, shard_batches
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ class TargetView:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         arr = np.asarray(self.image(img), dtype=np.float32) / 127.5 - 1.0
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def view_images(shards: str | Path, split: str, resolution: int, keys: list[str] | None = None) -> np.ndarray:
+    """The target views of a split's images (all, or those of ``keys`` in that order): (N, R, R, 3) uint8."""
+    index = index_split(shards, split)
+    if keys is not None:
+        by_key = {e.key: e for e in index}
+        index = [by_key[k] for k in keys]
+    view = TargetView(resolution)
+    return np.stack([np.asarray(view.image(read_image(e))) for e in index])
 
 
 @torch.inference_mode()

@@ -15,8 +15,6 @@ intervals over maps.
 
 from __future__ import annotations
 
-import csv
-import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,12 +25,11 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.backbones import Backbone, create_backbone
+from featinv.fileio import atomic_write_text, csv_text
 from featinv.features.extract import resolve_device
 from featinv.metrics import fid
 from featinv.metrics.similarity import cosine_per_position, topk_match
 from featinv.metrics.stats import summarise
-
-log = logging.getLogger(__name__)
 
 
 def _batches(n: int, size: int, desc: str):
@@ -78,12 +75,9 @@ def fid_extractor(name: str, weights: dict[str, str], batch_size: int,
 
 def original_views(shards: str | Path, split: str, keys: list[str], resolution: int) -> np.ndarray:
     """The originals of ``keys`` as the diffusion model sees them: (N, 3, R, R) uint8 target views."""
-    from featinv.data.shards import index_split, read_image
-    from featinv.diffusion.targets import TargetView
+    from featinv.diffusion.targets import view_images
 
-    by_key = {e.key: e for e in index_split(shards, split)}
-    view = TargetView(resolution)
-    return np.stack([np.asarray(view.image(read_image(by_key[k]))).transpose(2, 0, 1) for k in keys])
+    return view_images(shards, split, resolution, keys).transpose(0, 3, 1, 2)
 
 
 def unrelated_cosine(maps: np.ndarray) -> float:
@@ -154,15 +148,6 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
 
 
 def _write_per_image(path: str | Path, keys: list[str], s: int, values: dict[str, np.ndarray]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["key", "sample", *values])
-        for i, key in enumerate(keys):
-            for j in range(s):
-                row = i * s + j
-                writer.writerow([key, j, *(f"{float(v[row]):.6f}" if v.dtype.kind == "f" else int(v[row])
-                                            for v in values.values())])
-    tmp.replace(path)
+    rows = [[key, j, *(float(v[i * s + j]) if v.dtype.kind == "f" else int(v[i * s + j]) for v in values.values())]
+            for i, key in enumerate(keys) for j in range(s)]
+    atomic_write_text(path, csv_text(["key", "sample", *values], rows, ".6f"))

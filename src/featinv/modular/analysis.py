@@ -25,12 +25,10 @@ from featinv.modular.training import classic_inverses, count_parameters, train_c
 
 def split_images(shards: str | Path, split: str, size: int) -> torch.Tensor:
     """(N, 3, size, size) floats in [0, 1]: the split's target views."""
-    from featinv.data.shards import index_split, read_image
-    from featinv.diffusion.targets import TargetView
+    from featinv.diffusion.targets import view_images
 
-    view = TargetView(size)
-    arrays = [np.asarray(view.image(read_image(e)), dtype=np.float32) / 255.0 for e in index_split(shards, split)]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    arrays = view_images(shards, split, size).astype(np.float32) / 255.0
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()
