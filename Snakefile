@@ -26,4 +26,4 @@ rule all:
         sample_previews(),
         TABLE1,
         f"results/figures/{DATASET}/training-loss.png",
-        f"{MODULAR}/mse_by_stage.csv",
+        modular_targets(),

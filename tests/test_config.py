@@ -25,6 +25,9 @@ def test_shipped_params_and_paper_overlay_validate():
         "swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",
     ]
     assert paper["data"]["per_class"]["val"] == 10
+    detr = config.load(REPO / "params.yaml", REPO / "config" / "paper.yaml", REPO / "config" / "paper-detr.yaml")
+    config.validate(detr)
+    assert detr["modular"]["backbone"] == "detr:facebook/detr-resnet-50" and detr["modular"]["image_size"] == [480, 640]
     # Mappings merge: keys the overlay does not name keep the params.yaml value.
     assert paper["data"]["demo"] == cfg["data"]["demo"]
 
@@ -67,3 +70,11 @@ def test_snakemake_stops_before_any_job_on_a_schema_error(tmp_path):
     out = proc.stdout + proc.stderr
     assert "features.batch_sise: unknown key" in out
     assert "Job stats" not in out
+
+
+def test_modular_stage_names_are_checked_against_the_backbone():
+    cfg = config.load(REPO / "params.yaml")
+    cfg["modular_analyses"]["token_noise"]["stages"] = ["stem", "enc"]
+    with pytest.raises(config.ParamsError, match="token_noise.stages: 'enc' is not a stage of tf_efficientnet_lite0 "
+                                                 r"\(stem, blocks1, blocks2, blocks3, head, pred\)"):
+        config.validate(cfg)

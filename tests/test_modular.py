@@ -150,3 +150,183 @@ def test_modular_and_classic_training_and_parameter_counts(tiny_vit):
     assert all(np.mean(h[-5:]) < np.mean(h[:5]) for h in full)
     with torch.no_grad():
         assert chain(classic[1], reps[2], 2).shape == reps[0].shape
+
+
+# ------------------------------------------------------------------------------------------------
+# analyses: colour filters, token noise, intermediate layers, fine-tuning, saved inverses
+
+
+def test_colour_filters_on_known_pixels():
+    from featinv.modular.colour import recolour
+
+    # pure green, dark blue, grey, orange: (1, 3, 1, 4)
+    px = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.5], [0.4, 0.4, 0.4], [1.0, 0.5, 0.0]]).T.reshape(1, 3, 1, 4)
+    red = recolour(px, "red")
+    torch.testing.assert_close(red[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))  # hue -> 0, S and V kept
+    torch.testing.assert_close(red[0, :, 0, 1], torch.tensor([0.5, 0.0, 0.0]))
+    torch.testing.assert_close(red[0, :, 0, 2], px[0, :, 0, 2])  # grey has no hue to change
+    torch.testing.assert_close(recolour(px, "blue")[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(recolour(px, "green")[0, :, 0, 1], torch.tensor([0.0, 0.5, 0.0]))
+    # green (120 deg) rotated by 120 -> blue, by 240 -> red; orange (30 deg) + 120 -> (150 deg)
+    torch.testing.assert_close(recolour(px, "hue120")[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(recolour(px, "hue240")[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(recolour(px, "hue120")[0, :, 0, 3], torch.tensor([0.0, 1.0, 0.5]))
+    gray = recolour(px, "grayscale")
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    torch.testing.assert_close(gray[0, 0, 0], torch.tensor([1.0, 0.5, 0.4, 1.0]))  # V = max(R, G, B)
+    # a mask limits the filter; "none" is the identity
+    mask = torch.tensor([True, False, False, False]).view(1, 1, 1, 4)
+    masked = recolour(px, "blue", mask)
+    torch.testing.assert_close(masked[..., 1:], px[..., 1:])
+    torch.testing.assert_close(masked[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.equal(recolour(px, "none"), px)
+    with pytest.raises(ValueError, match="unknown colour filter 'purple'"):
+        recolour(px, "purple")
+
+
+def test_token_noise_replaces_the_chosen_positions_only():
+    from featinv.modular.noise import layout, pick_positions, pixel_mask, replace_positions
+
+    gen = torch.Generator().manual_seed(0)
+    fmap = torch.randn(2, 4, 5, 5)
+    positions = pick_positions((5, 5), 0.2, gen)
+    assert len(positions) == 5 and len(set(positions.tolist())) == 5
+    noise = torch.arange(4.0)
+    out = replace_positions(fmap, positions, noise)
+    flat, orig = out.flatten(2), fmap.flatten(2)
+    for p in range(25):
+        if p in positions:
+            assert torch.equal(flat[:, :, p], noise.expand(2, 4))  # one identical vector everywhere
+        else:
+            assert torch.equal(flat[:, :, p], orig[:, :, p])
+    # tokens: prefix kept, position embedding added to the noise
+    tokens = torch.randn(2, 1 + 9, 4)
+    pos = torch.randn(10, 4)
+    assert layout(tokens) == (1, (3, 3)) and layout(fmap) == (0, (5, 5))
+    assert layout(torch.randn(1, 6, 4), grid=(2, 3)) == (0, (2, 3))
+    out = replace_positions(tokens, torch.tensor([0, 4]), noise, prefix=1, position=pos)
+    torch.testing.assert_close(out[0, 1], noise + pos[1])
+    torch.testing.assert_close(out[1, 5], noise + pos[5])
+    assert torch.equal(out[:, 0], tokens[:, 0]) and torch.equal(out[:, 2:5], tokens[:, 2:5])
+    mask = pixel_mask(torch.tensor([0, 4]), (3, 3), (6, 6))
+    assert mask.sum() == 8 and mask[0, 0, :2, :2].all() and mask[0, 0, 2:4, 2:4].all() and not mask[0, 0, 4:].any()
+
+
+def test_intermediate_layers_end_at_the_stage_output(tiny_vit, detr):
+    from featinv.modular.detr import detr_stages, tiny_detr
+    from featinv.modular.layers import layer_inputs
+
+    torch.manual_seed(0)
+    cnn = cnn_stages(timm.create_model("tf_efficientnet_lite0", pretrained=False).eval(), [[0, 1], [2, 3], [4, 5, 6]])
+    for staged, x in [(vit_stages(tiny_vit), torch.randn(2, 3, 32, 32)), (cnn, torch.randn(2, 3, 64, 64)),
+                      (detr_stages(tiny_detr(layers=2), (64, 96)), torch.randn(2, 3, 64, 96))]:
+        with torch.no_grad():
+            reps = staged.representations(x)
+        inputs = layer_inputs(staged, reps)
+        assert inputs, staged.kind
+        for j, layers in inputs.items():
+            assert layers[0] is reps[j - 1]
+            torch.testing.assert_close(layers[-1], reps[j], msg=f"{staged.kind} {staged.names[j - 1]}")
+    assert [len(v) - 1 for v in layer_inputs(cnn, cnn.representations(torch.randn(1, 3, 64, 64))).values()] == [3, 5, 8]
+
+
+def test_params_stage_names_match_the_adapters(tiny_vit, detr):
+    from featinv.config import modular_stage_names
+
+    cnn = cnn_stages(timm.create_model("tf_efficientnet_lite0", pretrained=False), [[0, 1], [2, 3], [4, 5, 6]])
+    assert modular_stage_names({"backbone": "tf_efficientnet_lite0", "groups": [[0, 1], [2, 3], [4, 5, 6]]}) == cnn.names
+    assert modular_stage_names({"backbone": "vit_tiny_patch16_224", "groups": []}) == vit_stages(tiny_vit).names
+    assert modular_stage_names({"backbone": "detr:facebook/detr-resnet-50", "groups": []}) == detr[1].names
+
+
+def test_gradient_scaling_keeps_the_value_and_scales_the_gradient():
+    from featinv.modular.finetune import scale_gradient
+
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    y = scale_gradient(x, 0.1)
+    assert torch.equal(y, x)
+    (3 * y).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.3, 0.3]))
+
+
+def test_forward_model_loader_names_missing_weights(monkeypatch):
+    from featinv.backbones.registry import WeightsError
+    from featinv.modular.forward import load_forward
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="detr-resnet-50"):
+        load_forward({"backbone": "detr:facebook/detr-resnet-50", "image_size": [480, 640], "groups": []})
+    with pytest.raises(WeightsError, match="vit_base_patch16_224"):
+        load_forward({"backbone": "vit_base_patch16_224.augreg_in1k", "image_size": 224, "groups": []})
+
+
+def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
+    """Colour, token-noise and intermediate-layer analyses on a tiny random-weight ViT (the paper's
+    forward-model family) over the demo shards."""
+    import csv
+
+    from featinv.modular.colour import FILTERS, colour_analysis
+    from featinv.modular.layers import intermediate_layers
+    from featinv.modular.noise import token_noise
+    from featinv.modular.trained import Trained, _bundle, load_split, representations
+    from featinv.modular.training import train_modular
+
+    torch.manual_seed(0)
+    cfg = {"backbone": "vit_tiny_patch16_224", "groups": [], "image_size": 32, "hidden": 16, "depth": 1, "heads": 3,
+           "examples": 2, "token_noise": {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}}
+    from featinv.modular.forward import load_forward
+
+    fwd = load_forward(cfg, pretrained=False)
+    assert fwd.staged.names == ["bb", "enc", "pred"] and fwd.image_size == (32, 32)
+    bundle = _bundle(fwd, cfg)
+    train = load_split(demo_shards, "train", fwd.image_size)
+    assert train.pixels.shape == (36, 3, 32, 32) and train.masks is None and train.label_space == "demo-photo"
+    train_modular(bundle["modular"], representations(fwd, train.pixels), steps=3, batch_size=8, lr=1e-3)
+    trained = Trained(fwd, bundle["modular"].eval(), bundle["classic"].eval(),
+                      {"final_loss": {"modular": [0.0] * 3, "classic": [0.0] * 3}})
+
+    colour = colour_analysis(trained, cfg, demo_shards, tmp_path)
+    assert [r[0] for r in colour["pairwise_mse"]] == ["input", "bb", "enc", "pred"]
+    assert [r[0] for r in colour["accuracy"]] == ["none", *FILTERS] and colour["accuracy"][0][1] == 1.0
+    assert all(r[2] <= r[1] <= r[3] for r in colour["pairwise_mse"])
+    noise = token_noise(trained, cfg, demo_shards, tmp_path)
+    assert [r[0] for r in noise["rows"]] == ["bb_man", "enc_man", "enc_man+"]
+    assert noise["rows"][0][3] == 2 * 16 * 16  # 2 of the 4 patches, 16x16 pixels each
+    assert all(r[4] > 0 for r in noise["rows"])  # manipulation changes the reconstruction
+    layers = intermediate_layers(trained, cfg, demo_shards, tmp_path)
+    # enc's input (x_bb) and its 12 blocks' outputs have the shape of both bb and enc outputs
+    assert {(r[1], r[3]) for r in layers["rows"]} == {(k, s) for k in range(13) for s in ("bb", "enc")}
+    with open(tmp_path / "colour_pairwise_mse.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    for png in ("colour.png", "colour_plot.png", "token_noise.png", "layers.png"):
+        assert (tmp_path / png).stat().st_size > 0
+
+
+def test_coco_masks_limit_the_recolouring(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from featinv.data import shards as shard_io
+    from featinv.data.sources import CocoSource
+    from featinv.modular.colour import recolour
+    from featinv.modular.trained import load_split
+
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[..., 1] = 200  # green everywhere
+    Image.fromarray(img).save(tmp_path / "val2017" / "1.png")
+    coco = {"images": [{"id": 1, "file_name": "1.png", "height": 40, "width": 60}],
+            "categories": [{"id": 3, "name": "car"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 0, 20, 20], "area": 400,
+                             "iscrowd": 0, "segmentation": [[10, 0, 30, 0, 30, 20, 10, 20]]}]}
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
+    shard_io.build(CocoSource(tmp_path, "annotations/instances_{split}2017.json", "{split}2017"),
+                   tmp_path / "shards", "coco", ["val"], {}, 10)
+    split = load_split(tmp_path / "shards", "val", (40, 40))  # central 40x40: the object is at columns 0..20
+    assert split.masks.shape == (1, 1, 40, 40)
+    assert split.masks[0, 0, :21, :21].all() and not split.masks[0, 0, 21:].any() and not split.masks[0, 0, :, 21:].any()
+    red = recolour(split.pixels, "red", split.masks)
+    assert (red[0, 0, :21, :21] > 0.7).all() and (red[0, 1, :21, :21] < 0.01).all()  # object turned red
+    torch.testing.assert_close(red[..., 21:, :], split.pixels[..., 21:, :])  # background untouched

@@ -29,7 +29,8 @@ TINY = {
                    "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
     "sampling": {"steps": 2, "rows_per_shard": 4, "preview": 4},
     "metrics": {"batch_size": 12, "bootstrap": 200},
-    "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4, "examples": 2},
+    "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4},
+    "modular_analyses": {"examples": 2, "finetune": {"steps": 2, "lambdas": [0.0, 1.0]}},
 }
 
 
@@ -132,6 +133,20 @@ def test_snakemake_and_dvc_build_the_same_tables(project):
     params_rows = [line.split(",") for line in (project / "results/modular/demo/params.csv").read_text().splitlines()]
     total = [r for r in params_rows if r[0] == "total"][0]
     assert int(total[3]) == sum(int(r[2]) for r in params_rows[1:7])  # classic = sum of the modular paths
+    modular = project / "results/modular/demo"
+    colour = [line.split(",")[0] for line in (modular / "colour_pairwise_mse.csv").read_text().splitlines()[1:]]
+    assert colour == ["input", "stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
+    assert len((modular / "colour_accuracy.csv").read_text().splitlines()) == 1 + 7
+    assert [line.split(",")[0] for line in (modular / "token_noise.csv").read_text().splitlines()[1:]] == [
+        "stem_man", "blocks1_man", "blocks1_man+"]
+    assert [line.split(",")[:2] for line in (modular / "finetune.csv").read_text().splitlines()[1:]] == [
+        ["fine-tuned", "0"], ["fine-tuned", "1"], ["modular", "nan"], ["classic", "nan"]]
+    assert (modular / "layers_mse.csv").exists() and (modular / "colour_plot.png").exists()
+    # An analysis param reruns the analyses, never the inverses' training.
+    set_param(project, "modular_analyses", "examples", 3)
+    planned = run(snake + ["-n", "modular"], project)
+    assert "modular_colour" in planned and "rule train_modular" not in planned and "train_modular " not in planned
+    set_param(project, "modular_analyses", "examples", 2)
     run(snake + ["--report", "results/report.html"], project)
     html = (project / "results/report.html").read_text(errors="replace")
     assert "Table 1" in html and "training-loss.png" in html

@@ -155,13 +155,45 @@ def cmd_tables(args) -> None:
     print((Path(args.out_dir) / "table2.md").read_text())
 
 
-def cmd_modular_mse(args) -> None:
-    from featinv.modular.analysis import modular_mse
+def _modular_cfg(args, *extra: str) -> tuple[dict, str | None]:
+    """The ``modular`` section (merged with ``extra`` sections' keys) and the forward model's weights file."""
+    cfg = params.validate_sections(args.config, "modular", "backbones", *extra)
+    modular = dict(cfg["modular"])
+    for name in extra:
+        modular.update(cfg[name])
+    return modular, cfg["backbones"]["weights"].get(modular["backbone"])
 
-    cfg = params.validate_sections(args.config, "modular", "backbones")
-    modular = cfg["modular"]
-    result = modular_mse(modular, args.shards, args.out_dir, cfg["backbones"]["weights"].get(modular["backbone"]))
-    print(json.dumps(result, indent=1))
+
+def cmd_modular_train(args) -> None:
+    from featinv.modular.trained import train_inverses
+
+    modular, weights = _modular_cfg(args)
+    print(json.dumps(train_inverses(modular, args.shards, args.model_dir, args.loss_csv, weights), indent=1))
+
+
+ANALYSES = {
+    "modular-mse": ("featinv.modular.analysis", "mse_by_stage",
+                    "modular vs classic inversion: reconstruction MSE by stage, parameter counts, grid"),
+    "modular-colour": ("featinv.modular.colour", "colour_analysis",
+                       "colour perturbations: pairwise MSE of recoloured versions by stage, accuracy per filter"),
+    "modular-noise": ("featinv.modular.noise", "token_noise", "token noise: reconstructions of manipulated tokens"),
+    "modular-layers": ("featinv.modular.layers", "intermediate_layers",
+                       "intermediate layers fed to the trained inverses"),
+    "modular-finetune": ("featinv.modular.finetune", "finetune",
+                         "forward model fine-tuned with a reconstruction loss (eq. 3), per lambda"),
+}
+
+
+def cmd_modular_analysis(args) -> None:
+    import importlib
+
+    from featinv.modular.trained import load_trained
+
+    module, func, _ = ANALYSES[args.verb]
+    modular, weights = _modular_cfg(args, "modular_analyses")
+    trained = load_trained(modular, args.model_dir, weights)
+    result = getattr(importlib.import_module(module), func)(trained, modular, args.shards, args.out_dir)
+    print(json.dumps(result, indent=1, default=str))
 
 
 def cmd_plot_losses(args) -> None:
@@ -265,10 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="directory for table1/table2 .csv and .md")
     p.add_argument("--metrics-json", required=True, help="summary for `dvc metrics show`")
 
-    p = verb("modular-mse", cmd_modular_mse, "modular vs classic inversion: reconstruction MSE by stage",
+    p = verb("modular-train", cmd_modular_train, "train modular and classic inverses of every stage",
              ["modular", "backbones"])
     p.add_argument("--shards", required=True)
-    p.add_argument("--out-dir", required=True, help="directory for mse_by_stage.csv, params.csv, reconstructions.png")
+    p.add_argument("--model-dir", required=True, help="directory for inverses.safetensors and meta.json")
+    p.add_argument("--loss-csv", required=True)
+    for name, (_, _, help_text) in ANALYSES.items():
+        p = verb(name, cmd_modular_analysis, help_text, ["modular", "modular_analyses", "backbones"])
+        p.add_argument("--shards", required=True)
+        p.add_argument("--model-dir", required=True, help="where modular-train saved the inverses")
+        p.add_argument("--out-dir", required=True, help="directory for the tables and figures")
 
     p = verb("plot-losses", cmd_plot_losses, "training-loss curves of the base model and the ControlNets")
     p.add_argument("--csv", nargs="+", required=True, help="loss CSVs (step,loss,...)")

@@ -97,10 +97,28 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     for name in config["backbones"]["weights"]:
         if name not in config["backbones"]["names"]:
             problems.append(f"backbones.weights.{name}: not one of backbones.names")
+    names = modular_stage_names(config["modular"])
+    analyses = config["modular_analyses"]
+    for key, wanted in [("token_noise.stages", analyses["token_noise"]["stages"]),
+                        ("finetune.stage", [analyses["finetune"]["stage"]])]:
+        for name in wanted:
+            if name not in names:
+                problems.append(f"modular_analyses.{key}: '{name}' is not a stage of {config['modular']['backbone']} "
+                                f"({', '.join(names)})")
     fid_features = config["metrics"]["fid"]["features"]
     if fid_features != "inception" and fid_features not in config["backbones"]["names"]:
         problems.append(f"metrics.fid.features: '{fid_features}' is neither 'inception' nor one of backbones.names")
     return problems
+
+
+def modular_stage_names(modular: Mapping[str, Any]) -> list[str]:
+    """The stage names ``featinv.modular`` gives the forward model (without building it)."""
+    backbone = modular["backbone"]
+    if backbone.startswith("detr:"):
+        return ["bb", "enc", "dec", "pred"]
+    if "vit" in backbone.split(".")[0]:
+        return ["bb", "enc", "pred"]
+    return ["stem", *(f"blocks{k}" for k in range(1, len(modular["groups"]) + 1)), "head", "pred"]
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
@@ -234,3 +235,19 @@ def read_image(entry: IndexEntry) -> Image.Image:
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return to_rgb(img)
+
+
+def read_masks(entries: list[IndexEntry]) -> list[np.ndarray | None]:
+    """Each entry's object masks, (objects, H, W) bool from its ``masks.npz`` member, or None where
+    the sample has none (sources without masks). Reads every shard once."""
+    wanted: dict[str, dict[str, int]] = {}
+    for i, entry in enumerate(entries):
+        wanted.setdefault(entry.shard, {})[entry.key] = i
+    out: list[np.ndarray | None] = [None] * len(entries)
+    for shard, rows in wanted.items():
+        with tarfile.open(shard, "r:") as tar:
+            for key, members in tar_samples(Path(shard)):
+                if key in rows and "masks.npz" in members:
+                    with np.load(io.BytesIO(tar.extractfile(members["masks.npz"]).read())) as npz:
+                        out[rows[key]] = npz["masks"].astype(bool)
+    return out

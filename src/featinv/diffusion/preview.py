@@ -13,12 +13,14 @@ from featinv import rowstore
 
 
 def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
-    """A grid of HWC uint8 images, one list per grid row, on white."""
-    h, w = rows[0][0].shape[:2]
+    """A grid of HWC uint8 images, one list per grid row, on white (None leaves a cell blank)."""
+    h, w = next(img for row in rows for img in row if img is not None).shape[:2]
     cols = max(len(r) for r in rows)
     canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
+            if img is None:
+                continue
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             canvas[y : y + h, x : x + w] = img
     return Image.fromarray(canvas)

@@ -14,8 +14,12 @@ from torch import nn
 from featinv.modular.stages import Stage, StagedModel
 
 
-def detr_stages(model: nn.Module, image_size: tuple[int, int]) -> StagedModel:
-    """Stages of a ``DetrForObjectDetection`` for images of ``image_size`` (H, W)."""
+def detr_stages(model: nn.Module, image_size: tuple[int, int], prediction: str | None = None) -> StagedModel:
+    """Stages of a ``DetrForObjectDetection`` for images of ``image_size`` (H, W). ``prediction``:
+    None keeps ``pred`` as raw logits + boxes; ``distribution`` or ``one_hot`` gives what the
+    prediction-head inverse is trained on (:func:`prediction_input`)."""
+    if prediction not in (None, "distribution", "one_hot"):
+        raise ValueError(f"DETR prediction input is 'distribution' or 'one_hot', not '{prediction}'")
     detr = model.model
     with torch.no_grad():
         probe = detr.backbone(torch.zeros(1, 3, *image_size), torch.ones(1, *image_size))[-1][0]
@@ -31,38 +35,53 @@ def detr_stages(model: nn.Module, image_size: tuple[int, int]) -> StagedModel:
         feature_map, _ = detr.backbone(x, mask)[-1]
         return detr.input_projection(feature_map)
 
-    def enc(fmap: torch.Tensor) -> torch.Tensor:
+    def run_encoder(fmap: torch.Tensor, **kw):
         tokens = fmap.flatten(2).transpose(1, 2)
         ones = torch.ones(tokens.shape[:2], device=tokens.device, dtype=torch.long)
         return detr.encoder(inputs_embeds=tokens, attention_mask=ones,
-                            spatial_position_embeddings=positions(tokens.shape[0], tokens)).last_hidden_state
+                            spatial_position_embeddings=positions(tokens.shape[0], tokens), **kw)
 
-    def dec(memory: torch.Tensor) -> torch.Tensor:
+    def run_decoder(memory: torch.Tensor, **kw):
         batch = memory.shape[0]
         query_pos = detr.query_position_embeddings.weight.unsqueeze(0).repeat(batch, 1, 1)
         ones = torch.ones(memory.shape[:2], device=memory.device, dtype=torch.long)
         return detr.decoder(inputs_embeds=torch.zeros_like(query_pos), spatial_position_embeddings=positions(batch, memory),
                             object_queries_position_embeddings=query_pos, encoder_hidden_states=memory,
-                            encoder_attention_mask=ones).last_hidden_state
+                            encoder_attention_mask=ones, **kw)
+
+    def enc(fmap: torch.Tensor) -> torch.Tensor:
+        return run_encoder(fmap).last_hidden_state
+
+    def enc_layers(fmap: torch.Tensor) -> list[torch.Tensor]:  # every encoder layer's output
+        return list(run_encoder(fmap, output_hidden_states=True).hidden_states[1:])
+
+    def dec(memory: torch.Tensor) -> torch.Tensor:
+        return run_decoder(memory).last_hidden_state
+
+    def dec_layers(memory: torch.Tensor) -> list[torch.Tensor]:  # every decoder layer's output, layer-normed
+        hidden = run_decoder(memory, output_hidden_states=True).hidden_states[1:]
+        return [detr.decoder.layernorm(h) for h in hidden]
 
     def pred(queries: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.class_labels_classifier(queries), model.bbox_predictor(queries).sigmoid()], dim=-1)
+        raw = torch.cat([model.class_labels_classifier(queries), model.bbox_predictor(queries).sigmoid()], dim=-1)
+        return raw if prediction is None else prediction_input(raw, one_hot=prediction == "one_hot")
 
     stages = [Stage("bb", bb, [detr.backbone, detr.input_projection], inverse="conv"),
-              Stage("enc", enc, [detr.encoder], inverse="tokens_to_map"),
-              Stage("dec", dec, [detr.decoder, detr.query_position_embeddings], inverse="queries_to_tokens"),
+              Stage("enc", enc, [detr.encoder], inverse="tokens_to_map", layers=enc_layers),
+              Stage("dec", dec, [detr.decoder, detr.query_position_embeddings], inverse="queries_to_tokens",
+                    layers=dec_layers),
               Stage("pred", pred, [model.class_labels_classifier, model.bbox_predictor], inverse="per_token_mlp")]
     staged = StagedModel(model, stages, "detr")
     staged.grid = grid
     return staged
 
 
-def tiny_detr(num_labels: int = 10, d_model: int = 32, queries: int = 5) -> nn.Module:
+def tiny_detr(num_labels: int = 10, d_model: int = 32, queries: int = 5, layers: int = 1) -> nn.Module:
     """A DETR of the paper's architecture family with random weights, built from a config (tests)."""
     from transformers import DetrConfig, DetrForObjectDetection
 
     config = DetrConfig(use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False,
-                        d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=2,
                         decoder_attention_heads=2, encoder_ffn_dim=d_model, decoder_ffn_dim=d_model,
                         num_queries=queries, num_labels=num_labels)
     return DetrForObjectDetection(config).eval()

@@ -5,7 +5,7 @@ the sizes:
 - ``conv`` (a downsampling CNN stage, a DETR backbone): 3x3 convolution, log2(factor) transposed
   convolutions (stride 2) with GroupNorm + SiLU, 3x3 convolution to the input's channels;
 - ``patch`` (a ViT patch embedding): prefix (class) tokens dropped, patch tokens placed on their
-  grid, a transposed convolution with kernel = stride = patch size;
+  grid, a stack of stride-2 transposed convolutions up to the patch size;
 - ``tokens`` (transformer blocks): transformer blocks and a linear map;
 - ``tokens_to_map`` (DETR's encoder, whose input is a flattened map): as ``tokens``, reshaped to the map;
 - ``queries_to_tokens`` (DETR's decoder): blank learned queries, one per output token, cross-attend
@@ -48,12 +48,23 @@ class ConvInverse(nn.Module):
 
 
 class PatchInverse(nn.Module):
-    """Tokens (B, prefix + h*w, D) -> image (B, C, h*p, w*p)."""
+    """Tokens (B, prefix + h*w, D) -> image (B, C, h*p, w*p): prefix tokens dropped, patch tokens on
+    their grid, then log2(p) transposed convolutions (kernel 2, stride 2) with BatchNorm + ReLU between,
+    widths D/3, D/12, ... (the official code's 768 -> 256 -> 64 -> 16 -> 3 for ViT-B/16)."""
 
     def __init__(self, dim: int, out_channels: int, grid: tuple[int, int], patch: int, prefix: int):
         super().__init__()
         self.grid, self.prefix = grid, prefix
-        self.net = nn.ConvTranspose2d(dim, out_channels, kernel_size=patch, stride=patch)
+        steps = int(round(math.log2(patch)))
+        if 2**steps != patch:
+            raise ValueError(f"a patch-embedding inverse upsamples by a power of two, not {patch}")
+        widths = [dim] + [max(4, dim // (3 * 4**k)) for k in range(steps - 1)] + [out_channels]
+        layers: list[nn.Module] = []
+        for k, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.ConvTranspose2d(a, b, kernel_size=2, stride=2))
+            if k < steps - 1:
+                layers += [nn.BatchNorm2d(b), nn.ReLU()]
+        self.net = nn.Sequential(*layers) if layers else nn.Conv2d(dim, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x[:, self.prefix:]

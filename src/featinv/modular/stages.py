@@ -2,14 +2,17 @@
 
 ``StagedModel.representations(x)`` gives x_0 = image, x_1, ..., x_n, one per stage output, and
 ``run(x, start, stop)`` applies stages ``start`` .. ``stop - 1`` (so composing all stages is the
-model's own forward). Adapters:
+model's own forward). A stage may also expose ``layers(x_{j-1})``, the outputs of its inner layers
+(the last is the stage's output or its un-normalised form), for feeding intermediate representations
+to inverses trained on other stages (the paper's section 4.7), and ``position``, the position
+embedding of its output tokens (token-noise analysis). Adapters:
 
 - timm ViT: ``bb`` = patch embedding + class token + position embedding (+ pre-norm),
-  ``enc`` = transformer blocks + final norm, ``pred`` = the classification head. Intermediate block
-  outputs: ``encoder_layers(x_bb)``.
+  ``enc`` = transformer blocks + final norm, ``pred`` = the classification head. ``enc.layers``:
+  every block's output through the final norm.
 - timm CNN (EfficientNet family, the demo): ``stem`` = first convolution + norm, then the block
   groups given by ``cnn_groups`` (indices into ``model.blocks``), ``head`` = last 1x1 convolution
-  + norm, ``pred`` = pooling + classifier.
+  + norm, ``pred`` = pooling + classifier. A group's ``layers``: the output of each of its blocks' layers.
 
 - transformers DETR: :func:`featinv.modular.detr.detr_stages`.
 """
@@ -27,11 +30,14 @@ class Stage(nn.Module):
     of inverse component that mirrors it (see :mod:`featinv.modular.inverses`)."""
 
     def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], modules: Sequence[nn.Module] = (),
-                 inverse: str = "conv"):
+                 inverse: str = "conv", layers: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+                 position: Callable[[], torch.Tensor] | None = None):
         super().__init__()
         self.name = name
         self.fn = fn
         self.inverse = inverse
+        self.layers = layers
+        self.position = position
         self.parts = nn.ModuleList(modules)  # the forward model's own modules (for parameter counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,8 +87,17 @@ def vit_stages(model: nn.Module) -> StagedModel:
     def enc(x):
         return model.norm(model.blocks(x))
 
-    stages = [Stage("bb", bb, [model.patch_embed, model.norm_pre], inverse="patch"),
-              Stage("enc", enc, [model.blocks, model.norm], inverse="tokens"),
+    def enc_layers(x):
+        return [model.norm(h) for h in encoder_layers(model, x)]
+
+    def bb_position():  # (T, D) for every output token; prefix tokens without one get zeros
+        pos = model.pos_embed[0]
+        if getattr(model, "no_embed_class", False) and model.num_prefix_tokens:
+            pos = torch.cat([pos.new_zeros(model.num_prefix_tokens, pos.shape[-1]), pos])
+        return pos
+
+    stages = [Stage("bb", bb, [model.patch_embed, model.norm_pre], inverse="patch", position=bb_position),
+              Stage("enc", enc, [model.blocks, model.norm], inverse="tokens", layers=enc_layers),
               Stage("pred", model.forward_head, [model.head], inverse="mlp")]
     return StagedModel(model, stages, "vit")
 
@@ -105,7 +120,18 @@ def cnn_stages(model: nn.Module, groups: Sequence[Sequence[int]]) -> StagedModel
     stages = [Stage("stem", lambda x: model.bn1(model.conv_stem(x)), [model.conv_stem, model.bn1])]
     for k, group in enumerate(groups, 1):
         seq = nn.Sequential(*[model.blocks[i] for i in group])
-        stages.append(Stage(f"blocks{k}", seq, [seq]))
+        stages.append(Stage(f"blocks{k}", seq, [seq], layers=lambda x, seq=seq: _layer_outputs(seq, x)))
     stages.append(Stage("head", lambda x: model.bn2(model.conv_head(x)), [model.conv_head, model.bn2]))
     stages.append(Stage("pred", model.forward_head, [model.classifier], inverse="mlp"))
     return StagedModel(model, stages, "cnn")
+
+
+def _layer_outputs(blocks: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every layer of every block (a block is a Sequential of layers in timm's
+    EfficientNet family)."""
+    out = []
+    for block in blocks:
+        for layer in (block if isinstance(block, nn.Sequential) else [block]):
+            x = layer(x)
+            out.append(x)
+    return out

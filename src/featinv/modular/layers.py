@@ -1,0 +1,63 @@
+"""Intermediate layers (the paper's section 4.7, Fig 11): representations inside a stage (a ViT's or
+DETR's encoder blocks, DETR's decoder layers, the layers of a CNN block group), fed to the modular
+inverses trained on stage outputs of the same shape, and chained down to an image.
+
+For every stage j that exposes ``layers``: layer 0 is the stage's input x_{j-1}, layers 1..L its
+inner outputs (L = the stage's output); each is reconstructed from every stage i whose output has
+its shape (a ViT's enc layers go to enc^-1 and to bb^-1, a CNN group's layers of the group's output
+shape to that group's inverse). The table gives the pixel MSE to the image per (layer, inverse).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featinv.fileio import atomic_write_text, csv_text
+from featinv.modular.analysis import ci_row, per_image_mse, save_grid
+from featinv.modular.inverses import chain
+from featinv.modular.trained import Trained, load_split, representations
+
+
+def layer_inputs(staged, reps: list[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
+    """For every stage j with ``layers``: [x_{j-1}, layer 1, ..., layer L]."""
+    out = {}
+    with torch.no_grad():
+        for j, stage in enumerate(staged.stages, 1):
+            if stage.layers is not None:
+                out[j] = [reps[j - 1], *stage.layers(reps[j - 1])]
+    return out
+
+
+def intermediate_layers(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """``layers_mse.csv`` and ``layers.png`` (one val image; a row per (stage, inverse), a column per
+    layer, blank where the shapes differ) under ``out_dir``."""
+    fwd = trained.forward
+    names = fwd.staged.names
+    val = load_split(shards, "val", fwd.image_size)
+    reps = representations(fwd, val.pixels)
+    example = len(val.pixels) // 2
+    rows, grid = [], []
+    with torch.no_grad():
+        for j, inputs in layer_inputs(fwd.staged, reps).items():
+            for i in range(1, len(reps)):
+                if not any(x.shape == reps[i].shape for x in inputs):
+                    continue
+                cells = []
+                for k, x in enumerate(inputs):
+                    if x.shape != reps[i].shape:
+                        cells.append(None)
+                        continue
+                    img = fwd.pixels(chain(trained.modular, x, i))
+                    rows.append([names[j - 1], k, len(inputs) - 1, names[i - 1], *ci_row(per_image_mse(img, val.pixels))])
+                    cells.append(img[example])
+                grid.append([val.pixels[example], *cells])
+    if not rows:
+        raise ValueError(f"no stage of {fwd.name} exposes intermediate layers of a stage output's shape")
+    header = ["stage", "layer", "layers", "inverse_from", "mse", "ci95_low", "ci95_high"]
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "layers_mse.csv", csv_text(header, rows, ".6g"))
+    save_grid(grid, out_dir / "layers.png")
+    return {"rows": rows}

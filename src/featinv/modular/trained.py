@@ -1,0 +1,150 @@
+"""The ``train_modular`` rule's work and what the analyses load: modular and classic inverses of the
+forward model named in ``modular`` params, trained on the train split's images.
+
+Images are the split's target views at ``modular.image_size`` in [0, 1] RGB; the forward model sees
+them normalised. Every stage's representations of the train split are computed once and held in
+memory (tens of MB on the demo; at paper scale, bound the split with ``data.per_class``), so the
+forward model never runs per training step.
+
+On disk (``<model_dir>``): ``inverses.safetensors`` (state of ``{"modular": [...], "classic": [[...]]}``,
+loaded without unpickling), ``meta.json`` (the params, stages, representation shapes, final losses).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featinv.fileio import atomic_write_text, csv_text, write_json
+from featinv.modular.forward import ForwardModel, load_forward
+from featinv.modular.inverses import build_inverses
+from featinv.modular.training import (
+    classic_inverses,
+    count_parameters,
+    train_classic,
+    train_modular,
+)
+
+# params that change the inverses (the analyses refuse inverses trained with other values)
+INVERSE_KEYS = ("backbone", "groups", "image_size", "hidden", "depth", "heads", "steps", "batch_size", "lr", "seed",
+                "detr_prediction")
+
+
+@dataclass
+class Split:
+    """One split's images in [0, 1] (N, 3, H, W), their class indices, label space, and the largest
+    object's mask per image (N, 1, H, W) bool where the shards carry masks (COCO), else None."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    label_space: str
+    masks: torch.Tensor | None
+
+
+def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
+    from PIL import Image
+
+    from featinv.data.shards import index_split, load_manifest, read_image, read_masks
+    from featinv.diffusion.targets import TargetView
+
+    index = index_split(shards, split)
+    view = TargetView(size)
+    pixels = np.stack([np.asarray(view.image(read_image(e))) for e in index]).astype(np.float32) / 255.0
+    masks = read_masks(index)
+    mask_arr = None
+    if any(m is not None and len(m) for m in masks):
+        mask_arr = np.ones((len(index), 1, *size), dtype=bool)  # images without objects: whole image
+        for i, m in enumerate(masks):
+            if m is not None and len(m):
+                largest = m[m.reshape(len(m), -1).sum(1).argmax()]
+                img = Image.fromarray(largest.astype(np.uint8) * 255)
+                mask_arr[i, 0] = np.asarray(view.image(img, Image.Resampling.NEAREST)) > 127
+    manifest = load_manifest(shards)
+    return Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor([e.cls for e in index]),
+                 manifest.get("label_space", ""), None if mask_arr is None else torch.from_numpy(mask_arr))
+
+
+@torch.no_grad()
+def representations(forward: ForwardModel, pixels: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
+    """[x_0 (normalised images), x_1, ..., x_n] of ``pixels`` ([0, 1] RGB)."""
+    parts = [forward.staged.representations(forward.normalise(pixels[i:i + batch]))
+             for i in range(0, len(pixels), batch)]
+    return [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
+
+
+def _inverse_kw(cfg: dict[str, Any]) -> dict[str, int]:
+    return {"hidden": cfg["hidden"], "depth": cfg["depth"], "heads": cfg["heads"]}
+
+
+def _bundle(forward: ForwardModel, cfg: dict[str, Any]) -> nn.ModuleDict:
+    with torch.no_grad():
+        probe = forward.staged.representations(forward.normalise(torch.zeros(1, 3, *forward.image_size)))
+    return nn.ModuleDict({"modular": build_inverses(forward.staged, probe, **_inverse_kw(cfg)),
+                          "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg))})
+
+
+def train_inverses(cfg: dict[str, Any], shards: str | Path, model_dir: str | Path, loss_csv: str | Path,
+                   weights: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train modular (eq. 1) and classic inverses of every stage on the train split; save them."""
+    torch.manual_seed(cfg["seed"])
+    forward = load_forward(cfg, weights)
+    train = load_split(shards, "train", forward.image_size)
+    reps = representations(forward, train.pixels)
+    bundle = _bundle(forward, cfg)
+    args = {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "seed": cfg["seed"],
+            "progress": progress}
+    losses = {"modular": train_modular(bundle["modular"], reps, **args),
+              "classic": train_classic(bundle["classic"], reps, **args)}
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    tmp = model_dir / "inverses.safetensors.partial"
+    save_file({k: v.contiguous() for k, v in bundle.state_dict().items()}, str(tmp))
+    tmp.replace(model_dir / "inverses.safetensors")
+    names = forward.staged.names
+    meta = {"params": {k: cfg.get(k) for k in INVERSE_KEYS}, "stages": names,
+            "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(train.pixels),
+            "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
+                           "classic": [count_parameters(c) for c in bundle["classic"]]},
+            "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()}}
+    write_json(model_dir / "meta.json", meta)
+    rows = [[step, loss, kind, names[j]] for kind, hist in losses.items() for j, h in enumerate(hist)
+            for step, loss in enumerate(h, 1)]
+    atomic_write_text(loss_csv, csv_text(["step", "loss", "path", "stage"], rows, ".6g"))
+    return {k: v for k, v in meta.items() if k != "params"}
+
+
+@dataclass
+class Trained:
+    forward: ForwardModel
+    modular: nn.ModuleList  # inverse j at index j-1
+    classic: nn.ModuleList  # full-path inverse from stage j at index j-1
+    meta: dict[str, Any]
+
+
+def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None = None) -> Trained:
+    """The forward model and the inverses ``train_inverses`` saved under ``model_dir``."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    path = model_dir / "inverses.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: train the inverses first (featinv modular-train)")
+    meta = json.loads((model_dir / "meta.json").read_text())
+    wanted = {k: cfg.get(k) for k in INVERSE_KEYS}
+    changed = sorted(k for k in INVERSE_KEYS if meta["params"].get(k) != wanted[k])
+    if changed:
+        raise ValueError(f"inverses in {model_dir} were trained with other modular params ({', '.join(changed)}): "
+                         f"retrain them (featinv modular-train)")
+    forward = load_forward(cfg, weights)
+    bundle = _bundle(forward, cfg)
+    bundle.load_state_dict(load_file(str(path)), strict=True)
+    bundle.eval()
+    return Trained(forward, bundle["modular"], bundle["classic"], meta)
