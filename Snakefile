@@ -13,6 +13,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/metrics.smk"
+include: "workflow/rules/applications.smk"
 include: "workflow/rules/modular.smk"
 
 
@@ -26,4 +27,5 @@ rule all:
         sample_previews(),
         TABLE1,
         f"results/figures/{DATASET}/training-loss.png",
+        application_figures(),
         modular_targets(),

@@ -3,8 +3,19 @@
 import pytest
 import torch
 
-from featinv.applications.arithmetic import compose, image_mask, interpolate, outline, region_mask
-from featinv.applications.concepts import SubspaceConcepts, attenuate, kmeans, subspace_basis
+from featinv.applications.arithmetic import (
+    compose,
+    image_mask,
+    interpolate,
+    outline,
+    region_mask,
+)
+from featinv.applications.concepts import (
+    SubspaceConcepts,
+    attenuate,
+    kmeans,
+    subspace_basis,
+)
 from featinv.applications.steering import concept_mask, featinv_viz
 
 
@@ -137,3 +148,20 @@ def test_composition_masks():
         region_mask((2, 2), (0.0, 0.0, 0.1, 0.1))
     with pytest.raises(ValueError, match="fractions"):
         region_mask((2, 2), (0.5, 0.0, 0.2, 1.0))
+
+
+def test_sparse_subspace_clustering_groups_points_by_subspace():
+    from featinv.applications.concepts import sparse_subspace_clustering
+
+    gen = torch.Generator().manual_seed(0)
+    bases = [torch.linalg.qr(torch.randn(6, 2, generator=gen, dtype=torch.float64)).Q for _ in range(2)]
+    points = torch.cat([(b @ torch.randn(2, 25, generator=gen, dtype=torch.float64)).T for b in bases])
+    points = points / points.norm(dim=1, keepdim=True)
+    labels = sparse_subspace_clustering(points, 2, lam=0.01)
+    assert len(set(labels[:25].tolist())) == 1 and len(set(labels[25:].tolist())) == 1 and labels[0] != labels[25]
+    maps = points.T.reshape(1, 6, 5, 10).float()
+    bank = SubspaceConcepts.discover(maps, 2, variance=0.999, clustering="ssc")
+    assert sorted(b.shape[1] for b in bank.bases) == [2, 2]
+    torch.testing.assert_close(bank.decompose(maps[0]).sum(0), maps[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown concept clustering 'dbscan'"):
+        SubspaceConcepts.discover(maps, 2, clustering="dbscan")

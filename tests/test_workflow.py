@@ -31,6 +31,8 @@ TINY = {
     "metrics": {"batch_size": 12, "bootstrap": 200},
     "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4},
     "modular_analyses": {"examples": 2, "finetune": {"steps": 2, "lambdas": [0.0, 1.0]}},
+    "applications": {"interpolation": {"pairs": [[0, 5]]}, "composition": {"pairs": [[0, 5]]},
+                     "qualitative": {"images": 2, "samples": 2}},
 }
 
 
@@ -133,6 +135,17 @@ def test_snakemake_and_dvc_build_the_same_tables(project):
     params_rows = [line.split(",") for line in (project / "results/modular/demo/params.csv").read_text().splitlines()]
     total = [r for r in params_rows if r[0] == "total"][0]
     assert int(total[3]) == sum(int(r[2]) for r in params_rows[1:7])  # classic = sum of the modular paths
+    figures = project / "results/figures/demo"
+    interp = [line.split(",") for line in (figures / "interpolation.csv").read_text().splitlines()[1:]]
+    assert [float(r[2]) for r in interp] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    composed = {r[2]: r[3] for r in (line.split(",") for line in (figures / "composition.csv").read_text().splitlines()[1:])}
+    # the same map with the same seed is the same image, whichever figure batches it with what
+    assert (interp[0][3], interp[-1][3]) == (composed["a"], composed["b"])
+    concepts = [line.split(",") for line in (figures / "concepts.csv").read_text().splitlines()[1:]]
+    assert [r[1] for r in concepts] == ["concept0", "concept1", "concept2", "complement"]
+    assert sum(int(r[2]) for r in concepts) == 1280  # the subspaces and their complement span the channels
+    assert len((figures / "qualitative.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 maps x 2 models
+    assert len((figures / "variability.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 maps x 2 seeds
     modular = project / "results/modular/demo"
     colour = [line.split(",")[0] for line in (modular / "colour_pairwise_mse.csv").read_text().splitlines()[1:]]
     assert colour == ["input", "stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
@@ -170,7 +183,9 @@ def test_snakemake_and_dvc_build_the_same_tables(project):
     # A sampling param reruns sampling and what reads samples; a feature param reruns from features on.
     set_param(project, "sampling", "seed", 101)
     ran = stages_run(run(dvc + ["repro"], project))
-    assert {"sample", "evaluate", "tables"} <= ran <= {"sample", "preview_samples", "preview_base", "evaluate", "tables"}
+    figures = {"concepts_figure", "interpolation_figure", "composition_figure", "qualitative_figure"}
+    assert {"sample", "evaluate", "tables"} | figures <= ran <= {"sample", "preview_samples", "preview_base", "evaluate",
+                                                                 "tables"} | figures
     set_param(project, "features", "topk", 6)  # new stores (6 classes each), identical feature maps
     ran = stages_run(run(dvc + ["repro"], project))
     assert {"extract_features", "train_controlnet", "sample", "evaluate"} <= ran

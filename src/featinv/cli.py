@@ -196,6 +196,39 @@ def cmd_modular_analysis(args) -> None:
     print(json.dumps(result, indent=1, default=str))
 
 
+def _figure_setup(args, scorer: bool = True):
+    from featinv.applications.figures import FeatInvGenerator, MapScorer
+
+    cfg = params.validate_sections(args.config, "diffusion", "sampling", "applications", "backbones")
+    gen = FeatInvGenerator(args.base, args.model, cfg["diffusion"], cfg["sampling"])
+    name = gen.net.meta["backbone"]
+    score = MapScorer(name, cfg["backbones"]["weights"].get(name), gen.device) if scorer else None
+    return cfg["applications"], gen, score
+
+
+def cmd_figure(args) -> None:
+    from featinv.applications import figures
+
+    apps, gen, score = _figure_setup(args, scorer=args.verb != "figure-concepts")
+    if args.verb == "figure-concepts":
+        figures.concepts_figure(gen, args.train_store, args.store, args.shards, args.split, apps["concepts"],
+                                args.out_png, args.out_csv)
+    elif args.verb == "figure-interpolation":
+        figures.interpolation_figure(gen, score, args.store, args.shards, args.split, apps["interpolation"],
+                                     args.out_png, args.out_csv)
+    elif args.verb == "figure-composition":
+        figures.composition_figure(gen, score, args.store, args.shards, args.split, apps["composition"],
+                                   args.out_png, args.out_csv)
+    else:
+        q = apps["qualitative"]
+        stores = dict(item.split("=", 1) for item in args.samples)
+        per_image = dict(item.split("=", 1) for item in args.per_image)
+        figures.qualitative_figure(stores, per_image, args.shards, args.split, q, args.out_png, args.out_csv)
+        figures.variability_figure(gen, score, args.store, args.shards, args.split, q, args.variability_png,
+                                   args.variability_csv)
+    print(Path(args.out_csv).read_text())
+
+
 def cmd_plot_losses(args) -> None:
     from featinv.plots import plot_losses
 
@@ -307,6 +340,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--shards", required=True)
         p.add_argument("--model-dir", required=True, help="where modular-train saved the inverses")
         p.add_argument("--out-dir", required=True, help="directory for the tables and figures")
+
+    figure_verbs = {
+        "figure-concepts": "FeatInv-Viz: MCD concepts of one class steered in input space (Fig 4)",
+        "figure-interpolation": "reconstructions of interpolated feature maps (Fig 5)",
+        "figure-composition": "reconstructions of spatially composed feature maps (Fig 6)",
+        "figure-qualitative": "every trained model's reconstructions side by side, and samples per map (Fig 3)",
+    }
+    for name, help_text in figure_verbs.items():
+        p = verb(name, cmd_figure, help_text, ["diffusion", "sampling", "applications", "backbones"])
+        p.add_argument("--base", required=True, help="base model directory or hub id")
+        p.add_argument("--model", required=True, help="the unpooled FeatInv ControlNet that reconstructs")
+        p.add_argument("--store", required=True, help="feature store of the split the maps come from")
+        p.add_argument("--shards", required=True)
+        p.add_argument("--split", required=True)
+        p.add_argument("--out-png", required=True)
+        p.add_argument("--out-csv", required=True)
+        if name == "figure-concepts":
+            p.add_argument("--train-store", required=True, help="feature store the concepts are discovered in")
+        if name == "figure-qualitative":
+            p.add_argument("--samples", nargs="+", required=True, help="MODEL=sample store, one per trained model")
+            p.add_argument("--per-image", nargs="+", required=True, help="MODEL=per-image metrics CSV")
+            p.add_argument("--variability-png", required=True)
+            p.add_argument("--variability-csv", required=True)
 
     p = verb("plot-losses", cmd_plot_losses, "training-loss curves of the base model and the ControlNets")
     p.add_argument("--csv", nargs="+", required=True, help="loss CSVs (step,loss,...)")

@@ -97,6 +97,10 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     for name in config["backbones"]["weights"]:
         if name not in config["backbones"]["names"]:
             problems.append(f"backbones.weights.{name}: not one of backbones.names")
+    if config["applications"]["backbone"] not in config["backbones"]["names"]:
+        problems.append(f"applications.backbone: '{config['applications']['backbone']}' is not one of backbones.names")
+    if "unpooled" not in config["controlnet"]["variants"]:
+        problems.append("applications: need the unpooled variant in controlnet.variants")
     names = modular_stage_names(config["modular"])
     analyses = config["modular_analyses"]
     for key, wanted in [("token_noise.stages", analyses["token_noise"]["stages"]),

@@ -6,7 +6,7 @@ slots into FeatInv-Viz (:mod:`featinv.applications.steering`).
 
 :class:`SubspaceConcepts` is multi-dimensional concept discovery (MCD, Vielhaben et al. 2023; see
 ANCHORS.md): the spatial feature vectors of one class's images, unit-normalised, are clustered
-(k-means here); each cluster's concept is the linear subspace spanned by its leading principal
+(k-means, or sparse subspace clustering); each cluster's concept is the linear subspace spanned by its leading principal
 directions (uncentred, so subspaces pass through the origin; the dimension is the smallest that
 explains ``variance`` of the cluster's energy); the orthogonal complement of their union is one more
 concept. Coefficients solve against the concatenated bases, so the components sum back to the map
@@ -49,6 +49,33 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Ten
     return labels
 
 
+def sparse_subspace_clustering(x: torch.Tensor, k: int, lam: float = 0.05, iters: int = 300,
+                               seed: int = 0) -> torch.Tensor:
+    """Cluster index of each row of ``x`` (N, C) by sparse subspace clustering (Elhamifar & Vidal):
+    every point as a sparse combination of the others, min ||c||_1 + ||x_i - X c||^2 / (2 lam) with
+    c_i = 0 (ISTA), affinity |C| + |C|^T, spectral clustering (normalised Laplacian, k-means on its
+    leading eigenvectors). Points of one subspace select each other, so clusters follow subspaces
+    rather than distances."""
+    x = x.double()
+    n = len(x)
+    if not 1 <= k <= n:
+        raise ValueError(f"sparse subspace clustering needs 1 <= k <= {n} points, got k={k}")
+    gram = x @ x.T
+    step = 1.0 / torch.linalg.eigvalsh(gram).max().clamp(min=1e-12)
+    coef = torch.zeros(n, n, dtype=x.dtype)
+    off = 1.0 - torch.eye(n, dtype=x.dtype)
+    for _ in range(iters):  # columns: c_j for point j; gradient of ||X^T - X^T C||^2 / 2 is G C - G
+        z = coef - step * (gram @ coef - gram)
+        coef = torch.sign(z) * (z.abs() - step * lam).clamp(min=0) * off
+    affinity = coef.abs() + coef.abs().T
+    degree = affinity.sum(1).clamp(min=1e-12)
+    norm = affinity / degree.sqrt()[:, None] / degree.sqrt()[None, :]
+    _, vecs = torch.linalg.eigh(norm)
+    embedding = vecs[:, -k:]
+    embedding = embedding / embedding.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    return kmeans(embedding.float(), k, seed=seed)
+
+
 def subspace_basis(vectors: torch.Tensor, variance: float, max_dim: int | None = None) -> torch.Tensor:
     """(C, d) orthonormal basis of the leading uncentred principal directions of ``vectors`` (N, C),
     d the smallest dimension whose share of the energy reaches ``variance``."""
@@ -77,11 +104,16 @@ class SubspaceConcepts:
 
     @classmethod
     def discover(cls, fmaps: torch.Tensor, k: int, variance: float = 0.9, max_dim: int | None = None,
-                 seed: int = 0) -> "SubspaceConcepts":
-        """Concepts of the feature maps (B, C, H, W) of one class."""
+                 seed: int = 0, clustering: str = "kmeans") -> SubspaceConcepts:
+        """Concepts of the feature maps (B, C, H, W) of one class; ``clustering``: kmeans or ssc."""
         vectors = fmaps.double().permute(0, 2, 3, 1).reshape(-1, fmaps.shape[1])
         vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        labels = kmeans(vectors, k, seed=seed)
+        if clustering == "kmeans":
+            labels = kmeans(vectors, k, seed=seed)
+        elif clustering == "ssc":
+            labels = sparse_subspace_clustering(vectors, k, seed=seed)
+        else:
+            raise ValueError(f"unknown concept clustering '{clustering}' (kmeans or ssc)")
         bases = [subspace_basis(vectors[labels == j], variance, max_dim) for j in range(k) if (labels == j).any()]
         return cls(bases)
 
