@@ -91,20 +91,28 @@ def test_wrong_conditioning_input_is_a_clear_error():
 
 def test_unconditional_branch_keeps_the_hint(base):
     net = make_net(base)
-    seen = []
-    real = net.forward
+    seen, encoded = [], []
+    real, real_encoder = net.forward, net.encoder.forward
 
-    def spy(x, t, text, cond, scale=1.0):
-        seen.append(cond.clone())
-        return real(x, t, text, cond, scale)
+    def spy(x, t, text, cond=None, scale=1.0, hint=None):
+        seen.append(hint.clone())
+        return real(x, t, text, cond, scale, hint=hint)
 
-    net.forward = spy
+    def spy_encoder(cond):
+        encoded.append(cond.clone())
+        return real_encoder(cond)
+
+    net.forward, net.encoder.forward = spy, spy_encoder
     cond = torch.randn(3, 24, 3, 3)
     text = base.prompt_embeddings(PROMPT)
     denoise(base, net, cond, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base), 2, 1.75, 1.0)
+    assert len(encoded) == 1  # each map is encoded once, not at every step
+    torch.testing.assert_close(encoded[0][:3], cond)
+    with torch.no_grad():
+        hint = real_encoder(cond)
     assert len(seen) == 2
-    for c in seen:  # padded to 8 rows: [cond, cond, padding]
-        torch.testing.assert_close(c[:6], torch.cat([cond, cond]))
+    for h in seen:  # padded to 8 rows: [hint, hint, padding]
+        torch.testing.assert_close(h[:6], torch.cat([hint, hint]))
 
 
 def write_features(path, n=10, channels=24, fmap=(3, 3), seed=0):

@@ -46,10 +46,12 @@ class FeatureControlNet(nn.Module):
         )
         return cls(controlnet, encoder, {**meta, "pooled": pooled})
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, cond: torch.Tensor,
-                scale: float = 1.0):
-        """(down-block residuals, mid-block residual) to add to the frozen UNet."""
-        hint = self.encoder(cond)
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, cond: torch.Tensor | None = None,
+                scale: float = 1.0, hint: torch.Tensor | None = None):
+        """(down-block residuals, mid-block residual) to add to the frozen UNet. ``hint`` is
+        ``encoder(cond)`` computed beforehand (the sampler encodes each map once, not every step)."""
+        if hint is None:
+            hint = self.encoder(cond)
         return self.controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=hint.to(noisy.dtype),
                                conditioning_scale=scale, return_dict=False)
 

@@ -91,25 +91,28 @@ def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor |
     text_c = text[0:1].expand(n, *text.shape[1:])
     text_u = text[1:2].expand(n, *text.shape[1:])
 
-    def eps(x_in, t_in, txt, c=None):
+    # The hint depends on the feature map only: encode it once, not at every step and branch.
+    hint = _padded(net.encoder, cond, min_rows=min_rows) if net is not None and cond is not None else None
+
+    def eps(x_in, t_in, txt, h=None):
         extra = {}
         if net is not None:
-            down, mid = net(x_in, t_in, txt, c, scale=strength)
+            down, mid = net(x_in, t_in, txt, scale=strength, hint=h)
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         return base.unet(x_in, t_in, encoder_hidden_states=txt, **extra).sample
 
     for t in scheduler.timesteps:
         if guided:
             x_in = scheduler.scale_model_input(torch.cat([x, x]), t)
-            c_in = torch.cat([cond, cond]) if cond is not None else None
+            h_in = torch.cat([hint, hint]) if hint is not None else None
             tt = t.expand(2 * n)
-            args = (x_in, tt, torch.cat([text_c, text_u])) + ((c_in,) if c_in is not None else ())
+            args = (x_in, tt, torch.cat([text_c, text_u])) + ((h_in,) if h_in is not None else ())
             out = _padded(eps, *args, min_rows=min_rows)
             e_c, e_u = out.chunk(2)
             e = e_u + guidance * (e_c - e_u)
         else:
             x_in = scheduler.scale_model_input(x, t)
-            args = (x_in, t.expand(n), text_c) + ((cond,) if cond is not None else ())
+            args = (x_in, t.expand(n), text_c) + ((hint,) if hint is not None else ())
             e = _padded(eps, *args, min_rows=min_rows)
         x = scheduler.step(e, t, x).prev_sample
     return base.codec.decode(x)
