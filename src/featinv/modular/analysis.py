@@ -25,8 +25,10 @@ def per_image_mse(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 def example_rows(n: int, examples: int) -> torch.Tensor:
-    """``examples`` indices spread evenly over n images (classes are contiguous in a split)."""
-    return torch.from_numpy(np.unique(np.linspace(0, n - 1, min(examples, n)).round().astype(int)))
+    """``examples`` indices spread evenly over n images (so over the classes, contiguous in a split)."""
+    from featinv.diffusion.preview import spread_rows
+
+    return torch.from_numpy(spread_rows(n, examples))
 
 
 def save_grid(rows: list[list[torch.Tensor | None]], path: str | Path) -> None:

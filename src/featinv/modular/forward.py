@@ -9,7 +9,6 @@ Nothing is swapped in when weights are missing: :class:`WeightsError` says what 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from featinv.backbones.registry import WeightsError
+from featinv.backbones.registry import WeightsError, _offline
 from featinv.modular.stages import StagedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,9 +62,8 @@ def load_detr(source: str) -> nn.Module:
     """``DetrForObjectDetection`` from a hub id or local directory, never downloaded when offline."""
     from transformers import DetrForObjectDetection
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     try:
-        return DetrForObjectDetection.from_pretrained(source, local_files_only=offline or Path(source).is_dir(),
+        return DetrForObjectDetection.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir(),
                                                       use_pretrained_backbone=False).eval()
     except (OSError, ValueError) as exc:
         raise WeightsError(
