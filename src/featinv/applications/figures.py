@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.applications.arithmetic import (
@@ -163,7 +164,7 @@ def concepts_figure(gen: FeatInvGenerator, train_store: str | Path, val_store: s
         parts = bank.decompose(maps[i])
         norm = float(maps[i].norm())
         row = [(originals[i], key), (recon[i], "reconstruction")]
-        for c, name in enumerate(bank.names):
+        for c, name in enumerate(tqdm(bank.names, desc=f"FeatInv-Viz {key}", unit="concept")):
             distance = featinv_viz(gen, parts, c, seeds, cfg["factor"])
             mask = concept_mask(distance, cfg["threshold"])
             shaded = originals[i] * (0.25 + 0.75 * mask.float())  # unaffected pixels dimmed

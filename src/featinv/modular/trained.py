@@ -73,8 +73,11 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
 @torch.no_grad()
 def representations(forward: ForwardModel, pixels: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
     """[x_0 (normalised images), x_1, ..., x_n] of ``pixels`` ([0, 1] RGB)."""
+    from tqdm import tqdm
+
+    starts = range(0, len(pixels), batch)
     parts = [forward.staged.representations(forward.normalise(pixels[i:i + batch]))
-             for i in range(0, len(pixels), batch)]
+             for i in tqdm(starts, desc=f"{forward.name} stages", unit="batch", disable=len(starts) < 4)]
     return [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
