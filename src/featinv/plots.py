@@ -1,4 +1,4 @@
-"""Figures for the report: training-loss curves."""
+"""Figures for the report: training-loss curves, and the matplotlib set-up every figure shares."""
 
 from __future__ import annotations
 
@@ -6,6 +6,23 @@ import csv
 from pathlib import Path
 
 import numpy as np
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on CI or cluster nodes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """Write ``fig`` to ``path`` (parents created) and free it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
 
 
 def _read_loss(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -27,11 +44,7 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 def plot_losses(csvs: list[str | Path], out_png: str | Path, window: int = 20) -> None:
     """One panel per model group (the base model; the ControlNets), one line per loss CSV, raw loss
     faint and its running mean solid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     groups = {"base model": [p for p in csvs if Path(p).name == "base-loss.csv"],
               "ControlNets": [p for p in csvs if Path(p).name != "base-loss.csv"]}
     groups = {k: v for k, v in groups.items() if v}
@@ -44,6 +57,4 @@ def plot_losses(csvs: list[str | Path], out_png: str | Path, window: int = 20) -
         ax.set(title=title, xlabel="step", ylabel="training loss", yscale="log")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_png)

@@ -109,10 +109,9 @@ def _check_rows(rows: Sequence[int], n: int, what: str) -> None:
 
 def _figure(panels: list[list[tuple[torch.Tensor | None, str]]], path: Path, scale: float = 1.3) -> None:
     """A grid of (image (3, H, W) in [0, 1], title) panels, one list per row."""
-    import matplotlib
+    from featinv.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_rows, n_cols = len(panels), max(len(r) for r in panels)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(scale * n_cols, scale * n_rows + 0.3), squeeze=False)
@@ -124,9 +123,7 @@ def _figure(panels: list[list[tuple[torch.Tensor | None, str]]], path: Path, sca
                 axes[i, j].imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
             axes[i, j].set_title(title, fontsize=6)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _paint(img: torch.Tensor, mask: torch.Tensor, colour=(1.0, 0.0, 0.0)) -> torch.Tensor:

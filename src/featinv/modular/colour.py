@@ -8,9 +8,8 @@ largest object's mask where the shards carry masks (COCO) and to the whole image
 
 Analysis: for every val image the six filtered versions are compared pairwise (mean MSE over the 15
 pairs) at the input and after the modular reconstruction from every stage (Fig 7 left); and the
-model's accuracy on each recolouring, "none" included (Fig 7 right). Accuracy is against the labels
-where they are the model's classes (ImageNet), otherwise against the model's own top-1 prediction on
-the unperturbed image (the demo's classes are photographs, not ImageNet classes).
+model's accuracy on each recolouring, "none" included (Fig 7 right), against
+:func:`featinv.modular.trained.task_targets` of the unperturbed images.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.modular.analysis import ci_row, save_grid
 from featinv.modular.inverses import chain
-from featinv.modular.trained import Trained, load_split, representations
+from featinv.modular.trained import Trained, load_split, representations, task_targets
 
 FILTERS = ("red", "green", "blue", "hue120", "hue240", "grayscale")
 
@@ -60,17 +59,15 @@ def colour_analysis(trained: Trained, cfg: dict[str, Any], shards: str | Path, o
     versions = {f: recolour(val.pixels, f, val.masks) for f in ("none", *FILTERS)}
     recon: dict[str, list[torch.Tensor]] = {}  # filter -> [input, recon from stage 1, ..., n]
     accuracy_of: dict[str, np.ndarray] = {}
-    reference = None
+    reference, target = None, "none (not a classifier)"
     with torch.no_grad():
-        for f, px in versions.items():
+        for f, px in versions.items():  # "none" first: its predictions are the reference
             reps = representations(fwd, px)
             recon[f] = [px] + [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, len(reps))]
             if fwd.classifier:
-                pred = reps[-1].argmax(-1)
-                if reference is None:  # "none" comes first
-                    use_labels = val.label_space == "imagenet-1k" and reps[-1].shape[-1] == 1000
-                    reference = val.labels if use_labels else pred
-                accuracy_of[f] = (pred == reference).float().numpy()
+                if reference is None:
+                    reference, target = task_targets(val, reps[-1])
+                accuracy_of[f] = (reps[-1].argmax(-1) == reference).float().numpy()
     levels = ["input", *names]
     pair_rows = []
     for k, level in enumerate(levels):
@@ -79,7 +76,6 @@ def colour_analysis(trained: Trained, cfg: dict[str, Any], shards: str | Path, o
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "colour_pairwise_mse.csv",
                       csv_text(["level", "pairwise_mse", "ci95_low", "ci95_high"], pair_rows, ".6g"))
-    target = "label" if fwd.classifier and reference is val.labels else "unperturbed top-1"
     acc_rows = [[f, *ci_row(a), target, val.masks is not None] for f, a in accuracy_of.items()]
     atomic_write_text(out_dir / "colour_accuracy.csv",
                       csv_text(["filter", "accuracy", "ci95_low", "ci95_high", "target", "object_masks"], acc_rows, ".6g"))
@@ -90,10 +86,9 @@ def colour_analysis(trained: Trained, cfg: dict[str, Any], shards: str | Path, o
 
 
 def _plot(levels, pair_rows, acc_rows, target, path: Path) -> None:
-    import matplotlib
+    from featinv.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     x = np.arange(len(levels))
@@ -111,6 +106,4 @@ def _plot(levels, pair_rows, acc_rows, target, path: Path) -> None:
     right.set_ylabel(f"accuracy (vs {target})")
     right.set_title("accuracy under recolouring")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

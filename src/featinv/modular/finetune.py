@@ -27,19 +27,13 @@ from tqdm import tqdm
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
 from featinv.modular.inverses import build_inverses, chain
-from featinv.modular.trained import Trained, load_split, representations
+from featinv.modular.trained import Trained, load_split, representations, task_targets
 from featinv.modular.training import _batches
 
 
 def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``x`` in the forward pass; its gradient multiplied by ``factor`` in the backward pass."""
     return factor * x + (1.0 - factor) * x.detach()
-
-
-def _targets(trained: Trained, split, reps_last: torch.Tensor) -> tuple[torch.Tensor, str]:
-    if split.label_space == "imagenet-1k" and reps_last.shape[-1] == 1000:
-        return split.labels, "label"
-    return reps_last.argmax(-1), "original top-1"
 
 
 def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, train_y: torch.Tensor,
@@ -86,8 +80,8 @@ def finetune(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir:
     val = load_split(shards, "val", fwd.image_size)
     train_reps = representations(fwd, train.pixels)
     val_reps = representations(fwd, val.pixels)
-    train_y, target = _targets(trained, train, train_reps[-1])
-    val_y, _ = _targets(trained, val, val_reps[-1])
+    train_y, target = task_targets(train, train_reps[-1])
+    val_y, _ = task_targets(val, val_reps[-1])
     pick = example_rows(len(val.pixels), min(cfg["examples"], 6))
     rows, columns = [], [val.pixels[pick]]
 
@@ -117,10 +111,9 @@ def finetune(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir:
 
 
 def _plot(rows, stage: str, target: str, path: Path) -> None:
-    import matplotlib
+    from featinv.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     for r in rows:
@@ -131,6 +124,4 @@ def _plot(rows, stage: str, target: str, path: Path) -> None:
     ax.set_xlabel(f"accuracy (vs {target})")
     ax.set_ylabel(f"reconstruction MSE from {stage}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -115,6 +115,15 @@ class MlpInverse(nn.Module):
         return self.net(x).view(*lead, *self.out_shape)
 
 
+def square_layouts(n_tokens: int):
+    """(prefix, side) for every way n_tokens = prefix + side^2 with up to 8 prefix tokens (class,
+    register, distillation tokens come first), fewest prefix tokens first."""
+    for prefix in range(min(9, n_tokens)):
+        side = math.isqrt(n_tokens - prefix)
+        if side * side == n_tokens - prefix:
+            yield prefix, side
+
+
 def inverse_for(kind: str, x_prev: torch.Tensor, x_next: torch.Tensor, hidden: int = 64, depth: int = 1,
                 heads: int = 4) -> nn.Module:
     """The ``kind`` of inverse mapping representations shaped like ``x_next`` to ones like ``x_prev``
@@ -127,9 +136,8 @@ def inverse_for(kind: str, x_prev: torch.Tensor, x_next: torch.Tensor, hidden: i
         return ConvInverse(nxt[0], prev[0], factor, hidden)
     if kind == "patch":
         n_tokens, dim = nxt
-        for prefix in range(0, 9):  # class / register / distillation tokens come first
-            side = math.isqrt(n_tokens - prefix)
-            if side * side == n_tokens - prefix and prev[1] % side == 0:
+        for prefix, side in square_layouts(n_tokens):
+            if prev[1] % side == 0:
                 return PatchInverse(dim, prev[0], (side, side), prev[1] // side, prefix)
         raise ValueError(f"cannot place {n_tokens} tokens on a square grid for an image of {prev}")
     if kind == "tokens":

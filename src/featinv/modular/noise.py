@@ -14,7 +14,6 @@ them (ratio >> 1: the representation keeps spatial correspondence, as the paper 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,14 @@ import torch
 
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
-from featinv.modular.inverses import chain
+from featinv.modular.inverses import chain, square_layouts
 from featinv.modular.trained import Trained, load_split, representations
 
 
 def layout(x: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[int, tuple[int, int]]:
     """(prefix tokens, (h, w) grid) of a representation: a map (B, C, h, w) or tokens (B, T, D) whose
-    patch tokens fill ``grid`` or, without one, a square after up to 8 prefix tokens."""
+    patch tokens fill ``grid`` or, without one, a square after up to 8 prefix tokens (as the
+    patch-embedding inverse places them)."""
     if x.ndim == 4:
         return 0, (x.shape[-2], x.shape[-1])
     if x.ndim != 3:
@@ -36,10 +36,8 @@ def layout(x: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[int, t
     n = x.shape[1]
     if grid is not None and grid[0] * grid[1] == n:
         return 0, grid
-    for prefix in range(9):
-        side = math.isqrt(n - prefix)
-        if side * side == n - prefix:
-            return prefix, (side, side)
+    for prefix, side in square_layouts(n):
+        return prefix, (side, side)
     raise ValueError(f"{n} tokens do not form a grid")
 
 

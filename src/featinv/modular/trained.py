@@ -70,6 +70,15 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
                  manifest.get("label_space", ""), None if mask_arr is None else torch.from_numpy(mask_arr))
 
 
+def task_targets(split: Split, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """What accuracy is measured against: the split's labels where they are the model's classes
+    (ImageNet-1k), otherwise the model's own top-1 on these images (the demo's classes are
+    photographs, not ImageNet classes); and the name of that choice."""
+    if split.label_space == "imagenet-1k" and logits.shape[-1] == 1000:
+        return split.labels, "label"
+    return logits.argmax(-1), "original top-1"
+
+
 @torch.no_grad()
 def representations(forward: ForwardModel, pixels: torch.Tensor, batch: int = 64) -> list[torch.Tensor]:
     """[x_0 (normalised images), x_1, ..., x_n] of ``pixels`` ([0, 1] RGB)."""
