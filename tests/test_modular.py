@@ -330,3 +330,19 @@ def test_coco_masks_limit_the_recolouring(tmp_path):
     red = recolour(split.pixels, "red", split.masks)
     assert (red[0, 0, :21, :21] > 0.7).all() and (red[0, 1, :21, :21] < 0.01).all()  # object turned red
     torch.testing.assert_close(red[..., 21:, :], split.pixels[..., 21:, :])  # background untouched
+
+
+def test_accuracy_targets_are_labels_only_for_the_models_own_classes():
+    from featinv.modular.trained import Split, task_targets
+
+    logits = torch.zeros(2, 1000)
+    logits[0, 7], logits[1, 3] = 1.0, 1.0
+    labels = torch.tensor([7, 9])
+    imagenet = Split(torch.zeros(2, 3, 4, 4), labels, "imagenet-1k", None)
+    targets, name = task_targets(imagenet, logits)
+    assert name == "label" and torch.equal(targets, labels)
+    demo = Split(torch.zeros(2, 3, 4, 4), labels, "demo-photo", None)
+    targets, name = task_targets(demo, logits)
+    assert name == "original top-1" and targets.tolist() == [7, 3]
+    targets, name = task_targets(imagenet, logits[:, :10])  # a head over other classes
+    assert name == "original top-1"
