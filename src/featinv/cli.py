@@ -48,6 +48,8 @@ def cmd_extract(args) -> None:
                       num_workers=feats["num_workers"], device=feats["device"],
                       rows_per_shard=feats["rows_per_shard"], rows_per_chunk=feats["rows_per_chunk"],
                       topk=feats["topk"])
+    if summary["process"]:
+        return  # the main process reports, once the store is complete
     report = {**accuracy_report(args.store), "extraction": summary}
     if args.report:
         write_json(args.report, report)
@@ -245,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="featinv", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="run as N processes under `accelerate launch` (one per GPU; gloo on CPU): extract, "
+                             "train-base, train-controlnet and sample split their work; 0 or 1 = one process")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     def verb(name, func, help_text, sections=()):
@@ -377,8 +382,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MULTI_PROCESS_VERBS = ("extract", "train-base", "train-controlnet", "sample")
+
+
+def _relaunch(args, argv: list[str]) -> int:
+    """Rerun this command as ``args.processes`` processes (without ``--processes``)."""
+    import subprocess
+
+    from featinv.distributed import launch_command
+
+    if args.verb not in MULTI_PROCESS_VERBS:
+        print(f"featinv {args.verb}: error: --processes {args.processes}: only {', '.join(MULTI_PROCESS_VERBS)} "
+              "split their work across processes", file=sys.stderr)
+        return 2
+    # global options precede the verb: keep them, without --processes
+    rest = (["-v"] if args.verbose else []) + ["--threads", str(args.threads)] + argv[argv.index(args.verb):]
+    return subprocess.call(launch_command(args.processes, rest))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    from featinv.distributed import launched
+
+    if args.processes > 1 and not launched():
+        return _relaunch(args, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:

@@ -5,6 +5,9 @@ computed in blocks of one zarr shard, each written whole and then marked in ``do
 bounded by one block and an interrupted run resumes at the first block not done. Work happens
 under ``<path>.partial``, renamed into place when every block is done: a store at its final path
 is always complete.
+
+Several processes may fill one store (``open_shared``): each computes whole blocks of its own and
+marks them in ``done``, whose flags are one chunk per block, so no two writers touch one object.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def _create(path: Path, n: int, arrays: ArraySpec, rows_per_shard: int, rows_per
             group.create_array(name, shape=(n, *rest), dtype=dtype, chunks=(chunk, *rest), shards=(shard, *rest),
                                fill_value=fill)
     n_blocks = -(-n // shard)
-    group.create_array("done", shape=(n_blocks,), dtype="bool", chunks=(max(n_blocks, 1),), fill_value=False)
+    group.create_array("done", shape=(n_blocks,), dtype="bool", chunks=(1,), fill_value=False)
     group.attrs.update({**attrs, "n_rows": n, "rows_per_block": shard, "complete": False})
     return group
 
@@ -73,14 +76,38 @@ def open_or_resume(out: str | Path, n: int, arrays: ArraySpec, rows_per_shard: i
     return _create(partial, n, arrays, rows_per_shard, rows_per_chunk, attrs), False
 
 
-def pending_batches(group: zarr.Group, batch_size: int) -> list[list[int]]:
-    """Row batches of the blocks not yet done. Batches never straddle blocks and split each block
-    the same way every time, so a resumed run computes every row in the batch it would have had."""
+def open_shared(out: str | Path, n: int, arrays: ArraySpec, rows_per_shard: int, rows_per_chunk: int,
+                attrs: dict[str, Any], procs) -> tuple[zarr.Group, bool]:
+    """``open_or_resume`` for a job of several processes (``featinv.distributed.Processes``): the
+    main process creates or resumes the store, the others open it once it is there. Only the main
+    process sees ``resumed`` False (and fills the per-row arrays it writes up front)."""
+    if procs.is_main:
+        group, resumed = open_or_resume(out, n, arrays, rows_per_shard, rows_per_chunk, attrs)
+    procs.barrier()
+    if not procs.is_main:
+        group, resumed = zarr.open_group(str(partial_path(out)), mode="r+"), True
+    return group, resumed
+
+
+def finish_shared(out: str | Path, procs) -> None:
+    """Once every process has written its blocks, the main process finalizes the store."""
+    procs.barrier()
+    if procs.is_main:
+        finalize(out)
+    procs.barrier()
+
+
+def pending_batches(group: zarr.Group, batch_size: int, procs=None) -> list[list[int]]:
+    """Row batches of the blocks not yet done (of this process's share of them, given ``procs``).
+    Batches never straddle blocks and split each block the same way every time, so a resumed or
+    differently split run computes every row in the batch it would have had."""
     n = group.attrs["n_rows"]
     block = group.attrs["rows_per_block"]
-    done = group["done"][:]
+    pending = np.flatnonzero(~group["done"][:]).tolist()
+    if procs is not None:
+        pending = procs.share(pending)
     batches = []
-    for b in np.flatnonzero(~done):
+    for b in pending:
         lo, hi = int(b) * block, min((int(b) + 1) * block, n)
         batches += [list(range(s, min(s + batch_size, hi))) for s in range(lo, hi, batch_size)]
     return batches

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from featinv import rowstore
 from featinv.diffusion.base import BaseModel
 from featinv.diffusion.controlnet import FeatureControlNet
+from featinv.distributed import processes
 from featinv.features.extract import resolve_device
 
 log = logging.getLogger(__name__)
@@ -125,13 +126,15 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, out: str | Path, cfg: dict[str, Any],
                  strength: float, prompt: str, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Reconstruct every feature map of a feature store into ``out`` (a rowstore):
-    ``images`` (N, S, 3, R, R) uint8 for S samples per map, and ``keys``."""
+    ``images`` (N, S, 3, R, R) uint8 for S samples per map, and ``keys``. Launched as several
+    processes, each samples its share of the store's blocks (the summary is of that share)."""
     feats = rowstore.open_complete(features)
     variant = net.meta["variant"]
     cond_array = feats["pooled"] if variant == "pooled" else feats["features"]
     keys = list(feats["keys"][:])
     n, samples = len(keys), cfg["samples_per_map"]
     dev = resolve_device(device)
+    procs = processes(dev)
     base.to(dev)
     net.to(dev)
     text = base.prompt_embeddings(prompt).to(dev)
@@ -141,15 +144,15 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
              "guidance_scale": cfg["guidance_scale"], "control_strength": strength, "seed": cfg["seed"],
              "samples_per_map": samples, "resolution": res, "prompt": prompt}
     arrays = {"images": ((samples, 3, res, res), "uint8", 0), "keys": ((), "str", None)}
-    group, resumed = rowstore.open_or_resume(out, n, arrays, cfg["rows_per_shard"], cfg["rows_per_shard"], attrs)
+    group, resumed = rowstore.open_shared(out, n, arrays, cfg["rows_per_shard"], cfg["rows_per_shard"], attrs, procs)
     if not resumed:
         group["keys"][:] = np.array(keys, dtype=object)
-    batches = rowstore.pending_batches(group, batch_size)
+    batches = rowstore.pending_batches(group, batch_size, procs)
     writer = rowstore.BlockWriter(group)
     precision = torch.bfloat16 if dev.type == "cuda" and cfg["precision"] == "auto" else None
     started = time.perf_counter()
     for rows in tqdm(batches, desc=f"sample {net.meta['backbone']} {variant}", unit="batch",
-                     disable=not progress, mininterval=2.0):
+                     disable=not (progress and procs.is_main), mininterval=2.0):
         cond = torch.from_numpy(cond_array.get_orthogonal_selection((np.asarray(rows),)).astype(np.float32))
         cond = cond.repeat_interleave(samples, 0).to(dev)
         item_keys = [keys[r] for r in rows for _ in range(samples)]
@@ -160,7 +163,8 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
                              cfg["guidance_scale"], strength)
         writer.add(rows, {"images": to_uint8(images).reshape(len(rows), samples, 3, res, res)})
     seconds = time.perf_counter() - started
-    rowstore.finalize(out)
+    rowstore.finish_shared(out, procs)
     done = sum(len(r) for r in batches) * samples
     return {"n_maps": n, "samples_per_map": samples, "sampled": done, "seconds": seconds,
-            "images_per_second": done / seconds if done and seconds > 0 else None, "batch_size": batch_size}
+            "images_per_second": done / seconds if done and seconds > 0 else None, "batch_size": batch_size,
+            "process": procs.rank, "processes": procs.world}

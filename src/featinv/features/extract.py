@@ -19,9 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from featinv import __version__
+from featinv import __version__, rowstore
 from featinv.backbones import Backbone
-from featinv import rowstore
+from featinv.distributed import processes
 from featinv.data.shards import IndexEntry, index_split, load_manifest, read_image
 from featinv.features import store
 
@@ -81,7 +81,8 @@ def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: i
 def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path, batch_size: int = 32,
             num_workers: int = 2, device: str = "auto", rows_per_shard: int = 128, rows_per_chunk: int = 16,
             topk: int = 5, progress: bool = True, limit: int = 0) -> dict[str, Any]:
-    """Extract ``split`` of the shards at ``shards`` into the store ``out``; return a summary.
+    """Extract ``split`` of the shards at ``shards`` into the store ``out``; return a summary (of this
+    process's share, when launched as several processes).
 
     ``limit`` > 0 keeps only the first ``limit`` rows (benchmarks)."""
     manifest_path = Path(shards) / "manifest.json" if Path(shards).is_dir() else Path(shards)
@@ -91,22 +92,24 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
         index = index[:limit]
     n = len(index)
     dev = resolve_device(device)
+    procs = processes(dev)
     backbone = backbone.to(dev)
     attrs = _store_attrs(backbone, manifest, split, n, topk)
-    group, resumed = rowstore.open_or_resume(out, n, store.arrays(backbone.fmap_shape, topk), rows_per_shard,
-                                             rows_per_chunk, attrs)
+    group, resumed = rowstore.open_shared(out, n, store.arrays(backbone.fmap_shape, topk), rows_per_shard,
+                                          rows_per_chunk, attrs, procs)
     if not resumed:
         group["labels"][:] = np.array([e.cls for e in index], dtype=np.int32)
         group["keys"][:] = np.array([e.key for e in index], dtype=object)
-    batches = rowstore.pending_batches(group, batch_size)
+    batches = rowstore.pending_batches(group, batch_size, procs)
     n_rows = sum(len(batch) for batch in batches)
-    log.info("%s %s: %d rows, %d to do", backbone.name, split, n, n_rows)
+    log.info("%s %s: %d rows, %d to do (process %d of %d)", backbone.name, split, n, n_rows, procs.rank + 1,
+             procs.world)
 
     started = time.perf_counter()
     if batches:
         writer = rowstore.BlockWriter(group)
         for images, rows in shard_batches(index, backbone.preprocessing.transform(), batches, num_workers, dev,
-                                          f"{backbone.name} {split}", progress):
+                                          f"{backbone.name} {split}", progress and procs.is_main):
             fmap = backbone.spatial(images)
             probs = backbone.head(fmap).float().softmax(-1)
             top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
@@ -117,9 +120,10 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
                 "topk_probs": top_p.cpu().numpy(),
             })
     elapsed = time.perf_counter() - started
-    rowstore.finalize(out)
+    rowstore.finish_shared(out, procs)
     return {"n_images": n, "extracted": n_rows, "seconds": elapsed,
-            "images_per_second": n_rows / elapsed if n_rows and elapsed > 0 else None}
+            "images_per_second": n_rows / elapsed if n_rows and elapsed > 0 else None,
+            "process": procs.rank, "processes": procs.world}
 
 
 def accuracy_report(store_path: str | Path) -> dict[str, Any]:
