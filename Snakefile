@@ -17,6 +17,9 @@ include: "workflow/rules/applications.smk"
 include: "workflow/rules/modular.smk"
 
 
+check_resource_rules([r.name for r in workflow.rules])
+
+
 rule all:
     default_target: True
     input:

@@ -43,17 +43,22 @@ def run(cmd, cwd, **kw):
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, overrides: dict = TINY) -> Path:
+    """A copy of the workflow at ``root`` with params.yaml overlaid by ``overrides``."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "dvc.yaml", "workflow", "config", "profiles"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # dvc.yaml names the code it depends on: link the package source into the copy.
     (root / "src").symlink_to(REPO / "src")
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("project"))
 
 
 def snakemake_outputs(root) -> dict[str, set[str]]:

@@ -51,6 +51,8 @@ for _rule, (_verb, _outs) in APP_FIGURES.items():
         benchmark:
             f"results/benchmarks/{_rule}/{DATASET}.tsv"
         threads: 2
+        resources:
+            **job_resources(_rule, gpu="one"),
         shell:
             "featinv --threads {threads} {params.verb} --base {params.base:q} --model {input.model}"
             " --store {input.store} --shards {input.shards} --split {SAMPLING_SPLIT} --out-png {output.png}"
@@ -86,6 +88,8 @@ rule qualitative_figure:
     benchmark:
         f"results/benchmarks/qualitative_figure/{DATASET}.tsv"
     threads: 2
+    resources:
+        **job_resources("qualitative_figure", gpu="one"),
     shell:
         "featinv --threads {threads} figure-qualitative --base {params.base:q} --model {input.model}"
         " --store {input.store} --shards {input.shards} --split {SAMPLING_SPLIT} --out-png {output.png}"

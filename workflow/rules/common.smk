@@ -13,6 +13,7 @@ from featinv.config import validate
 validate(config, schema_path=workflow.source_path("../schemas/params.schema.yaml"), source="config")
 
 DATASET = config["data"]["dataset"]
+RESOURCES = config["resources"]
 BACKBONES = config["backbones"]["names"]
 
 wildcard_constraints:
@@ -32,6 +33,30 @@ def weights_arg(wildcards):
     """`--weights FILE` where params name a local weights file for this backbone, else nothing."""
     path = config["backbones"]["weights"].get(wildcards.backbone)
     return f"--weights {shlex.quote(path)}" if path else ""
+
+
+def job_resources(rule, gpu=None):
+    """Cluster resources of one job of ``rule``: memory (MB) and runtime (minutes) from params
+    (``resources``, per rule or default) and its GPUs: ``gpu="all"`` for rules that split their work
+    across processes (``resources.gpus``: one process per GPU), ``"one"`` for rules that use one GPU
+    if there is any. Outputs never depend on these, so changing them reruns nothing."""
+    res = {key: RESOURCES[key].get(rule, RESOURCES[key]["default"]) for key in ("mem_mb", "runtime")}
+    if gpu == "all":
+        res["gpu"] = RESOURCES["gpus"]
+    elif gpu == "one":
+        res["gpu"] = min(RESOURCES["gpus"], 1)
+    elif gpu is not None:
+        raise ValueError(f"rule {rule}: gpu must be 'all', 'one' or None, not {gpu!r}")
+    return res
+
+
+def check_resource_rules(names):
+    """Per-rule entries in params `resources` must name rules of this workflow."""
+    for key in ("mem_mb", "runtime"):
+        unknown = sorted(set(RESOURCES[key]) - {"default"} - set(names))
+        if unknown:
+            raise ValueError(f"params resources.{key}: no rule named {', '.join(unknown)} "
+                             f"(rules: {', '.join(sorted(names))})")
 
 
 # Every artifact path, written once; rules and targets refer to these.

@@ -13,5 +13,7 @@ rule build_shards:
     benchmark:
         f"results/benchmarks/build_shards/{DATASET}.tsv"
     threads: 1
+    resources:
+        **job_resources("build_shards"),
     shell:
         "featinv --threads {threads} build-shards --out {output.shards} --config {params.cfg:q} > {log} 2>&1"

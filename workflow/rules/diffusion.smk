@@ -15,6 +15,8 @@ rule encode_targets:
     benchmark:
         f"results/benchmarks/encode_targets/{DATASET}-{{split}}.tsv"
     threads: 2
+    resources:
+        **job_resources("encode_targets", gpu="one"),
     shell:
         "featinv --threads {threads} encode-targets --shards {input.shards} --split {wildcards.split}"
         " --out {output.targets} --config {params.cfg:q} > {log} 2>&1"
@@ -35,8 +37,11 @@ rule train_base:
     benchmark:
         f"results/benchmarks/train_base/{DATASET}.tsv"
     threads: 2
+    resources:
+        **job_resources("train_base", gpu="all"),
     shell:
-        "featinv --threads {threads} train-base --targets {input.targets} --out {output.model}"
+        "featinv --threads {threads} --processes {resources.gpu} train-base"
+        " --targets {input.targets} --out {output.model}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -53,6 +58,8 @@ rule preview_base:
     log:
         f"results/logs/preview_base/{DATASET}.log",
     threads: 2
+    resources:
+        **job_resources("preview_base", gpu="one"),
     shell:
         "featinv --threads {threads} preview-base --base {input.base} --targets {input.targets}"
         " --out {output.grid} --config {params.cfg:q} > {log} 2>&1"
@@ -76,8 +83,11 @@ rule train_controlnet:
     benchmark:
         f"results/benchmarks/train_controlnet/{DATASET}-{{backbone}}-{{variant}}.tsv"
     threads: 1
+    resources:
+        **job_resources("train_controlnet", gpu="all"),
     shell:
-        "featinv --threads {threads} train-controlnet --base {params.base:q} --features {input.features}"
+        "featinv --threads {threads} --processes {resources.gpu} train-controlnet"
+        " --base {params.base:q} --features {input.features}"
         " --targets {input.targets} --variant {wildcards.variant} --out {output.model}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
@@ -99,8 +109,11 @@ rule sample:
     benchmark:
         f"results/benchmarks/sample/{DATASET}-{{backbone}}-{{variant}}-{{split}}.tsv"
     threads: 1
+    resources:
+        **job_resources("sample", gpu="all"),
     shell:
-        "featinv --threads {threads} sample --model {input.model} --base {params.base:q}"
+        "featinv --threads {threads} --processes {resources.gpu} sample"
+        " --model {input.model} --base {params.base:q}"
         " --features {input.features} --out {output.samples} --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -118,6 +131,8 @@ rule preview_samples:
     log:
         f"results/logs/preview_samples/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
     threads: 1
+    resources:
+        **job_resources("preview_samples"),
     shell:
         "featinv preview-samples --samples {input.samples} --shards {input.shards} --split {wildcards.split}"
         " --n {params.n} --out {output.grid} > {log} 2>&1"

@@ -17,7 +17,10 @@ rule extract_features:
     benchmark:
         f"results/benchmarks/extract_features/{DATASET}-{{backbone}}-{{split}}.tsv"
     threads: 2
+    resources:
+        **job_resources("extract_features", gpu="all"),
     shell:
-        "featinv --threads {threads} extract --backbone {wildcards.backbone} {params.weights}"
+        "featinv --threads {threads} --processes {resources.gpu} extract"
+        " --backbone {wildcards.backbone} {params.weights}"
         " --shards {input.shards} --split {wildcards.split} --store {output.store}"
         " --report {output.report} --config {params.cfg:q} > {log} 2>&1"

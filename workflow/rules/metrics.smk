@@ -25,6 +25,8 @@ rule evaluate:
     benchmark:
         f"results/benchmarks/evaluate/{DATASET}-{{backbone}}-{{variant}}-{{split}}.tsv"
     threads: 1
+    resources:
+        **job_resources("evaluate", gpu="one"),
     shell:
         "featinv --threads {threads} evaluate --samples {input.samples} --stores {input.stores}"
         " --shards {input.shards} --out {output.metrics} --per-image {output.per_image}"
@@ -47,6 +49,8 @@ rule tables:
     log:
         "results/logs/tables.log",
     threads: 1
+    resources:
+        **job_resources("tables"),
     shell:
         "featinv tables --metrics {input.metrics} --out-dir results --metrics-json {output.summary}"
         " --config {params.cfg:q} > {log} 2>&1"
@@ -62,5 +66,7 @@ rule plot_losses:
     log:
         f"results/logs/plot_losses/{DATASET}.log",
     threads: 1
+    resources:
+        **job_resources("plot_losses"),
     shell:
         "featinv plot-losses --csv {input} --out {output} > {log} 2>&1"

@@ -42,6 +42,8 @@ rule train_modular:
     benchmark:
         f"results/benchmarks/train_modular/{DATASET}.tsv"
     threads: 2
+    resources:
+        **job_resources("train_modular", gpu="one"),
     shell:
         "featinv --threads {threads} modular-train --shards {input.shards} --model-dir {MODULAR_MODEL}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
@@ -70,6 +72,8 @@ for _name, _outputs in MODULAR_ANALYSES.items():
         benchmark:
             f"results/benchmarks/{_name}/{DATASET}.tsv"
         threads: 2
+        resources:
+            **job_resources(_name, gpu="one"),
         shell:
             "featinv --threads {threads} {params.verb} --shards {input.shards}"
             " --model-dir {MODULAR_MODEL} --out-dir {MODULAR} --config {params.cfg:q} > {log} 2>&1"
