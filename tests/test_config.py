@@ -15,6 +15,22 @@ def shipped():
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
+def test_params_survive_a_dvc_experiment_rewrite(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml with YAML 1.2 rules (dropping quotes), and
+    Snakemake reads it with YAML 1.1 rules: no value may change meaning on the way (a quoted
+    "no" would come back as False)."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    with modify_yaml(path) as data:
+        data["sampling"]["seed"] = 101
+    rewritten = config.load(path)  # validates
+    expected = shipped()
+    expected["sampling"]["seed"] = 101
+    assert rewritten == expected
+
+
 def test_shipped_params_and_paper_overlay_validate():
     cfg = config.load(REPO / "params.yaml")
     assert cfg["data"]["source"] == "demo"

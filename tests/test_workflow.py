@@ -36,17 +36,18 @@ TINY = {
 }
 
 
-def run(cmd, cwd, **kw):
+def run(cmd, cwd, stderr_too=True, **kw):
+    """Run ``cmd`` in ``cwd``; fail with its output unless it succeeds; return stdout (+ stderr)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr if stderr_too else proc.stdout
 
 
 def make_project(root: Path, overrides: dict = TINY) -> Path:
     """A copy of the workflow at ``root`` with params.yaml overlaid by ``overrides``."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "dvc.yaml", "workflow", "config", "profiles"):
+    for name in ("Snakefile", "dvc.yaml", "workflow", "config", "profiles", ".gitignore", ".dvcignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
@@ -98,6 +99,23 @@ def test_dvc_stages_and_snakemake_rules_declare_the_same_outputs(project):
         assert snake[rule] == dvc[rule], f"rule {rule}: Snakemake {sorted(snake[rule])} vs DVC {sorted(dvc[rule])}"
 
 
+GPUS2 = "resources:\n  gpus: 2\n"
+
+
+def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(project):
+    (project / "gpus2.yaml").write_text(GPUS2)
+    plan = run([sys.executable, "-m", "snakemake", "results/table1.csv", "-n", "-p", "-F", "--configfile", "gpus2.yaml"],
+               project)
+    commands = [line.split("Shell command: ", 1)[1] for line in plan.splitlines() if "Shell command: " in line]
+    processes = {}  # featinv verb -> --processes value
+    for cmd in commands:
+        words = cmd.split()
+        n = words[words.index("--processes") + 1] if "--processes" in words else None
+        processes[next(w for w in words[1:] if not w.startswith("-") and not w.isdigit())] = n
+    assert processes == {"build-shards": None, "extract": "2", "encode-targets": None, "train-base": "2",
+                         "train-controlnet": "2", "sample": "2", "evaluate": None, "tables": None}
+
+
 def stages_run(output: str) -> set[str]:
     """Stage names (without matrix suffixes) that `dvc repro` ran."""
     return {line.split("'")[1].split("@")[0] for line in output.splitlines() if line.startswith("Running stage")}
@@ -109,32 +127,10 @@ def set_param(root, section, key, value):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.slow
-def test_snakemake_and_dvc_build_the_same_tables(project):
-    snake = [sys.executable, "-m", "snakemake", "--cores", "2"]
-    dvc = [sys.executable, "-m", "dvc"]
-    run(snake + ["results/table1.csv"], project)
-    stores = sorted((project / "data" / "features" / "demo").glob("*/*.zarr"))
-    assert [p.relative_to(project).as_posix() for p in stores] == [
-        "data/features/demo/tf_efficientnet_lite0/train.zarr",
-        "data/features/demo/tf_efficientnet_lite0/val.zarr",
-    ]
-    for variant in ("unpooled", "pooled"):
-        samples = store.open_store(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
-        assert samples["images"].shape == (12, 1, 3, 16, 16)
-        meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
-        assert meta["variant"] == variant and meta["steps"] == 4
-        metrics = json.loads((project / f"results/metrics/demo/tf_efficientnet_lite0-{variant}-val.json").read_text())
-        assert metrics["n_images"] == 12 and -1 <= metrics["cosine_sim"]["mean"] <= 1
-    assert len((project / "results/training/demo/base-loss.csv").read_text().splitlines()) == 1 + 6
-    table1 = (project / "results/table1.csv").read_text()
-    header, *rows = table1.splitlines()
-    assert "fid[tf_efficientnet_lite0 pooled, N=12]" in header
-    assert [r.split(",")[:2] for r in rows] == [["tf_efficientnet_lite0", "unpooled"], ["tf_efficientnet_lite0", "pooled"]]
-    assert (project / "results/table2.csv").read_text().startswith("conditioning,tf_efficientnet_lite0:top5")
-    assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)
-    run(snake, project)  # the rest of `all`: previews and the loss plot
+def check_all_outputs(project):
+    """The figures and modular analyses of `all`, beyond the tables."""
     assert (project / "results/base/demo/samples.png").exists()
+    assert (project / "results/figures/demo/training-loss.png").exists()
     mse = (project / "results/modular/demo/mse_by_stage.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in mse[1:]] == ["stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
     params_rows = [line.split(",") for line in (project / "results/modular/demo/params.csv").read_text().splitlines()]
@@ -160,16 +156,36 @@ def test_snakemake_and_dvc_build_the_same_tables(project):
     assert [line.split(",")[:2] for line in (modular / "finetune.csv").read_text().splitlines()[1:]] == [
         ["fine-tuned", "0"], ["fine-tuned", "1"], ["modular", "nan"], ["classic", "nan"]]
     assert (modular / "layers_mse.csv").exists() and (modular / "colour_plot.png").exists()
-    # An analysis param reruns the analyses, never the inverses' training.
-    set_param(project, "modular_analyses", "examples", 3)
-    planned = run(snake + ["-n", "modular"], project)
-    assert "modular_colour" in planned and "rule train_modular" not in planned and "train_modular " not in planned
-    set_param(project, "modular_analyses", "examples", 2)
-    run(snake + ["--report", "results/report.html"], project)
-    html = (project / "results/report.html").read_text(errors="replace")
-    assert "Table 1" in html and "training-loss.png" in html
 
-    # dvc repro from scratch gives the same table, byte for byte.
+
+@pytest.mark.slow
+def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
+    snake = [sys.executable, "-m", "snakemake", "--cores", "2"]
+    dvc = [sys.executable, "-m", "dvc"]
+    git = ["git", "-c", "user.name=featinv-test", "-c", "user.email=test@featinv"]
+    run(snake + ["results/table1.csv"], project)
+    stores = sorted((project / "data" / "features" / "demo").glob("*/*.zarr"))
+    assert [p.relative_to(project).as_posix() for p in stores] == [
+        "data/features/demo/tf_efficientnet_lite0/train.zarr",
+        "data/features/demo/tf_efficientnet_lite0/val.zarr",
+    ]
+    for variant in ("unpooled", "pooled"):
+        samples = store.open_store(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
+        assert samples["images"].shape == (12, 1, 3, 16, 16)
+        meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
+        assert meta["variant"] == variant and meta["steps"] == 4
+        metrics = json.loads((project / f"results/metrics/demo/tf_efficientnet_lite0-{variant}-val.json").read_text())
+        assert metrics["n_images"] == 12 and -1 <= metrics["cosine_sim"]["mean"] <= 1
+    assert len((project / "results/training/demo/base-loss.csv").read_text().splitlines()) == 1 + 6
+    table1 = (project / "results/table1.csv").read_text()
+    header, *rows = table1.splitlines()
+    assert "fid[tf_efficientnet_lite0 pooled, N=12]" in header
+    assert [r.split(",")[:2] for r in rows] == [["tf_efficientnet_lite0", "unpooled"], ["tf_efficientnet_lite0", "pooled"]]
+    assert (project / "results/table2.csv").read_text().startswith("conditioning,tf_efficientnet_lite0:top5")
+    assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)
+
+    # dvc repro from scratch builds all of it (each stage asks Snakemake for its own targets), with
+    # the same table byte for byte; afterwards Snakemake, too, has nothing to do.
     manifest = json.loads((project / "data/shards/demo/manifest.json").read_text())
     features = store.open_store(stores[1])["features"][:]
     shutil.rmtree(project / "data")
@@ -179,28 +195,61 @@ def test_snakemake_and_dvc_build_the_same_tables(project):
         run(dvc + ["init", "-q"], project)
     run(dvc + ["repro"], project)
     assert (project / "results/table1.csv").read_text() == table1
+    table_metrics = (project / "results/metrics.json").read_text()
     assert json.loads((project / "data/shards/demo/manifest.json").read_text()) == manifest
     np.testing.assert_array_equal(store.open_store(stores[1])["features"][:], features)
+    check_all_outputs(project)
     assert "up to date" in run(dvc + ["status"], project)
     assert "didn't change" in run(dvc + ["repro"], project)
     assert "tf_efficientnet_lite0/unpooled" in run(dvc + ["metrics", "show"], project)
+    assert "Nothing to be done" in run(snake + ["-n"], project)
+    # Resources (GPUs, memory, runtime) never rerun anything.
+    (project / "gpus2.yaml").write_text(GPUS2)
+    assert "Nothing to be done" in run(snake + ["-n", "--configfile", "gpus2.yaml"], project)
+    # An analysis param reruns the analyses, never the inverses' training.
+    set_param(project, "modular_analyses", "examples", 3)
+    planned = run(snake + ["-n", "modular"], project)
+    assert "modular_colour" in planned and "rule train_modular" not in planned and "train_modular " not in planned
+    set_param(project, "modular_analyses", "examples", 2)
+    run(snake + ["--report", "results/report.html"], project)
+    html = (project / "results/report.html").read_text(errors="replace")
+    assert "Table 1" in html and "training-loss.png" in html
 
-    # A sampling param reruns sampling and what reads samples; a feature param reruns from features on.
-    set_param(project, "sampling", "seed", 101)
-    ran = stages_run(run(dvc + ["repro"], project))
+    # Round trip through a DVC remote: push, fresh clone, pull; everything is up to date for DVC and
+    # for Snakemake (which sees fresh mtimes and no metadata of its own in the clone).
+    remote = tmp_path / "remote"
+    run(dvc + ["remote", "add", "-d", "-f", "test", str(remote)], project)
+    run(dvc + ["push", "-q"], project)
+    run(git + ["add", "-A"], project)
+    run(git + ["commit", "-q", "-m", "pipeline at TINY scale"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "data/features").exists()
+    run(dvc + ["pull", "-q"], clone)
+    assert (clone / "results/table1.csv").read_text() == table1
+    assert "up to date" in run(dvc + ["status"], clone)
+    assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], clone)
+
+    # An experiment with another sampling seed reruns sampling and what reads samples, and records
+    # its metrics next to the baseline's.
+    ran = stages_run(run(dvc + ["exp", "run", "-n", "seed101", "-S", "sampling.seed=101"], clone))
     figures = {"concepts_figure", "interpolation_figure", "composition_figure", "qualitative_figure"}
     assert {"sample", "evaluate", "tables"} | figures <= ran <= {"sample", "preview_samples", "preview_base", "evaluate",
                                                                  "tables"} | figures
+    shown = json.loads(run(dvc + ["exp", "show", "--json"], clone, stderr_too=False))
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    experiment = next(e["revs"][0] for e in baseline["experiments"] if e["name"] == "seed101")
+    data = lambda row, kind, name: row["data"][kind][name]["data"]
+    assert data(baseline, "params", "params.yaml")["sampling"]["seed"] == 100
+    assert data(experiment, "params", "params.yaml")["sampling"]["seed"] == 101
+    before = data(baseline, "metrics", "results/metrics.json")["table1"]["tf_efficientnet_lite0/unpooled"]
+    after = data(experiment, "metrics", "results/metrics.json")["table1"]["tf_efficientnet_lite0/unpooled"]
+    assert before == json.loads(table_metrics)["table1"]["tf_efficientnet_lite0/unpooled"]
+    assert after["cosine_sim"] != before["cosine_sim"]  # other samples, other scores
+
+    # A feature param reruns from features on.
     set_param(project, "features", "topk", 6)  # new stores (6 classes each), identical feature maps
     ran = stages_run(run(dvc + ["repro"], project))
     assert {"extract_features", "train_controlnet", "sample", "evaluate"} <= ran
     assert not ran & {"build_shards", "encode_targets", "train_base", "preview_base"}
     # (the metrics read only the top-1 class, so they come out identical and DVC stops before `tables`)
-
-    # After a checkout every output has a new mtime; Snakemake still has nothing to do.
-    shutil.rmtree(project / "data")
-    for path in (project / "results").glob("table*"):
-        path.unlink()
-    run(dvc + ["checkout"], project)
-    assert (project / "results/table1.csv").exists()
-    assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)

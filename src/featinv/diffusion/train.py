@@ -40,7 +40,7 @@ class TrainSettings:
     lr_warmup_steps: int
     checkpoint_every: int
     seed: int
-    mixed_precision: str = "no"
+    mixed_precision: str = "fp32"  # fp32 (none), fp16 or bf16
     timesteps: str = "uniform"
     device: str = "auto"
 
@@ -137,7 +137,8 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     from featinv.features.extract import resolve_device
 
     device = resolve_device(settings.device)
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision if device.type == "cuda" else "no",
+    precision = settings.mixed_precision if device.type == "cuda" and settings.mixed_precision != "fp32" else "no"
+    accelerator = Accelerator(mixed_precision=precision,
                               cpu=device.type == "cpu")
     set_seed(settings.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
