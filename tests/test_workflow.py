@@ -247,9 +247,7 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     assert before == json.loads(table_metrics)["table1"]["tf_efficientnet_lite0/unpooled"]
     assert after["cosine_sim"] != before["cosine_sim"]  # other samples, other scores
 
-    # A feature param reruns from features on.
-    set_param(project, "features", "topk", 6)  # new stores (6 classes each), identical feature maps
-    ran = stages_run(run(dvc + ["repro"], project))
-    assert {"extract_features", "train_controlnet", "sample", "evaluate"} <= ran
-    assert not ran & {"build_shards", "encode_targets", "train_base", "preview_base"}
-    # (the metrics read only the top-1 class, so they come out identical and DVC stops before `tables`)
+    # A feature param reruns from features on (as far as the ControlNets, to keep this test short).
+    set_param(project, "features", "topk", 6)
+    ran = stages_run(run(dvc + ["repro", "train_controlnet"], project))
+    assert ran == {"extract_features", "train_controlnet"}

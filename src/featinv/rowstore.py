@@ -105,6 +105,7 @@ def pending_batches(group: zarr.Group, batch_size: int, procs=None) -> list[list
     block = group.attrs["rows_per_block"]
     pending = np.flatnonzero(~group["done"][:]).tolist()
     if procs is not None:
+        procs.barrier()  # every process has read the same flags before any block is marked done
         pending = procs.share(pending)
     batches = []
     for b in pending:
