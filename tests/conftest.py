@@ -43,6 +43,18 @@ def demo_shards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def demo_targets(tmp_path_factory, demo_shards) -> Path:
+    """The demo train split as diffusion targets of the tiny base model (16 px, pixel space, patch 2)."""
+    from featinv.diffusion.codec import PatchCodec
+    from featinv.diffusion.targets import encode_targets
+
+    out = tmp_path_factory.mktemp("targets") / "train.zarr"
+    encode_targets(PatchCodec(2), "patch2", demo_shards, "train", out, 16, batch_size=16, num_workers=0,
+                   device="cpu", progress=False)
+    return out
+
+
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)

@@ -95,18 +95,8 @@ def weights(out):
     return load_file(Path(out) / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def targets(tmp_path_factory, demo_shards):
-    from featinv.diffusion.codec import PatchCodec
-    from featinv.diffusion.targets import encode_targets
-
-    out = tmp_path_factory.mktemp("targets") / "train.zarr"
-    encode_targets(PatchCodec(2), "patch2", demo_shards, "train", out, 16, batch_size=16, num_workers=0,
-                   device="cpu", progress=False)
-    return out
-
-
-def test_ddp_training_keeps_the_batch_checkpoints_and_resumes(targets, tmp_path):
+def test_ddp_training_keeps_the_batch_checkpoints_and_resumes(demo_targets, tmp_path):
+    targets = demo_targets
     one, two = featinv(*train_args(tmp_path / "one", targets)), \
         featinv(*train_args(tmp_path / "two", targets), processes=2)
     finish(one), finish(two)

@@ -17,20 +17,11 @@ from featinv import rowstore
 from featinv.backbones import create_backbone
 from featinv.diffusion.codec import PatchCodec
 from featinv.diffusion.recipes import train_base, train_controlnet
-from featinv.diffusion.targets import encode_targets
 from featinv.features.extract import extract
 from test_diffusion import PROMPT, TINY_BASE, TRAIN
 
 CN = {"variants": ["unpooled", "pooled"], "encoder": {"hidden": 16, "depth": 2},
       "train": {**TRAIN, "steps": 150, "lr": 1e-3, "checkpoint_every": 1000}}
-
-
-@pytest.fixture(scope="module")
-def demo_targets(tmp_path_factory, demo_shards):
-    out = tmp_path_factory.mktemp("targets") / "train.zarr"
-    encode_targets(PatchCodec(2), "patch2", demo_shards, "train", out, 16, batch_size=16, num_workers=0,
-                   device="cpu", progress=False)
-    return out
 
 
 def losses(csv_path):
