@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,21 @@ def demo_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "demo"
     p = demo_data_params()
     build(make_source(p), out, "demo", p["splits"], p["per_class"], p["shard_maxcount"])
+    return out
+
+
+def featinv(*args, processes: int = 1, **popen) -> subprocess.Popen:
+    """`featinv --threads 1 --processes N <args>` as a rule runs it, output collected (see ``finish``)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "featinv", "--threads", "1", "--processes", str(processes), *map(str, args)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a ``featinv`` process; fail with its output unless it succeeded."""
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
     return out
 
 

@@ -5,8 +5,6 @@ effective batch, checkpoints, and resumes after a kill -9."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,26 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import featinv, finish
 from featinv import rowstore
 from featinv.diffusion.base import create_demo_base
 from test_diffusion import PROMPT, SAMPLING, TINY_BASE, TRAIN, make_net, randomise
 
 FEATURES = {"splits": ["val"], "batch_size": 4, "num_workers": 0, "device": "cpu", "rows_per_shard": 4,
             "rows_per_chunk": 2, "topk": 5}
-
-
-def featinv(*args, processes=1, **popen):
-    """`featinv --processes N ...` as a rule runs it (one torch thread per process)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "featinv", "--threads", "1", "--processes", str(processes), *map(str, args)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
-
-
-def finish(proc, timeout=600):
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
-    return out
 
 
 def assert_same_store(a, b, names):
@@ -84,10 +69,9 @@ def test_two_process_sampling_writes_the_same_images(stores, tmp_path):
     assert images.shape == (24, 2, 3, 16, 16) and images.std() > 0
 
 
-def train_args(out, targets, steps=40, checkpoint_every=4):
+def train_args(out, targets):
     cfg = {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
-                         "base": {**TINY_BASE, "train": {**TRAIN, "steps": steps,
-                                                         "checkpoint_every": checkpoint_every}}}}
+                         "base": {**TINY_BASE, "train": {**TRAIN, "steps": 40, "checkpoint_every": 4}}}}
     return ["train-base", "--targets", targets, "--out", out, "--loss-csv", f"{out}.csv", "--config", json.dumps(cfg)]
 
 
@@ -96,9 +80,8 @@ def weights(out):
 
 
 def test_ddp_training_keeps_the_batch_checkpoints_and_resumes(demo_targets, tmp_path):
-    targets = demo_targets
-    one, two = featinv(*train_args(tmp_path / "one", targets)), \
-        featinv(*train_args(tmp_path / "two", targets), processes=2)
+    one, two = featinv(*train_args(tmp_path / "one", demo_targets)), \
+        featinv(*train_args(tmp_path / "two", demo_targets), processes=2)
     finish(one), finish(two)
     # Each process trains on its half of the global batch and DDP averages the gradients: the same
     # trajectory as one process on the whole batch, up to float summation order (which Adam
@@ -114,7 +97,7 @@ def test_ddp_training_keeps_the_batch_checkpoints_and_resumes(demo_targets, tmp_
 
     # kill -9 every process of the run after its first checkpoint (as a lost node would); rerun: the
     # same weights as the uninterrupted two-process run.
-    killed = featinv(*train_args(tmp_path / "killed", targets), processes=2)
+    killed = featinv(*train_args(tmp_path / "killed", demo_targets), processes=2)
     ckpt = tmp_path / "killed.ckpt"
     deadline = time.time() + 300
     while not any(p.name >= "step-00000004" and not p.name.endswith(".tmp") for p in ckpt.glob("step-*")):
@@ -123,7 +106,7 @@ def test_ddp_training_keeps_the_batch_checkpoints_and_resumes(demo_targets, tmp_
     kill_all(str(tmp_path / "killed"))
     killed.wait()
     assert not (tmp_path / "killed" / "unet").exists()
-    finish(featinv(*train_args(tmp_path / "killed", targets), processes=2))
+    finish(featinv(*train_args(tmp_path / "killed", demo_targets), processes=2))
     summary = json.loads((tmp_path / "killed" / "training.json").read_text())
     assert summary["resumed_from"] >= 4
     c = weights(tmp_path / "killed")

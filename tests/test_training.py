@@ -1,10 +1,7 @@
 """Training lowers the loss, and a run killed with SIGKILL resumes to the same weights."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import featinv, finish
 from featinv import rowstore
 from featinv.backbones import create_backbone
 from featinv.diffusion.codec import PatchCodec
@@ -89,21 +87,14 @@ def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path
     assert meta["fmap_shape"] == [1280, 7, 7] and meta["base_model"] == str(tmp_path / "base")
 
 
-def cli(args, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.Popen([sys.executable, "-m", "featinv.cli", "--threads", "1", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
-
-
 def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path):
     cfg = {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
                          "base": {**TINY_BASE, "train": {**TRAIN, "steps": 60, "checkpoint_every": 10}}}}
     args = lambda out: ["train-base", "--targets", str(demo_targets), "--out", str(out), "--loss-csv",
                         str(out) + ".csv", "--config", json.dumps(cfg)]
-    whole = cli(args(tmp_path / "whole"))
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    finish(featinv(*args(tmp_path / "whole")))
 
-    killed = cli(args(tmp_path / "killed"))
+    killed = featinv(*args(tmp_path / "killed"))
     ckpt = tmp_path / "killed.ckpt"
     deadline = time.time() + 300
     while not any(p.name >= "step-00000020" and not p.name.endswith(".tmp") for p in ckpt.glob("step-*")):
@@ -113,8 +104,7 @@ def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path):
     killed.wait()
     assert not (tmp_path / "killed" / "unet").exists()
 
-    resumed = cli(args(tmp_path / "killed"))
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    finish(featinv(*args(tmp_path / "killed")))
     a = load_file(tmp_path / "whole" / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "killed" / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
