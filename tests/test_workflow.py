@@ -116,6 +116,14 @@ def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(proje
                          "train-controlnet": "2", "sample": "2", "evaluate": None, "tables": None}
 
 
+def test_resources_of_an_unknown_rule_are_a_clear_error(project):
+    (project / "typo.yaml").write_text("resources:\n  runtime: {default: 30, train_controlnets: 600}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "typo.yaml"], cwd=project,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "params resources.runtime: no rule named train_controlnets" in proc.stdout + proc.stderr
+
+
 def stages_run(output: str) -> set[str]:
     """Stage names (without matrix suffixes) that `dvc repro` ran."""
     return {line.split("'")[1].split("@")[0] for line in output.splitlines() if line.startswith("Running stage")}
