@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         return _relaunch(args, argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from featinv.allocator import keep_freed_memory
+
+    logging.getLogger(__name__).debug("allocator: %s", keep_freed_memory())
     if args.threads:
         import torch
 

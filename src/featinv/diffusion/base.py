@@ -79,6 +79,10 @@ def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
     torch.manual_seed(cfg["seed"])
     channels = tuple(cfg["block_out_channels"])
     n = len(channels)
+    if any(c % cfg["attention_heads"] for c in channels[1:]):
+        raise ValueError(f"diffusion.base.attention_heads={cfg['attention_heads']} must divide every attention block's "
+                         f"width {list(channels[1:])}")
+    # diffusers' `attention_head_dim` is the number of heads (a historical misnomer).
     # Attention in every block but the first (highest resolution), as SD does at its coarser levels.
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
     up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
@@ -86,7 +90,7 @@ def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
         sample_size=grid, in_channels=codec.channels(), out_channels=codec.channels(),
         layers_per_block=cfg["layers_per_block"], block_out_channels=channels,
         down_block_types=down, up_block_types=up, cross_attention_dim=cfg["text_hidden"],
-        attention_head_dim=cfg["attention_head_dim"], norm_num_groups=_groups(channels),
+        attention_head_dim=cfg["attention_heads"], norm_num_groups=_groups(channels),
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=cfg["prediction_type"], clip_sample=False)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from featinv.allocator import keep_freed_memory
 from featinv.diffusion.controlnet import FeatureControlNet
 from featinv.diffusion.sample import MIN_ROWS, auto_batch_size, denoise, make_scheduler
 from featinv.diffusion.train import diffusion_loss
@@ -80,7 +81,7 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
     net.to(device)
     text = base.prompt_embeddings("a high-quality, detailed, and professional image").to(device)
     latent = base.latent_shape
-    out: dict[str, Any] = {"scale": scale, "device": str(device)}
+    out: dict[str, Any] = {"scale": scale, "device": str(device), "allocator": keep_freed_memory()}
 
     # Training: ControlNet step (frozen UNet), the paper's setup.
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
