@@ -70,10 +70,11 @@ def _padded(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, min_rows: i
 
 
 def auto_batch_size(device: torch.device, latent_shape: tuple[int, ...]) -> int:
-    """Feature maps per batch when ``batch_size`` is 0: 32 on CPU; on GPU as many as the free memory
-    allows at ~3 KB of activations per latent element (an SD-UNet estimate), between 8 and 512."""
+    """Feature maps per batch when ``batch_size`` is 0: 64 on CPU (the demo sampler: 10.3 images/s
+    against 9.9 at 32 and 8.7 at 16, 2 cores); on GPU as many as the free memory allows at ~3 KB of
+    activations per latent element (an SD-UNet estimate), between 8 and 512."""
     if device.type != "cuda":
-        return 32
+        return 64
     free, _ = torch.cuda.mem_get_info(device)
     per_item = int(np.prod(latent_shape)) * 3000
     return int(max(8, min(512, free // per_item)))
