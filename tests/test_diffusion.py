@@ -163,6 +163,14 @@ def test_base_model_saves_and_loads_in_the_diffusers_layout(base, tmp_path):
     torch.testing.assert_close(loaded.prompt_embeddings(PROMPT), base.prompt_embeddings(PROMPT))
 
 
+def test_attention_heads_set_the_head_count_and_must_divide_the_widths():
+    two = create_demo_base({**TINY_BASE, "attention_heads": 2})
+    attn = [m for m in two.unet.modules() if type(m).__name__ == "Attention"]
+    assert attn and all(m.heads == 2 for m in attn)  # diffusers' attention_head_dim is the head count
+    with pytest.raises(ValueError, match=r"attention_heads=3 must divide every attention block's width \[32\]"):
+        create_demo_base({**TINY_BASE, "attention_heads": 3})
+
+
 def test_paper_layout_with_a_vae_loads(tmp_path, base):
     from diffusers import AutoencoderKL
 

@@ -81,6 +81,7 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
     net.to(device)
     text = base.prompt_embeddings("a high-quality, detailed, and professional image").to(device)
     latent = base.latent_shape
+    # The allocator policy every featinv command applies (idempotent): reported, and in force when called from Python.
     out: dict[str, Any] = {"scale": scale, "device": str(device), "allocator": keep_freed_memory()}
 
     # Training: ControlNet step (frozen UNet), the paper's setup.
