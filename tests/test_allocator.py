@@ -57,3 +57,12 @@ def test_large_blocks_come_from_the_heap_and_are_reused_without_page_faults():
     # none in others, so only the policy's side is asserted.)
     pages = 4 * 128 * 2**20 // 4096  # 4 rounds of 128 MiB in 4 KiB pages
     assert kept["faults"] < pages // 100
+
+
+def test_every_featinv_command_applies_the_policy():
+    from featinv.config import REPO_ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "FEATINV_MALLOC"}
+    out = subprocess.run([sys.executable, "-m", "featinv", "-v", "validate", str(REPO_ROOT / "params.yaml")],
+                         env=env, capture_output=True, text=True, check=True)
+    assert "allocator: glibc, freed memory kept (mmap above 32 MiB, trim above 2 GiB)" in out.stderr
