@@ -18,6 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The twelve photographs the tests use (the embedded default uses all of DEMO_PHOTOS).
+TEST_PHOTOS = ["astronaut", "brick", "chelsea", "china", "coffee", "flower", "grace_hopper", "grass", "gravel",
+               "hubble_deep_field", "motorcycle", "rocket"]
+
+
 def demo_data_params(**demo) -> dict:
     params = {
         "dataset": "demo",
@@ -26,7 +31,9 @@ def demo_data_params(**demo) -> dict:
         "splits": ["train", "val"],
         "per_class": {"train": None, "val": 2},
         "shard_maxcount": 10,
-        "demo": {"image_size": 64, "train_crops": 3, "val_crops": 2, "val_fraction": 0.3, "seed": 0},
+        "views": {"splits": [], "count": 1, "scale": [0.3, 1.0], "flip": True, "seed": 0},
+        "demo": {"image_size": 64, "train_crops": 3, "val_crops": 2, "val_fraction": 0.3, "seed": 0,
+                 "photos": TEST_PHOTOS},
         "coco": {"annotations": "annotations/instances_{split}2017.json", "images": "{split}2017"},
     }
     params["demo"].update(demo)

@@ -14,9 +14,10 @@ from featinv.diffusion.sample import denoise, make_scheduler, sample_store
 
 TRAIN = {"steps": 40, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "drop_prob": 0.15,
          "lr_warmup_steps": 0, "checkpoint_every": 10, "seed": 0, "mixed_precision": "fp32",
-         "timesteps": "uniform"}
+         "timesteps": "uniform", "snr_gamma": 0.0}
 TINY_BASE = {"source": "train", "resolution": 16, "patch": 2, "block_out_channels": [16, 32], "layers_per_block": 1,
-             "attention_heads": 1, "text_hidden": 16, "text_layers": 1, "prediction_type": "sample", "seed": 0,
+             "attention_heads": 1, "text_hidden": 16, "text_layers": 1, "prediction_type": "sample",
+             "beta_schedule": "scaled_linear", "seed": 0,
              "train": TRAIN}
 SAMPLING = {"split": "val", "scheduler": "ddim", "steps": 4, "guidance_scale": 1.75, "control_strength": {},
             "samples_per_map": 2, "seed": 100, "batch_size": 0, "precision": "auto", "rows_per_shard": 6, "preview": 4}

@@ -105,9 +105,12 @@ def test_pairwise_mse_known_answer():
 def _fake_metrics(backbone, variant, cos, top5, top1, evaluators):
     stat = lambda v: {"mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1}  # noqa: E731
     match = {e: {"top5": stat(top5 if e == backbone else top5 / 2), "top1": stat(top1)} for e in evaluators}
+    oracle = lambda c, t5: {"cosine_sim": stat(c), "top5": stat(t5), "top1": stat(t5)}  # noqa: E731
     return {"model": {"backbone": backbone, "variant": variant}, "n_images": 10, "samples_per_map": 1,
             "confidence": 0.95, "cosine_sim": stat(cos), "cosine_sim_unrelated": 0.05, "match": match,
-            "fid": {"features": "bb_a", "dim": 8, "n_real": 10, "n_fake": 10, "value": 12.5}}
+            "fid": {"features": "bb_a", "dim": 8, "n_real": 10, "n_fake": 10, "value": 12.5},
+            "oracle_copy": oracle(0.9, 1.0),
+            "oracle_nearest_train": oracle(0.45, 0.6) if backbone == "bb_a" else None}
 
 
 def test_table_assembly(tmp_path):
@@ -118,19 +121,27 @@ def test_table_assembly(tmp_path):
                _fake_metrics("bb_b", "unpooled", 0.5, 0.7, 0.4, both)]
     header, rows = table1(metrics)
     assert header[:5] == ["backbone", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
-    assert "fid[bb_a pooled, N=10]" in header and header[-3:] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
+    assert "fid[bb_a pooled, N=10]" in header
+    assert header[12:15] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
+    assert header[15:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
+                           "oracle_nearest_train_top5_match"]
     assert [(r[0], r[1]) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
                                             ("bb_a", "pooled"), ("bb_b", "pooled")]
     assert rows[0][2:5] == [0.6, 0.5, 0.7] and rows[0][5] == 0.8 and rows[0][8] == 0.5
+    assert rows[0][15:17] == [0.9, 1.0] and rows[0][17:] == [0.45, 0.6]  # bb_a's oracles
+    assert rows[1][15:17] == [0.9, 1.0] and np.isnan(rows[1][17]) and np.isnan(rows[1][18])  # bb_b: no nearest-train
     h2, r2 = table2(metrics, "unpooled")
     assert h2 == ["conditioning", "bb_a:top5", "bb_a:top1", "bb_b:top5", "bb_b:top1"]
     assert r2 == [["bb_a", 0.8, 0.5, 0.4, 0.5], ["bb_b", 0.35, 0.4, 0.7, 0.4]]
     write_tables(metrics, tmp_path, "demo", "unpooled", tmp_path / "metrics.json")
     with open(tmp_path / "table1.csv") as fh:
         assert len(list(csv.reader(fh))) == 5
-    assert "| bb_a | unpooled | 0.600 [0.500, 0.700] |" in (tmp_path / "table1.md").read_text()
+    md = (tmp_path / "table1.md").read_text()
+    assert "| bb_a | unpooled | 0.600 [0.500, 0.700] |" in md and "| 0.900 / 1.000 | 0.450 / 0.600 |" in md
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["table1"]["bb_b/pooled"]["cosine_sim"] == 0.2
+    assert summary["table1"]["bb_a/pooled"]["oracle_nearest_train_cosine_sim"] == 0.45
+    assert "oracle_nearest_train_cosine_sim" not in summary["table1"]["bb_b/pooled"]  # NaN is left out
     assert summary["table2"]["bb_b"]["bb_b:top5"] == 0.7
     mixed = metrics + [{**_fake_metrics("bb_c", "pooled", 0, 0, 0, ["bb_c"]),
                         "fid": {"features": "inception", "n_fake": 10, "value": 1.0}}]
@@ -161,7 +172,8 @@ def _sample_store(path, images, keys):
 
 
 METRICS_CFG = {"batch_size": 8, "device": "cpu", "bootstrap": 200, "confidence": 0.95, "seed": 0,
-               "cross_model_variant": "unpooled", "fid": {"features": "tf_efficientnet_lite0", "inception_weights": ""}}
+               "cross_model_variant": "unpooled", "oracles": {"nearest_train": False},
+               "fid": {"features": "tf_efficientnet_lite0", "inception_weights": ""}}
 
 
 def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shards, lite0_val_store):
@@ -175,6 +187,9 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     assert perfect["cosine_sim"]["mean"] == pytest.approx(1.0, abs=1e-3)
     assert perfect["match"]["tf_efficientnet_lite0"]["top1"]["mean"] == 1.0
     assert perfect["fid"]["value"] == pytest.approx(0.0, abs=1e-2) and perfect["fid"]["n_fake"] == len(keys)
+    # The copy oracle is the original through the same path: here exactly the perfect reconstruction.
+    assert perfect["oracle_copy"]["cosine_sim"]["mean"] == pytest.approx(perfect["cosine_sim"]["mean"], abs=1e-6)
+    assert perfect["oracle_copy"]["top5"]["mean"] == 1.0 and perfect["oracle_nearest_train"] is None
     with open(tmp_path / "same.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["key"] for r in rows] == keys and float(rows[0]["cosine_sim"]) > 0.999
@@ -191,6 +206,28 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     with pytest.raises(ValueError, match="keys differ"):
         evaluate_samples(_sample_store(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
                          METRICS_CFG)
+
+    # Nearest-train oracle with the originals themselves as the "training set": each finds itself.
+    with_bank = {**METRICS_CFG, "oracles": {"nearest_train": True}}
+    recalled = evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards, with_bank, train_store=lite0_val_store)
+    assert recalled["oracle_nearest_train"]["cosine_sim"]["mean"] == pytest.approx(
+        recalled["oracle_copy"]["cosine_sim"]["mean"], abs=1e-6)
+    assert recalled["oracle_nearest_train"]["train_rows"] == len(keys)
+    with pytest.raises(ValueError, match="--train-store"):
+        evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards, with_bank)
+
+
+def test_nearest_by_cosine_matches_brute_force():
+    from featinv.metrics.evaluate import nearest_by_cosine
+
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(23, 5, 3, 2)).astype(np.float32)
+    queries = rng.normal(size=(4, 5, 3, 2)).astype(np.float32)
+    queries[1] = 3.0 * bank[17]  # a scaled copy: cosine 1 at every position
+    brute = np.stack([cosine_per_position(np.repeat(q[None], len(bank), 0), bank) for q in queries])
+    index, value = nearest_by_cosine(queries, bank, block=5)  # several blocks
+    assert index.tolist() == brute.argmax(1).tolist() and index[1] == 17
+    assert np.allclose(value, brute.max(1), atol=1e-5) and value[1] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_loss_plot_smoothing_and_bad_csv(tmp_path):

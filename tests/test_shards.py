@@ -35,7 +35,7 @@ def test_demo_crops_are_deterministic_and_labelled_by_photo():
     b = list(make_source(demo_data_params()).records("val"))
     assert [r.key for r in a] == [r.key for r in b]
     assert np.array_equal(np.asarray(a[5].load()), np.asarray(b[5].load()))
-    classes = DemoSource.classes(None)
+    classes = make_source(demo_data_params()).classes()
     assert all(r.key.startswith(classes[r.cls] + "/") for r in a)
 
 
@@ -222,3 +222,58 @@ def test_rle_string_decoding_matches_the_list_form():
     assert _rle_from_string(encode_counts(counts)) == counts
     mask = rle_decode(encode_counts([3, 2, 11]), 4, 4)
     assert mask.T.reshape(-1).tolist() == [False] * 3 + [True] * 2 + [False] * 11
+
+
+VIEWS = {"splits": ["train"], "count": 3, "scale": [0.25, 0.5], "flip": True, "seed": 0}
+
+
+def test_views_are_cached_crops_named_after_their_image(tmp_path):
+    p = demo_data_params(photos=["chelsea", "rocket"], image_size=96)
+    out = tmp_path / "demo"
+    manifest = shard_io.build(make_source(p), out, "demo", p["splits"], p["per_class"], p["shard_maxcount"], VIEWS)
+    assert manifest["splits"]["train"]["views"] == {k: VIEWS[k] for k in ("count", "scale", "flip", "seed")}
+    assert "views" not in manifest["splits"]["val"]
+    plain = shard_io.index_split(out, "train", views=False)
+    index = shard_io.index_split(out, "train")
+    assert len(index) == 3 * len(plain) == 3 * manifest["splits"]["train"]["count"]
+    assert [e.key for e in index[:3]] == [f"{plain[0].key}@v{k}" for k in range(3)]
+    assert [e.cls for e in index] == [e.cls for e in plain for _ in range(3)]
+    assert len(shard_io.index_split(out, "val")) == manifest["splits"]["val"]["count"]
+    image = np.asarray(shard_io.read_image(plain[0]))
+    # View 0 is the image itself; the others are squares of 25-50% of its area, drawn the same every time.
+    assert np.array_equal(np.asarray(shard_io.read_image(index[0])), image)
+    sides = []
+    for entry in index:
+        if entry.view.index == 0:
+            continue
+        view = np.asarray(shard_io.read_image(entry))
+        assert view.shape[0] == view.shape[1] and 0.25 * 96**2 - 200 <= view.shape[0] ** 2 <= 0.5 * 96**2 + 200
+        again = shard_io.index_split(out, "train")[index.index(entry)]
+        assert np.array_equal(np.asarray(shard_io.read_image(again)), view)
+        sides.append(view.shape[0])
+        (x0, y0, x1, y1), flipped = entry.view.box((96, 96))
+        source = np.asarray(shard_io.read_image(next(e for e in plain if e.key == entry.view.source_key)))
+        crop = source[y0:y1, x0:x1]
+        assert np.array_equal(view, crop[:, ::-1] if flipped else crop)
+    assert len(set(sides)) > 1  # random scales, not one fixed crop
+    flips = [e.view.box((96, 96))[1] for e in index if e.view.index]
+    assert any(flips) and not all(flips)
+
+
+def test_views_params_are_checked(tmp_path):
+    p = demo_data_params(photos=["chelsea"])
+    with pytest.raises(ValueError, match="data.views.scale"):
+        shard_io.build(make_source(p), tmp_path / "a", "demo", p["splits"], p["per_class"], 10,
+                       {**VIEWS, "scale": [0.6, 0.3]})
+    with pytest.raises(ValueError, match=r"data.views.splits \['test'\]"):
+        shard_io.build(make_source(p), tmp_path / "b", "demo", p["splits"], p["per_class"], 10,
+                       {**VIEWS, "splits": ["test"]})
+
+
+def test_demo_photos_carry_their_imagenet_class():
+    source = make_source(demo_data_params(photos=["chelsea", "imagenet_00_243", "imagenet_14_129"]))
+    assert source.classes() == ["chelsea", "imagenet_00_243", "imagenet_14_129"]
+    assert source.imagenet_classes() == [None, 243, 129]
+    assert source.photo("imagenet_00_243").size == (512, 512)
+    with pytest.raises(ValueError, match="unknown photo"):
+        make_source(demo_data_params(photos=["nope"]))

@@ -127,3 +127,38 @@ def test_timestep_distributions():
     assert (cubic >= 500).float().mean().item() == pytest.approx(0.5 ** (1 / 3), abs=0.01)  # P(u^3 <= 1/2)
     with pytest.raises(ValueError, match="unknown timestep sampling"):
         draw_timesteps(gen, 4, 1000, "lognormal")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weighting_is_the_capped_x0_loss(prediction_type):
+    """With snr_gamma, each sample's loss is its x0 error weighted by min(SNR, gamma) (Hang et al. 2023)."""
+    from diffusers import DDPMScheduler
+
+    from featinv.diffusion.train import diffusion_loss, snr_weights
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                          prediction_type=prediction_type, clip_sample=False)
+    t = torch.tensor([5, 300, 900])
+    a = sched.alphas_cumprod[t]
+    snr = a / (1 - a)
+    assert snr[0] > 5 > snr[2]  # one clean step above the cap, one noisy below
+    w = snr_weights(sched, t, 5.0)
+    # The weight times the prediction's squared error = min(SNR, gamma) times the x0 error:
+    # x0 error = (1-a)/a * eps error = (1-a) * v error, so w_eps = min(snr, g)/snr, w_v = min(snr, g)/(snr+1).
+    x0_factor = {"epsilon": 1 / snr, "v_prediction": 1 / (snr + 1), "sample": torch.ones(3)}[prediction_type]
+    assert torch.allclose(w, snr.clamp(max=5.0) * x0_factor, rtol=1e-5)
+
+    gen = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(3, 4, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, generator=gen)
+    offset = torch.randn(3, 4, 2, 2, generator=gen)
+
+    class Fixed(torch.nn.Module):  # a "UNet" whose prediction is the target plus a known error
+        def forward(self, noisy, timesteps, encoder_hidden_states):
+            from types import SimpleNamespace
+            target = {"epsilon": noise, "v_prediction": sched.get_velocity(latents, noise, t), "sample": latents}
+            return SimpleNamespace(sample=target[prediction_type] + offset)
+
+    plain = diffusion_loss(Fixed(), sched, latents, None, noise, t)
+    weighted = diffusion_loss(Fixed(), sched, latents, None, noise, t, snr_gamma=5.0)
+    assert plain.item() == pytest.approx(offset.pow(2).mean().item(), rel=1e-5)
+    assert weighted.item() == pytest.approx((w * offset.pow(2).flatten(1).mean(1)).mean().item(), rel=1e-5)

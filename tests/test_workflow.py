@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, TEST_PHOTOS
 from featinv.config import deep_merge
 from featinv.features import store
 
 TINY = {
     "data": {"per_class": {"train": None, "val": 1}, "shard_maxcount": 8,
-             "demo": {"image_size": 64, "train_crops": 1, "val_crops": 1}},
+             "demo": {"image_size": 64, "train_crops": 1, "val_crops": 1, "photos": TEST_PHOTOS}},
     "backbones": {"names": ["tf_efficientnet_lite0"]},
     "features": {"batch_size": 4, "num_workers": 0, "rows_per_shard": 8, "rows_per_chunk": 4},
     "diffusion": {"device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
-                  "base": {"resolution": 16, "patch": 2, "block_out_channels": [16, 32], "text_hidden": 16,
+                  "base": {"source": "train", "resolution": 16, "patch": 2, "block_out_channels": [16, 32], "text_hidden": 16,
                            "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "lr_warmup_steps": 0}}},
     "controlnet": {"encoder": {"hidden": 8, "depth": 1},
                    "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},

@@ -32,7 +32,7 @@ def cmd_build_shards(args) -> None:
 
     data = params.validate_sections(args.config, "data")["data"]
     manifest = build(make_source(data), args.out, data["dataset"], data["splits"], data["per_class"],
-                     data["shard_maxcount"])
+                     data["shard_maxcount"], data["views"])
     for split, entry in manifest["splits"].items():
         print(f"{split}: {entry['count']} images in {len(entry['shards'])} shards")
     print(f"rejected: {manifest['rejected']} (see {Path(args.out) / 'rejected.tsv'})")
@@ -105,6 +105,78 @@ def cmd_preview_base(args) -> None:
     preview_base(args.base, args.targets, args.out, cfg["diffusion"], cfg["sampling"])
 
 
+def cmd_export_base(args) -> None:
+    import csv
+
+    import numpy as np
+
+    from featinv.diffusion.export import export_base, json_block, parameter_counts, write_card
+    from featinv.diffusion.preview import image_grid
+    from featinv.metrics.basemodel import base_figures, sample_base
+
+    cfg = params.load(*args.params)
+    diffusion, sampling = cfg["diffusion"], cfg["sampling"]
+    base_cfg = diffusion["base"]
+    training = json.loads((Path(args.model) / "training.json").read_text())
+    with open(args.loss_csv) as fh:
+        losses = [float(row["loss"]) for row in csv.DictReader(fh)]
+    export_base(args.model, args.out)
+    samples = sample_base(args.out, args.n, diffusion["prompt"], sampling["scheduler"], sampling["steps"],
+                          sampling["guidance_scale"], sampling["seed"], device=diffusion["device"])
+    image_grid([[np.ascontiguousarray(x.transpose(1, 2, 0)) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
+               ).save(Path(args.out) / "samples.png")
+    figures = base_figures(samples, args.shards, args.backbone, cfg["backbones"]["weights"].get(args.backbone),
+                           device=diffusion["device"])
+    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
+    views = manifest["splits"]["train"].get("views")
+    tail = losses[-200:]
+    sections = [
+        ("# Demo base diffusion model (featinv embedded default)", (
+            "The frozen base model under the embedded default's FeatInv ControlNets, as miniSD is under the "
+            "paper's. Trained by the pipeline's own `train_base` rule; shipped here so that the main job "
+            "only trains ControlNets on it. Loaded by `featinv.diffusion.base.load_base` "
+            "(`diffusion.base.source` in params.yaml); float16 safetensors, computed in float32.")),
+        ("Data", (
+            f"The demo train split (`data/shards/{manifest['dataset']}`): {manifest['splits']['train']['count']} "
+            f"square crops of {len(manifest['classes'])} real photographs that ship in the scikit-image, "
+            f"scikit-learn, matplotlib and foolbox wheels, taken from the left {1 - cfg['data']['demo']['val_fraction']:.0%} "
+            f"of each photo (val crops come from the right-hand strip, so no val pixels were seen), each as "
+            f"{views['count'] if views else 1} cached views (view 0 the crop, the others random square crops of "
+            f"{views['scale'] if views else '-'} of its area, flipped with p = 0.5): "
+            f"{manifest['splits']['train']['count'] * (views['count'] if views else 1)} training images at "
+            f"{base_cfg['resolution']} px.")),
+        ("Model", json_block({
+            "unet": "diffusers UNet2DConditionModel", "parameters": parameter_counts(args.out),
+            "space": f"pixels folded by space-to-depth (patch {base_cfg['patch']}): "
+                     f"{base_cfg['resolution']} px RGB = {base_cfg['resolution'] // base_cfg['patch']}^2 x {3 * base_cfg['patch'] ** 2}",
+            **{k: base_cfg[k] for k in ("resolution", "patch", "block_out_channels", "layers_per_block",
+                                        "attention_heads", "text_hidden", "text_layers", "prediction_type",
+                                        "beta_schedule")},
+            "text_encoder": "small CLIP text model frozen at its seeded initialisation (fixed prompt vs empty prompt)"})),
+        ("Training", json_block({
+            **base_cfg["train"], "wall_time_s": round(training["seconds"]), "resumed_from": training["resumed_from"],
+            "final_loss": training["final_loss"], f"mean_loss_last_{len(tail)}_steps": sum(tail) / len(tail),
+            "samples_per_second": training["samples_per_second"], "device": "2-core CPU"})),
+        ("Quality", (
+            f"{figures['n_samples']} samples ({sampling['scheduler']}, {sampling['steps']} steps, guidance "
+            f"{sampling['guidance_scale']}, seed {sampling['seed']}; `samples.png` shows the first 64), scored on "
+            f"{figures['backbone']} at {figures['resolution']} px against the {figures['n_train_views']} training views "
+            f"and the {figures['n_val_images']} held-out val crops:\n\n"
+            "| images | FID vs train views (pooled features) | mean nearest-train cosine per position |\n|---|---|---|\n"
+            f"| base-model samples | {figures['fid_samples_vs_train']:.1f} | {figures['nearest_train_cosine_samples']:.3f} |\n"
+            f"| real val crops | {figures['fid_val_vs_train']:.1f} | {figures['nearest_train_cosine_val']:.3f} |\n\n"
+            + json_block(figures))),
+        ("Remake", (
+            "```bash\n"
+            "snakemake data/models/demo-base/base --cores all --configfile config/demo-base.yaml\n"
+            f"featinv export-base --params params.yaml config/demo-base.yaml --model {args.model} "
+            f"--loss-csv {args.loss_csv} --shards {args.shards} --out {args.out}\n```\n"
+            "Training is deterministic given the seeds on one machine type; CPU kernels differ across machines in "
+            "the last bits, so a remade model matches in quality, not byte for byte.")),
+    ]
+    print(write_card(args.out, sections).read_text())
+
+
 def cmd_train_controlnet(args) -> None:
     from featinv.diffusion.recipes import train_controlnet
 
@@ -142,7 +214,7 @@ def cmd_evaluate(args) -> None:
     cfg = params.validate_sections(args.config, "metrics", "backbones")
     stores = {str(rowstore.open_complete(path).attrs["backbone"]): path for path in args.stores}
     result = evaluate_samples(args.samples, stores, args.shards, cfg["metrics"], cfg["backbones"]["weights"],
-                              per_image_csv=args.per_image)
+                              per_image_csv=args.per_image, train_store=args.train_store)
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))
 
@@ -299,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", required=True)
     p.add_argument("--out", required=True, help="PNG")
 
+    p = verb("export-base", cmd_export_base, "ship a trained embedded base model: float16 weights and a model card")
+    p.add_argument("--params", nargs="+", required=True, help="params.yaml and the overlay it was trained under")
+    p.add_argument("--model", required=True, help="the trained base model (rule train_base)")
+    p.add_argument("--loss-csv", required=True)
+    p.add_argument("--shards", required=True, help="the shards it was trained on")
+    p.add_argument("--out", required=True, help="directory to ship (replaced)")
+    p.add_argument("--n", type=int, default=256, help="samples for the model card's figures")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0", help="backbone of the card's figures")
+
     p = verb("train-controlnet", cmd_train_controlnet, "train one FeatInv ControlNet", ["diffusion", "controlnet"])
     p.add_argument("--base", required=True, help="base model directory or hub id")
     p.add_argument("--features", required=True, help="feature store of the train split")
@@ -326,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", required=True, help="sample store (zarr)")
     p.add_argument("--stores", nargs="+", required=True,
                    help="feature stores of the originals, one per evaluating backbone (the conditioning one first)")
-    p.add_argument("--shards", required=True, help="shards holding the originals (for FID)")
+    p.add_argument("--shards", required=True, help="shards holding the originals (for FID and the oracles)")
+    p.add_argument("--train-store", help="the conditioning backbone's train feature store (nearest-train oracle)")
     p.add_argument("--out", required=True, help="metrics JSON")
     p.add_argument("--per-image", default="", help="per-image CSV (conditioning backbone)")
 

@@ -8,6 +8,17 @@ def evaluators(wildcards):
     return [wildcards.backbone] + (others if wildcards.variant == CROSS_VARIANT else [])
 
 
+def train_store_input(wildcards):
+    """The conditioning backbone's train feature store, for Table 1's nearest-train oracle."""
+    if not config["metrics"]["oracles"]["nearest_train"]:
+        return []
+    return [ancient(expand(STORE, backbone=wildcards.backbone, split="train")[0])]
+
+
+def train_store_arg(wildcards, input):
+    return f"--train-store {input.train_store}" if input.train_store else ""
+
+
 rule evaluate:
     message:
         "Scoring {wildcards.backbone} ({wildcards.variant}) reconstructions of {wildcards.split}"
@@ -15,11 +26,13 @@ rule evaluate:
         samples=ancient(SAMPLES),
         stores=lambda wildcards: ancient(expand(STORE, backbone=evaluators(wildcards), split=wildcards.split)),
         shards=ancient(rules.build_shards.output.shards),
+        train_store=train_store_input,
     output:
         metrics=METRICS,
         per_image=PER_IMAGE,
     params:
         cfg=section_json("metrics", "backbones"),
+        train_store=train_store_arg,
     log:
         f"results/logs/evaluate/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
     benchmark:
@@ -29,7 +42,7 @@ rule evaluate:
         **job_resources("evaluate", gpu="one"),
     shell:
         "featinv --threads {threads} evaluate --samples {input.samples} --stores {input.stores}"
-        " --shards {input.shards} --out {output.metrics} --per-image {output.per_image}"
+        " --shards {input.shards} {params.train_store} --out {output.metrics} --per-image {output.per_image}"
         " --config {params.cfg:q} > {log} 2>&1"
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
 from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_samples
+from featinv.data.views import View, check_views, views_of
 from featinv.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,14 @@ def index_in_place(source: WebDatasetSource, split: str, rejected: list) -> dict
 
 
 def build(source, out_dir: str | Path, dataset: str, splits: list[str], per_class: dict[str, int | None],
-          maxcount: int) -> dict[str, Any]:
-    """Write every split of ``source`` to shards under ``out_dir``; return the manifest."""
+          maxcount: int, views: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every split of ``source`` to shards under ``out_dir``; return the manifest. ``views``
+    (``data.views``) is recorded for the splits it names: their index lists every view of every image."""
+    if views is not None:
+        check_views(views)
+        unknown = sorted(set(views["splits"]) - set(splits))
+        if unknown:
+            raise ValueError(f"data.views.splits {unknown} are not among data.splits {splits}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.json"
@@ -156,6 +163,8 @@ def build(source, out_dir: str | Path, dataset: str, splits: list[str], per_clas
                 f"dataset '{dataset}', split '{split}': no images left ({n_rejected} rejected, see {out_dir / 'rejected.tsv'})"
             )
         log.info("split %s: %d images in %d shards, %d rejected", split, entry["count"], len(entry["shards"]), n_rejected)
+        if views is not None and split in views["splits"] and views["count"] > 1:
+            entry["views"] = {k: views[k] for k in ("count", "scale", "flip", "seed")}
         result[split] = entry
     lines = ["split\tkey\treason"] + [f"{s}\t{k}\t{r}" for s, k, r in rejected]
     atomic_write_text(out_dir / "rejected.tsv", "\n".join(lines) + "\n")
@@ -166,6 +175,7 @@ def build(source, out_dir: str | Path, dataset: str, splits: list[str], per_clas
         "source": type(source).__name__,
         "label_space": source.label_space,
         "classes": source.classes(),
+        "imagenet_classes": getattr(source, "imagenet_classes", lambda: None)(),
         "per_class": {s: per_class.get(s) for s in splits},
         "rejected": len(rejected),
         "splits": result,
@@ -194,10 +204,13 @@ class IndexEntry:
     shard: str
     offset: int
     size: int
+    view: View | None = None  # an augmented view of the stored image (its key is the view's)
 
 
-def index_split(manifest_path: str | Path, split: str, verify: bool = False) -> list[IndexEntry]:
-    """One entry per sample of ``split`` in manifest order: where its image bytes lie in which tar."""
+def index_split(manifest_path: str | Path, split: str, verify: bool = False, views: bool = True) -> list[IndexEntry]:
+    """One entry per sample of ``split`` in manifest order: where its image bytes lie in which tar.
+    Where the manifest records views for the split (``data.views``), each image is followed by its
+    views (keys ``<key>@v<k>``, view 0 the image itself) unless ``views`` is False."""
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
     if split not in manifest["splits"]:
@@ -225,6 +238,9 @@ def index_split(manifest_path: str | Path, split: str, verify: bool = False) -> 
         if len(rows) != shard["count"]:
             raise ValueError(f"shard {path} holds {len(rows)} samples, its manifest says {shard['count']}: rebuild the shards")
         index.extend(rows)
+    spec = entry.get("views")
+    if views and spec:
+        index = [IndexEntry(v.key, e.cls, e.shard, e.offset, e.size, v) for e in index for v in views_of(e.key, spec)]
     return index
 
 
@@ -234,7 +250,8 @@ def read_image(entry: IndexEntry) -> Image.Image:
         data = fh.read(entry.size)
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return to_rgb(img)
+        rgb = to_rgb(img)
+    return entry.view.apply(rgb) if entry.view is not None else rgb
 
 
 def read_masks(entries: list[IndexEntry]) -> list[np.ndarray | None]:

@@ -2,8 +2,9 @@
 
 Sources are registered by name (``data.source`` in params.yaml):
 
-- ``demo``: real photographs shipped inside PyPI wheels (scikit-image, scikit-learn, matplotlib),
-  cut into deterministic square crops. ``cls`` is the index of the source photo. Train crops come
+- ``demo``: real photographs shipped inside PyPI wheels (scikit-image, scikit-learn, matplotlib, and
+  foolbox's 20 ImageNet validation images), cut into deterministic square crops. ``cls`` is the index
+  of the source photo; ``manifest.imagenet_classes`` gives each photo's ImageNet class where known. Train crops come
   from the left part of each photo and val crops from the right-hand strip, so the splits never
   share pixels.
 - ``imagefolder``: ``<root>/<split>/<class>/<image>``. WordNet-synset folder names follow the
@@ -14,12 +15,12 @@ Sources are registered by name (``data.source`` in params.yaml):
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
 import tarfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -68,23 +69,42 @@ def class_order(names: list[str]) -> tuple[list[str], str]:
 
 
 def _pkg_file(package: str, *parts: str) -> Path:
-    return Path(str(resources.files(package).joinpath(*parts)))
+    """A file inside an installed package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package '{package}' is not installed (pip install {package})")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
 
 
-DEMO_PHOTOS: dict[str, tuple[str, tuple[str, ...]]] = {
-    # name: (package, path inside the package)
-    "astronaut": ("skimage", ("data", "astronaut.png")),
-    "brick": ("skimage", ("data", "brick.png")),
-    "chelsea": ("skimage", ("data", "chelsea.png")),
-    "china": ("sklearn", ("datasets", "images", "china.jpg")),
-    "coffee": ("skimage", ("data", "coffee.png")),
-    "flower": ("sklearn", ("datasets", "images", "flower.jpg")),
-    "grace_hopper": ("matplotlib", ("mpl-data", "sample_data", "grace_hopper.jpg")),
-    "grass": ("skimage", ("data", "grass.png")),
-    "gravel": ("skimage", ("data", "gravel.png")),
-    "hubble_deep_field": ("skimage", ("data", "hubble_deep_field.jpg")),
-    "motorcycle": ("skimage", ("data", "motorcycle_left.png")),
-    "rocket": ("skimage", ("data", "rocket.jpg")),
+@dataclass(frozen=True)
+class DemoPhoto:
+    package: str
+    parts: tuple[str, ...]
+    imagenet_class: int | None = None  # ImageNet-1k class index, where the wheel states it
+
+
+# foolbox 3.3.4 ships 20 ImageNet validation images, the class index in the file name (imagenet_NN_<class>.jpg).
+FOOLBOX_IMAGENET = ((0, 243), (1, 559), (2, 438), (3, 990), (4, 949), (5, 853), (6, 609), (7, 609), (8, 915),
+                    (9, 455), (10, 541), (11, 630), (12, 741), (13, 471), (14, 129), (15, 99), (16, 251), (17, 22),
+                    (18, 317), (19, 305))
+
+DEMO_PHOTOS: dict[str, DemoPhoto] = {
+    "astronaut": DemoPhoto("skimage", ("data", "astronaut.png")),
+    "brick": DemoPhoto("skimage", ("data", "brick.png")),
+    "chelsea": DemoPhoto("skimage", ("data", "chelsea.png")),
+    "china": DemoPhoto("sklearn", ("datasets", "images", "china.jpg")),
+    "coffee": DemoPhoto("skimage", ("data", "coffee.png")),
+    "flower": DemoPhoto("sklearn", ("datasets", "images", "flower.jpg")),
+    "grace_hopper": DemoPhoto("matplotlib", ("mpl-data", "sample_data", "grace_hopper.jpg")),
+    "grass": DemoPhoto("skimage", ("data", "grass.png")),
+    "gravel": DemoPhoto("skimage", ("data", "gravel.png")),
+    "hubble_deep_field": DemoPhoto("skimage", ("data", "hubble_deep_field.jpg")),
+    "immunohistochemistry": DemoPhoto("skimage", ("data", "ihc.png")),
+    "motorcycle": DemoPhoto("skimage", ("data", "motorcycle_left.png")),
+    "retina": DemoPhoto("skimage", ("data", "retina.jpg")),
+    "rocket": DemoPhoto("skimage", ("data", "rocket.jpg")),
+    **{f"imagenet_{i:02d}_{c}": DemoPhoto("foolbox", ("data", f"imagenet_{i:02d}_{c}.jpg"), c)
+       for i, c in FOOLBOX_IMAGENET},
 }
 
 
@@ -93,21 +113,30 @@ class DemoSource:
 
     label_space = "demo-photo"
 
-    def __init__(self, image_size: int, train_crops: int, val_crops: int, val_fraction: float, seed: int):
+    def __init__(self, image_size: int, train_crops: int, val_crops: int, val_fraction: float, seed: int,
+                 photos: list[str] | None = None):
         self.image_size = image_size
         self.crops = {"train": train_crops, "val": val_crops}
         self.val_fraction = val_fraction
         self.seed = seed
+        unknown = sorted(set(photos or []) - set(DEMO_PHOTOS))
+        if unknown:
+            raise ValueError(f"data.demo.photos: unknown photo(s) {unknown} (known: {', '.join(sorted(DEMO_PHOTOS))})")
+        self.photos = sorted(photos) if photos else sorted(DEMO_PHOTOS)
 
     def classes(self) -> list[str]:
-        return sorted(DEMO_PHOTOS)
+        return self.photos
+
+    def imagenet_classes(self) -> list[int | None]:
+        """Per class (photo), its ImageNet-1k class index where the wheel states it, else None."""
+        return [DEMO_PHOTOS[name].imagenet_class for name in self.classes()]
 
     @staticmethod
     def photo(name: str) -> Image.Image:
-        package, parts = DEMO_PHOTOS[name]
-        path = _pkg_file(package, *parts)
+        spec = DEMO_PHOTOS[name]
+        path = _pkg_file(spec.package, *spec.parts)
         if not path.exists():
-            raise FileNotFoundError(f"demo photo '{name}' not found at {path}; reinstall the '{package}' wheel")
+            raise FileNotFoundError(f"demo photo '{name}' not found at {path}; reinstall the '{spec.package}' wheel")
         with Image.open(path) as img:
             return img.convert("RGB")
 

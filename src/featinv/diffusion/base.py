@@ -92,7 +92,7 @@ def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
         down_block_types=down, up_block_types=up, cross_attention_dim=cfg["text_hidden"],
         attention_head_dim=cfg["attention_heads"], norm_num_groups=_groups(channels),
     )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg["beta_schedule"], beta_start=0.00085,
                               beta_end=0.012, prediction_type=cfg["prediction_type"], clip_sample=False)
     return BaseModel(unet, text_encoder, tokenizer, scheduler, codec, cfg["resolution"], "trained:featinv")
 
@@ -126,8 +126,9 @@ def load_base(source: str | Path, resolution: int | None = None) -> BaseModel:
     for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
         if not (path / part).is_dir():
             raise BaseModelError(f"base model at {path} has no {part}/ folder (diffusers layout expected)")
-    unet = UNet2DConditionModel.from_pretrained(path / "unet").eval().requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval().requires_grad_(False)
+    # float32 compute whatever the stored precision (the shipped demo base stores float16).
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=torch.float32).eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=torch.float32).eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
     if (path / "codec.json").exists():

@@ -66,7 +66,7 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
     def loss_fn(model, batch, gen, n, part):
         noise, t, _, text = _draws(gen, n, part, shape, sched.config.num_train_timesteps, settings.drop_prob, emb,
                                    batch["latents"].device, settings.timesteps)
-        return diffusion_loss(model, sched, batch["latents"], text, noise, t)
+        return diffusion_loss(model, sched, batch["latents"], text, noise, t, snr_gamma=settings.snr_gamma)
 
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
                  desc="base model", progress=progress)
@@ -112,7 +112,7 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
         keep = (~drop).float().view(-1, *([1] * (batch["cond"].ndim - 1)))
         cond = batch["cond"] * keep
         return diffusion_loss(unet, sched, batch["latents"], text, noise, t,
-                              residuals=lambda noisy, tt, txt: model(noisy, tt, txt, cond))
+                              residuals=lambda noisy, tt, txt: model(noisy, tt, txt, cond), snr_gamma=settings.snr_gamma)
 
     result = run(net, [unet, base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
                  desc=f"controlnet {attrs['backbone']} {variant}", progress=progress)

@@ -42,12 +42,13 @@ class TrainSettings:
     seed: int
     mixed_precision: str = "fp32"  # fp32 (none), fp16 or bf16
     timesteps: str = "uniform"
+    snr_gamma: float = 0.0
     device: str = "auto"
 
     @classmethod
     def from_params(cls, section: dict[str, Any], device: str = "auto") -> "TrainSettings":
         keys = ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm", "drop_prob", "lr_warmup_steps",
-                "checkpoint_every", "seed", "mixed_precision", "timesteps")
+                "checkpoint_every", "seed", "mixed_precision", "timesteps", "snr_gamma")
         return cls(**{k: section[k] for k in keys}, device=device)
 
 
@@ -90,10 +91,24 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
 
 
+def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's prediction type: the weight that
+    turns the MSE of the prediction into the x0 MSE with the SNR capped at ``gamma``."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    capped = snr.clamp(max=gamma)
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return capped / snr
+    if kind == "v_prediction":
+        return capped / (snr + 1)
+    return capped  # sample (x0)
+
+
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, residuals: Callable | None = None) -> torch.Tensor:
+                   timesteps: torch.Tensor, residuals: Callable | None = None, snr_gamma: float = 0.0) -> torch.Tensor:
     """MSE of the UNet's prediction against its own target (epsilon, v or x0), optionally with ControlNet
-    residuals computed from the noisy input."""
+    residuals computed from the noisy input, optionally min-SNR weighted (``snr_gamma`` > 0)."""
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     extra = {}
     if residuals is not None:
@@ -109,7 +124,10 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Ten
         target = latents
     else:
         raise ValueError(f"unsupported prediction_type '{kind}' (epsilon, v_prediction or sample)")
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma <= 0:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (snr_weights(noise_scheduler, timesteps, snr_gamma) * per_sample).mean()
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path | None]:

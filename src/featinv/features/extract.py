@@ -68,6 +68,7 @@ def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: i
         "dataset": manifest["dataset"],
         "split": split,
         "label_space": manifest["label_space"],
+        "imagenet_classes": manifest.get("imagenet_classes"),
         "n": n,
         "topk": topk,
         "dtype": store.FEATURE_DTYPE,
@@ -143,9 +144,19 @@ def accuracy_report(store_path: str | Path) -> dict[str, Any]:
         "weights_source": attrs["weights_source"],
         "fmap_shape": attrs["fmap_shape"],
     }
+    mapping = attrs.get("imagenet_classes") or []
     if attrs["label_space"] == "imagenet-1k" and num_classes == 1000:
         report["top1_accuracy"] = float(np.mean(top[:, 0] == labels))
         report["top5_accuracy"] = float(np.mean((top[:, :5] == labels[:, None]).any(axis=1)))
+    elif num_classes == 1000 and any(c is not None for c in mapping):
+        # Classes with a known ImageNet-1k class (the demo's foolbox photos): accuracy on their images.
+        imagenet = np.array([-1 if mapping[label] is None else mapping[label] for label in labels])
+        known = imagenet >= 0
+        report["top1_accuracy"] = float(np.mean(top[known, 0] == imagenet[known]))
+        report["top5_accuracy"] = float(np.mean((top[known, :5] == imagenet[known, None]).any(axis=1)))
+        report["n_imagenet_labelled"] = int(known.sum())
+        report["accuracy_note"] = (f"on the {int(known.sum())} images whose '{attrs['label_space']}' class has a "
+                                   "known ImageNet-1k class (manifest imagenet_classes)")
     else:
         report["top1_accuracy"] = report["top5_accuracy"] = None
         report["accuracy_note"] = (

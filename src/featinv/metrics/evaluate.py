@@ -9,6 +9,13 @@
 - FID between all reconstructions and the originals as the diffusion model sees them (the target
   view at the sample resolution), on the features named in ``metrics.fid.features``.
 
+- Oracles, through the same scoring path (the image at the sample resolution, the conditioning
+  backbone's eval preprocessing): ``oracle_copy`` scores the original itself, the ceiling of a
+  perfect reconstruction at this resolution; ``oracle_nearest_train`` scores, for each original, the
+  training image (view) whose stored map is closest to the original's by cosine per position: what
+  a model that only recalls its training set can reach (``metrics.oracles.nearest_train``; it needs
+  the conditioning backbone's train feature store).
+
 With several samples per map, a map's value is the mean over its samples; intervals are bootstrap
 intervals over maps.
 """
@@ -89,14 +96,45 @@ def unrelated_cosine(maps: np.ndarray) -> float:
     return float(cosine_per_position(maps, np.roll(maps, len(maps) // 2, axis=0)).mean())
 
 
+def nearest_by_cosine(queries: np.ndarray, bank, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """For each (C, H, W) query map, the row of ``bank`` (N, C, H, W; numpy or zarr, read in blocks)
+    with the highest mean cosine per position, and that cosine: (index, value) arrays of shape (Q,)."""
+    def unit(x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).flatten(2)  # (N, C, P)
+        return t / t.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    q = unit(queries).permute(2, 0, 1)  # (P, Q, C)
+    best_value = torch.full((len(queries),), -np.inf)
+    best_index = torch.zeros(len(queries), dtype=torch.long)
+    for start in range(0, bank.shape[0], block):
+        b = unit(bank[start:start + block]).permute(2, 1, 0)  # (P, C, B)
+        cos = torch.bmm(q, b).mean(0)  # (Q, B): mean over positions
+        value, index = cos.max(1)
+        better = value > best_value
+        best_value[better], best_index[better] = value[better], index[better] + start
+    return best_index.numpy(), best_value.numpy()
+
+
+def _oracle(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
+            cfg: dict[str, Any], device, boot: dict[str, Any]) -> dict[str, Any]:
+    """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps."""
+    out = backbone_outputs(backbone, images, cfg["batch_size"], device)
+    cos = cosine_per_position(ref_maps, out["features"])
+    return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
+            "top5": summarise(topk_match(reference_top1, out["topk"], 5).astype(np.float64), **boot),
+            "top1": summarise(topk_match(reference_top1, out["topk"], 1).astype(np.float64), **boot)}
+
+
 def _per_map(values: np.ndarray, n_maps: int) -> np.ndarray:
     return values.reshape(n_maps, -1).astype(np.float64).mean(axis=1)
 
 
 def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards: str | Path, cfg: dict[str, Any],
-                     weights: dict[str, str] | None = None, per_image_csv: str | Path | None = None) -> dict[str, Any]:
+                     weights: dict[str, str] | None = None, per_image_csv: str | Path | None = None,
+                     train_store: str | Path | None = None) -> dict[str, Any]:
     """Metrics of one sample store. ``stores`` maps each evaluating backbone to its feature store of
-    the originals (same split, same rows); the conditioning backbone must be among them."""
+    the originals (same split, same rows); the conditioning backbone must be among them.
+    ``train_store``: the conditioning backbone's train feature store, for ``oracle_nearest_train``."""
     weights = weights or {}
     group = rowstore.open_complete(samples)
     attrs = dict(group.attrs)
@@ -116,6 +154,8 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
                               "n_images": n, "samples_per_map": s, "resolution": int(images.shape[-1]),
                               "confidence": cfg["confidence"], "match": {}}
     per_image: dict[str, np.ndarray] = {}
+    resolution = int(images.shape[-1])
+    real_views = original_views(shards, split, keys, resolution)
     for name, store_path in stores.items():
         originals = rowstore.open_complete(store_path)
         stored_keys = [str(k) for k in originals["keys"][:]]
@@ -134,16 +174,37 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             result["cosine_sim"] = summarise(_per_map(cos, n), **boot)
             result["cosine_sim_unrelated"] = unrelated_cosine(originals["features"][:])
             per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1}
+            maps, top1_ref = originals["features"][:].astype(np.float32), originals["topk_indices"][:, 0]
+            result["oracle_copy"] = _oracle(backbone, real_views, maps, top1_ref, cfg, device, boot)
+            result["oracle_nearest_train"] = _nearest_train_oracle(backbone, maps, top1_ref, train_store, shards,
+                                                                   resolution, cfg, device, boot)
 
     fid_name = cfg["fid"]["features"]
     extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg["fid"]["inception_weights"]},
                             cfg["batch_size"], device)
-    real = extract(original_views(shards, split, keys, images.shape[-1]))
+    real = extract(real_views)
     fake = extract(flat)
     result["fid"] = {"features": fid_name, "dim": int(real.shape[1]), "n_real": len(real), "n_fake": len(fake),
                      "value": fid.frechet_distance(real, fake)}
     if per_image_csv:
         _write_per_image(per_image_csv, keys, s, per_image)
+    return result
+
+
+def _nearest_train_oracle(backbone: Backbone, maps: np.ndarray, top1_ref: np.ndarray, train_store, shards,
+                          resolution: int, cfg: dict[str, Any], device, boot: dict[str, Any]) -> dict[str, Any] | None:
+    if not cfg["oracles"]["nearest_train"]:
+        return None
+    if train_store is None:
+        raise ValueError("metrics.oracles.nearest_train is on but no train feature store was given (--train-store)")
+    train = rowstore.open_complete(train_store)
+    if train.attrs["backbone"] != backbone.name:
+        raise ValueError(f"train store {train_store} is of {train.attrs['backbone']}, not {backbone.name}")
+    index, _ = nearest_by_cosine(maps, train["features"])
+    train_keys = [str(k) for k in train["keys"][:]]
+    chosen = original_views(shards, str(train.attrs["split"]), [train_keys[i] for i in index], resolution)
+    result = _oracle(backbone, chosen, maps, top1_ref, cfg, device, boot)
+    result["train_split"], result["train_rows"] = str(train.attrs["split"]), len(train_keys)
     return result
 
 

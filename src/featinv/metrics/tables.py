@@ -8,6 +8,8 @@ from typing import Any
 from featinv.fileio import atomic_write_text, csv_text, write_json
 
 MEASURES = ("cosine_sim", "top5_match", "top1_match")
+ORACLES = ("oracle_copy", "oracle_nearest_train")
+ORACLE_MEASURES = (("cosine_sim", "cosine_sim"), ("top5_match", "top5"))
 
 
 def _fid_column(metrics: list[dict[str, Any]]) -> str:
@@ -35,6 +37,7 @@ def table1(metrics: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     for name in MEASURES:
         header += [name, f"{name}_ci{level}_low", f"{name}_ci{level}_high"]
     header += [fid_col, "n_images", "samples_per_map", "cosine_sim_unrelated"]
+    header += [f"{o}_{name}" for o in ORACLES for name, _ in ORACLE_MEASURES]
     order = {"unpooled": 0, "pooled": 1}
     rows = []
     for m in sorted(metrics, key=lambda m: (order.get(m["model"]["variant"], 2), m["model"]["backbone"])):
@@ -43,8 +46,15 @@ def table1(metrics: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
             s = _measure(m, name)
             row += [s["mean"], s["ci_low"], s["ci_high"]]
         row += [m["fid"]["value"], m["n_images"], m["samples_per_map"], m["cosine_sim_unrelated"]]
+        row += [_oracle_value(m, o, key) for o in ORACLES for _, key in ORACLE_MEASURES]
         rows.append(row)
     return header, rows
+
+
+def _oracle_value(m: dict[str, Any], oracle: str, key: str) -> float:
+    """An oracle's mean (NaN where it was not computed: nearest-train off, or older metrics)."""
+    value = m.get(oracle)
+    return float("nan") if value is None else value[key]["mean"]
 
 
 def table2(metrics: list[dict[str, Any]], variant: str) -> tuple[list[str], list[list[Any]]]:
@@ -71,7 +81,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def table1_markdown(header: list[str], rows: list[list[Any]], dataset: str) -> str:
     fid_col = header[11]  # after backbone, variant and three (mean, low, high) triples
-    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", fid_col, "N", "chance cosine-sim"]
+    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", fid_col, "N", "chance cosine-sim",
+                 "copy: cosine-sim / top5", "nearest train: cosine-sim / top5"]
     body = []
     for r in rows:
         cells = [r[0], r[1]]
@@ -79,12 +90,16 @@ def table1_markdown(header: list[str], rows: list[list[Any]], dataset: str) -> s
             mean, lo, hi = r[2 + 3 * i: 5 + 3 * i]
             cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
         cells += [f"{r[11]:.1f}", str(r[12]), f"{r[14]:.3f}"]
+        cells += [f"{r[15 + 2 * i]:.3f} / {r[16 + 2 * i]:.3f}" for i in range(len(ORACLES))]
         body.append(cells)
     return (f"# Table 1: reconstruction quality ({dataset})\n\nMean over evaluation images with "
             f"{header[3].split('_ci')[1].split('_')[0]}% bootstrap intervals. cosine-sim: feature cosine per "
             "spatial position with the conditioning backbone; top5(1) match: the original's top-1 class among "
             "the reconstruction's top 5 (its top 1); FID: between reconstructions and originals on the named "
-            "features; chance: cosine-sim between unrelated originals (another image of the split).\n\n" + _md_table(md_header, body))
+            "features; chance: cosine-sim between unrelated originals (another image of the split); copy: the "
+            "original itself through the same scoring path (the ceiling at this resolution); nearest train: for "
+            "each original, the training image whose map is closest (what recalling the training set reaches; "
+            "nan where not computed).\n\n" + _md_table(md_header, body))
 
 
 def table2_markdown(header: list[str], rows: list[list[Any]], dataset: str, variant: str) -> str:
@@ -107,6 +122,7 @@ def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: st
     atomic_write_text(out_dir / "table2.csv", csv_text(h2, r2))
     atomic_write_text(out_dir / "table2.md", table2_markdown(h2, r2, dataset, cross_variant))
     summary = {"table1": {f"{r[0]}/{r[1]}": {"cosine_sim": r[2], "top5_match": r[5], "top1_match": r[8],
-                                             "fid": r[11]} for r in r1},
+                                             "fid": r[11], "cosine_sim_unrelated": r[14],
+                                             **{h: v for h, v in zip(h1[15:], r[15:]) if v == v}} for r in r1},
                "table2": {r[0]: dict(zip(h2[1:], r[1:])) for r in r2}}
     write_json(metrics_json, summary)
