@@ -201,12 +201,13 @@ def test_patch_codec_is_lossless():
     assert torch.equal(codec.decode(z), x)
 
 
+@pytest.mark.parametrize("beta_schedule", ["scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type):
+def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, beta_schedule):
     """A denoiser that knows x0 makes deterministic DDIM return x0 from any starting noise."""
     from types import SimpleNamespace
 
-    base = create_demo_base({**TINY_BASE, "prediction_type": prediction_type})
+    base = create_demo_base({**TINY_BASE, "prediction_type": prediction_type, "beta_schedule": beta_schedule})
     x0 = torch.rand(3, *base.latent_shape) * 2 - 1
     alphas = base.noise_scheduler.alphas_cumprod
 

@@ -22,9 +22,8 @@ TINY = {
              "demo": {"image_size": 64, "train_crops": 1, "val_crops": 1, "photos": TEST_PHOTOS}},
     "backbones": {"names": ["tf_efficientnet_lite0"]},
     "features": {"batch_size": 4, "num_workers": 0, "rows_per_shard": 8, "rows_per_chunk": 4},
-    "diffusion": {"device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
-                  "base": {"source": "train", "resolution": 16, "patch": 2, "block_out_channels": [16, 32], "text_hidden": 16,
-                           "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "lr_warmup_steps": 0}}},
+    # The shipped base model (models/demo-base), as the embedded default uses it.
+    "diffusion": {"device": "cpu", "targets": {"batch_size": 8, "num_workers": 0}},
     "controlnet": {"encoder": {"hidden": 8, "depth": 1},
                    "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
     "sampling": {"steps": 2, "rows_per_shard": 4, "preview": 4},
@@ -50,6 +49,7 @@ def make_project(root: Path, overrides: dict = TINY) -> Path:
     for name in ("Snakefile", "dvc.yaml", "workflow", "config", "profiles", ".gitignore", ".dvcignore"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    (root / "models").symlink_to(REPO / "models")  # the shipped base model
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # dvc.yaml names the code it depends on: link the package source into the copy.
@@ -102,18 +102,28 @@ def test_dvc_stages_and_snakemake_rules_declare_the_same_outputs(project):
 GPUS2 = "resources:\n  gpus: 2\n"
 
 
-def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(project):
-    (project / "gpus2.yaml").write_text(GPUS2)
-    plan = run([sys.executable, "-m", "snakemake", "results/table1.csv", "-n", "-p", "-F", "--configfile", "gpus2.yaml"],
-               project)
+def planned_processes(project, target, *overlays) -> dict[str, str | None]:
+    """featinv verb -> its --processes value, for every job of a forced dry run of ``target``."""
+    configs = [a for o in overlays for a in ("--configfile", o)]
+    plan = run([sys.executable, "-m", "snakemake", target, "-n", "-p", "-F", *configs], project)
     commands = [line.split("Shell command: ", 1)[1] for line in plan.splitlines() if "Shell command: " in line]
-    processes = {}  # featinv verb -> --processes value
+    processes = {}
     for cmd in commands:
         words = cmd.split()
         n = words[words.index("--processes") + 1] if "--processes" in words else None
         processes[next(w for w in words[1:] if not w.startswith("-") and not w.isdigit())] = n
-    assert processes == {"build-shards": None, "extract": "2", "encode-targets": None, "train-base": "2",
-                         "train-controlnet": "2", "sample": "2", "evaluate": None, "tables": None}
+    return processes
+
+
+def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(project):
+    (project / "gpus2.yaml").write_text(GPUS2)
+    # The shipped base model: no train-base job in the main job.
+    assert planned_processes(project, "results/table1.csv", "gpus2.yaml") == {
+        "build-shards": None, "extract": "2", "encode-targets": None, "train-controlnet": "2", "sample": "2",
+        "evaluate": None, "tables": None}
+    # The overlay that made it trains it with rule train_base.
+    assert planned_processes(project, "data/models/demo-base/base", "config/demo-base.yaml", "gpus2.yaml") == {
+        "build-shards": None, "encode-targets": None, "train-base": "2"}
 
 
 def test_resources_of_an_unknown_rule_are_a_clear_error(project):
@@ -179,12 +189,11 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     ]
     for variant in ("unpooled", "pooled"):
         samples = store.open_store(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
-        assert samples["images"].shape == (12, 1, 3, 16, 16)
+        assert samples["images"].shape == (12, 1, 3, 64, 64)
         meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
-        assert meta["variant"] == variant and meta["steps"] == 4
+        assert meta["variant"] == variant and meta["steps"] == 4 and meta["base_model"] == "models/demo-base"
         metrics = json.loads((project / f"results/metrics/demo/tf_efficientnet_lite0-{variant}-val.json").read_text())
         assert metrics["n_images"] == 12 and -1 <= metrics["cosine_sim"]["mean"] <= 1
-    assert len((project / "results/training/demo/base-loss.csv").read_text().splitlines()) == 1 + 6
     table1 = (project / "results/table1.csv").read_text()
     header, *rows = table1.splitlines()
     assert "fid[tf_efficientnet_lite0 pooled, N=12]" in header

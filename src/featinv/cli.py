@@ -154,7 +154,7 @@ def cmd_export_base(args) -> None:
                                         "beta_schedule")},
             "text_encoder": "small CLIP text model frozen at its seeded initialisation (fixed prompt vs empty prompt)"})),
         ("Training", json_block({
-            **base_cfg["train"], "wall_time_s": round(training["seconds"]), "resumed_from": training["resumed_from"],
+            **base_cfg["train"], "wall_time_s": round(training.get("total_seconds", training["seconds"])), "resumed_from": training["resumed_from"],
             "final_loss": training["final_loss"], f"mean_loss_last_{len(tail)}_steps": sum(tail) / len(tail),
             "samples_per_second": training["samples_per_second"], "device": "2-core CPU"})),
         ("Quality", (

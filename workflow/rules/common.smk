@@ -103,7 +103,7 @@ def sample_previews():
 
 
 def base_previews():
-    return [f"results/base/{DATASET}/samples.png"] if BASE_TRAINED_HERE else []
+    return [f"results/base/{DATASET}/samples.png"]
 
 
 def metric_files():

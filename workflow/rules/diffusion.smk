@@ -49,11 +49,12 @@ rule preview_base:
     message:
         "Sampling the base model for a preview grid"
     input:
-        base=ancient(TRAINED_BASE),
+        base=base_input,
         targets=ancient(expand(TARGETS, split="train")),
     output:
         grid=report(f"results/base/{DATASET}/samples.png", caption="../report/base.rst", category="Base model"),
     params:
+        base=BASE,
         cfg=section_json("diffusion", "sampling"),
     log:
         f"results/logs/preview_base/{DATASET}.log",
@@ -61,7 +62,7 @@ rule preview_base:
     resources:
         **job_resources("preview_base", gpu="one"),
     shell:
-        "featinv --threads {threads} preview-base --base {input.base} --targets {input.targets}"
+        "featinv --threads {threads} preview-base --base {params.base:q} --targets {input.targets}"
         " --out {output.grid} --config {params.cfg:q} > {log} 2>&1"
 
 

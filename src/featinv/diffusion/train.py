@@ -13,6 +13,7 @@ effective batch size stays ``batch_size`` whatever the process count.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 import time
@@ -27,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved beside it
 
 
 @dataclass
@@ -174,8 +176,11 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
 
     ckpt_dir, loss_csv = Path(ckpt_dir), Path(loss_csv)
     start, latest = _latest_checkpoint(ckpt_dir)
+    prior_seconds = 0.0  # training time before the last checkpoint, across interruptions
     if latest is not None:
         accelerator.load_state(str(latest))
+        elapsed = latest / ELAPSED
+        prior_seconds = float(json.loads(elapsed.read_text())["seconds"]) if elapsed.exists() else 0.0
         log.info("resuming %s from %s", desc, latest)
     rows_log = _read_log(loss_csv, start)
     loss_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +204,7 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
         rows_log.append({"step": str(step + 1), "loss": f"{loss_value:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}"})
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            _checkpoint(accelerator, ckpt_dir, step + 1)
+            _checkpoint(accelerator, ckpt_dir, step + 1, prior_seconds + time.perf_counter() - started)
             if accelerator.is_main_process:
                 _write_log(loss_csv, rows_log)
     bar.close()
@@ -208,12 +213,14 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     seconds = time.perf_counter() - started
     trained = settings.steps - start
     return {"steps": settings.steps, "resumed_from": start, "final_loss": loss_value, "seconds": seconds,
+            "total_seconds": prior_seconds + seconds,
             "samples_per_second": trained * settings.batch_size / seconds if trained and seconds > 0 else None,
             "unwrapped": accelerator.unwrap_model(model), "is_main": accelerator.is_main_process}
 
 
-def _checkpoint(accelerator, ckpt_dir: Path, step: int) -> None:
-    """Save model, optimizer, LR scheduler and RNG state; keep only the newest complete checkpoint."""
+def _checkpoint(accelerator, ckpt_dir: Path, step: int, seconds: float) -> None:
+    """Save model, optimizer, LR scheduler and RNG state, and the training time so far; keep only the
+    newest complete checkpoint."""
     final = ckpt_dir / f"step-{step:08d}"
     tmp = ckpt_dir / f"step-{step:08d}.tmp"
     if accelerator.is_main_process:
@@ -222,6 +229,7 @@ def _checkpoint(accelerator, ckpt_dir: Path, step: int) -> None:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (tmp / ELAPSED).write_text(json.dumps({"seconds": seconds}) + "\n")
         tmp.rename(final)
         for old in ckpt_dir.glob("step-*"):
             if old != final:

@@ -1,0 +1,101 @@
+"""The shipped demo base model (models/demo-base) and the export that makes such a directory."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from featinv.diffusion.base import create_demo_base, load_base
+from featinv.diffusion.export import card_files, export_base, file_table, verify, write_card
+
+SHIPPED = REPO / "models" / "demo-base"
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_shipped_files_match_the_model_card():
+    verify(SHIPPED)
+    listed = card_files(SHIPPED)
+    assert {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+            "scheduler/scheduler_config.json", "codec.json"} <= set(listed)
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in listed)  # nothing to unpickle
+    assert sum(size for size, _ in listed.values()) < 25 * 2**20
+
+
+def test_params_point_at_the_shipped_base_and_describe_it():
+    assert PARAMS["diffusion"]["base"]["source"] == "models/demo-base"
+    base = load_base(SHIPPED)
+    cfg = PARAMS["diffusion"]["base"]
+    assert base.resolution == cfg["resolution"] and base.codec.patch == cfg["patch"]
+    assert list(base.unet.config.block_out_channels) == cfg["block_out_channels"]
+    assert base.noise_scheduler.config.prediction_type == cfg["prediction_type"]
+    assert base.noise_scheduler.config.beta_schedule == cfg["beta_schedule"]
+    assert next(base.unet.parameters()).dtype == torch.float32  # stored float16, computed float32
+
+
+def test_a_changed_file_is_caught(tmp_path):
+    copy = tmp_path / "base"
+    shutil.copytree(SHIPPED, copy)
+    (copy / "scheduler" / "scheduler_config.json").write_text("{}\n")
+    (copy / "extra.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"scheduler_config.json: sha256 .* differs.*|extra.txt: not in the model card"):
+        verify(copy)
+
+
+def _nearest_train_cosine(images: np.ndarray, train_maps: np.ndarray, backbone) -> float:
+    from featinv.metrics.evaluate import backbone_outputs, nearest_by_cosine
+
+    maps = backbone_outputs(backbone, images, 16, torch.device("cpu"))["features"]
+    return float(nearest_by_cosine(maps, train_maps)[1].mean())
+
+
+def test_shipped_base_samples_look_like_the_training_photographs(demo_shards):
+    """Samples of the trained base are nearer (lite0 cosine per position) to training crops of the demo
+    photographs than samples of the same UNet untrained: a check random weights fail."""
+    from featinv.backbones import create_backbone
+    from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, to_uint8
+    from featinv.diffusion.targets import view_images
+    from featinv.metrics.evaluate import backbone_outputs
+
+    torch.set_num_threads(1)
+    lite0 = create_backbone("tf_efficientnet_lite0")
+    train = view_images(demo_shards, "train", 64).transpose(0, 3, 1, 2)
+    train_maps = backbone_outputs(lite0, train, 16, torch.device("cpu"))["features"]
+    scores = {}
+    for name, base in (("trained", load_base(SHIPPED)), ("untrained", create_demo_base(PARAMS["diffusion"]["base"]))):
+        keys = [f"test-{i}" for i in range(8)]
+        noise = initial_noise(keys, [0] * 8, 0, base.latent_shape)
+        text = base.prompt_embeddings(PARAMS["diffusion"]["prompt"])
+        images = to_uint8(denoise(base, None, None, noise, text, make_scheduler("ddim", base), 10, 1.0, 1.0))
+        scores[name] = _nearest_train_cosine(images, train_maps, lite0)
+    assert scores["trained"] > scores["untrained"] + 0.05, scores
+
+
+def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_targets):
+    from featinv.diffusion.recipes import train_base
+    from test_diffusion import PROMPT, TINY_BASE, TRAIN
+
+    train_base({**TINY_BASE, "train": {**TRAIN, "steps": 3}}, PROMPT, demo_targets, tmp_path / "trained",
+               tmp_path / "loss.csv", device="cpu", progress=False)
+    files = export_base(tmp_path / "trained", tmp_path / "shipped")
+    assert all(not f.name.endswith(".bin") for f in files)
+    card = write_card(tmp_path / "shipped", [("# Tiny", "text"), ("Data", "more")])
+    assert card.read_text().startswith("# Tiny\n\ntext\n\n## Data")
+    assert set(card_files(tmp_path / "shipped")) == {name for name, _, _ in file_table(tmp_path / "shipped")}
+    verify(tmp_path / "shipped")
+    trained, shipped = load_base(tmp_path / "trained"), load_base(tmp_path / "shipped")
+    from safetensors.torch import load_file
+
+    stored = load_file(tmp_path / "shipped" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    x = torch.randn(2, *trained.latent_shape)
+    t = torch.tensor([10, 500])
+    text = trained.prompt_embeddings(PROMPT)[:1].expand(2, -1, -1)
+    with torch.no_grad():
+        a = trained.unet(x, t, encoder_hidden_states=text).sample
+        b = shipped.unet(x, t, encoder_hidden_states=shipped.prompt_embeddings(PROMPT)[:1].expand(2, -1, -1)).sample
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # float16 rounding of the weights only
