@@ -146,3 +146,22 @@ def test_accuracy_against_imagenet_labels(tmp_path, lite0):
 def test_accuracy_is_null_outside_the_backbone_label_space(val_store):
     report = accuracy_report(val_store)
     assert report["top1_accuracy"] is None and "demo-photo" in report["accuracy_note"]
+
+
+def test_accuracy_on_the_demo_photos_with_a_known_imagenet_class(tmp_path, lite0):
+    """The demo's foolbox photos carry their ImageNet class: accuracy is measured on their crops only."""
+    from conftest import demo_data_params
+    from featinv.data.sources import make_source
+
+    p = demo_data_params(photos=["brick", "imagenet_00_243", "imagenet_15_99"], image_size=128)
+    shard_io.build(make_source(p), tmp_path / "sh", "demo", p["splits"], p["per_class"], 100)
+    extract(lite0, tmp_path / "sh", "train", tmp_path / "t.zarr", **KW)
+    report = accuracy_report(tmp_path / "t.zarr")
+    assert report["label_space"] == "demo-photo" and report["n_images"] == 9
+    assert report["n_imagenet_labelled"] == 6  # 3 crops each of the two foolbox photos, not the brick wall
+    group = store.open_store(tmp_path / "t.zarr")
+    labels, top = group["labels"][:], group["topk_indices"][:]
+    imagenet = np.array([[None, 243, 99][label] or -1 for label in labels])
+    known = imagenet >= 0
+    assert report["top5_accuracy"] == pytest.approx(np.mean((top[known] == imagenet[known, None]).any(1)))
+    assert report["top5_accuracy"] >= 0.5  # a bull mastiff and a goose, recognised from crops

@@ -111,6 +111,7 @@ def cmd_export_base(args) -> None:
     import numpy as np
 
     from featinv.diffusion.export import export_base, json_block, parameter_counts, write_card
+    from featinv.diffusion.recipes import base_objective
     from featinv.diffusion.preview import image_grid
     from featinv.metrics.basemodel import base_figures, sample_base
 
@@ -121,6 +122,7 @@ def cmd_export_base(args) -> None:
     with open(args.loss_csv) as fh:
         losses = [float(row["loss"]) for row in csv.DictReader(fh)]
     export_base(args.model, args.out)
+    objective = base_objective(args.out, base_cfg, diffusion["prompt"], args.targets)
     samples = sample_base(args.out, args.n, diffusion["prompt"], sampling["scheduler"], sampling["steps"],
                           sampling["guidance_scale"], sampling["seed"], device=diffusion["device"])
     image_grid([[np.ascontiguousarray(x.transpose(1, 2, 0)) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
@@ -155,8 +157,10 @@ def cmd_export_base(args) -> None:
             "text_encoder": "small CLIP text model frozen at its seeded initialisation (fixed prompt vs empty prompt)"})),
         ("Training", json_block({
             **base_cfg["train"], "wall_time_s": round(training.get("total_seconds", training["seconds"])), "resumed_from": training["resumed_from"],
-            "final_loss": training["final_loss"], f"mean_loss_last_{len(tail)}_steps": sum(tail) / len(tail),
-            "samples_per_second": training["samples_per_second"], "device": "2-core CPU"})),
+            "loss_of_the_shipped_model_50_batches": objective,
+            **({f"mean_logged_loss_last_{len(tail)}_steps": sum(tail) / len(tail)} if tail else {}),
+            "logged_steps": len(losses),
+            "device": "2-core CPU"}) + (f"\n\n{args.history}" if args.history else "")),
         ("Quality", (
             f"{figures['n_samples']} samples ({sampling['scheduler']}, {sampling['steps']} steps, guidance "
             f"{sampling['guidance_scale']}, seed {sampling['seed']}; `samples.png` shows the first 64), scored on "
@@ -170,7 +174,7 @@ def cmd_export_base(args) -> None:
             "```bash\n"
             "snakemake data/models/demo-base/base --cores all --configfile config/demo-base.yaml\n"
             f"featinv export-base --params params.yaml config/demo-base.yaml --model {args.model} "
-            f"--loss-csv {args.loss_csv} --shards {args.shards} --out {args.out}\n```\n"
+            f"--loss-csv {args.loss_csv} --shards {args.shards} --targets {args.targets} --out {args.out}\n```\n"
             "Training is deterministic given the seeds on one machine type; CPU kernels differ across machines in "
             "the last bits, so a remade model matches in quality, not byte for byte.")),
     ]
@@ -376,8 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the trained base model (rule train_base)")
     p.add_argument("--loss-csv", required=True)
     p.add_argument("--shards", required=True, help="the shards it was trained on")
+    p.add_argument("--targets", required=True, help="the cached targets it was trained on")
     p.add_argument("--out", required=True, help="directory to ship (replaced)")
     p.add_argument("--n", type=int, default=256, help="samples for the model card's figures")
+    p.add_argument("--history", default="", help="how the training run went (interruptions, resumes), for the card")
     p.add_argument("--backbone", default="tf_efficientnet_lite0", help="backbone of the card's figures")
 
     p = verb("train-controlnet", cmd_train_controlnet, "train one FeatInv ControlNet", ["diffusion", "controlnet"])

@@ -13,7 +13,7 @@ import torch
 from featinv import rowstore
 from featinv.diffusion.base import create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
-from featinv.diffusion.train import RowData, TrainSettings, diffusion_loss, run
+from featinv.diffusion.train import RowData, TrainSettings, batch_rows, diffusion_loss, run, step_generator
 from featinv.fileio import write_json
 
 VARIANTS = ("unpooled", "pooled")
@@ -76,6 +76,26 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
         write_json(Path(out) / "training.json", _summary(result, base_cfg))
         shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
     return _summary(result, base_cfg)
+
+
+@torch.no_grad()
+def base_objective(base_dir: str | Path, base_cfg: dict[str, Any], prompt: str, targets: str | Path,
+                   batches: int = 50) -> float:
+    """The training objective of a base model, measured on it: the mean loss over ``batches`` batches
+    drawn as training would draw the steps after its last (same rows, noise, timesteps and drops)."""
+    base = load_base(base_dir)
+    store = rowstore.open_complete(targets)
+    data = RowData({"latents": store["latents"]})
+    settings = TrainSettings.from_params(base_cfg["train"])
+    emb, sched = base.prompt_embeddings(prompt), base.noise_scheduler
+    n = settings.batch_size
+    losses = []
+    for step in range(settings.steps, settings.steps + batches):
+        batch = data.get(batch_rows(step, n, data.n, settings.seed))["latents"]
+        noise, t, _, text = _draws(step_generator(settings.seed, step), n, slice(0, n), base.latent_shape,
+                                   sched.config.num_train_timesteps, settings.drop_prob, emb, "cpu", settings.timesteps)
+        losses.append(diffusion_loss(base.unet, sched, batch, text, noise, t, snr_gamma=settings.snr_gamma).item())
+    return float(sum(losses) / len(losses))
 
 
 def train_controlnet(base_source: str | Path, features: str | Path, targets: str | Path, variant: str,

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved beside it
+LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
 
 
 @dataclass
@@ -182,7 +183,8 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
         elapsed = latest / ELAPSED
         prior_seconds = float(json.loads(elapsed.read_text())["seconds"]) if elapsed.exists() else 0.0
         log.info("resuming %s from %s", desc, latest)
-    rows_log = _read_log(loss_csv, start)
+    # The loss log up to the checkpoint travels with it (a rerun by Snakemake deletes the CSV first).
+    rows_log = _read_log(latest / LOSS_LOG if latest is not None and (latest / LOSS_LOG).exists() else loss_csv, start)
     loss_csv.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     bar = tqdm(range(start, settings.steps), initial=start, total=settings.steps, desc=desc,
@@ -204,7 +206,7 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
         rows_log.append({"step": str(step + 1), "loss": f"{loss_value:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}"})
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            _checkpoint(accelerator, ckpt_dir, step + 1, prior_seconds + time.perf_counter() - started)
+            _checkpoint(accelerator, ckpt_dir, step + 1, prior_seconds + time.perf_counter() - started, rows_log)
             if accelerator.is_main_process:
                 _write_log(loss_csv, rows_log)
     bar.close()
@@ -218,9 +220,9 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
             "unwrapped": accelerator.unwrap_model(model), "is_main": accelerator.is_main_process}
 
 
-def _checkpoint(accelerator, ckpt_dir: Path, step: int, seconds: float) -> None:
-    """Save model, optimizer, LR scheduler and RNG state, and the training time so far; keep only the
-    newest complete checkpoint."""
+def _checkpoint(accelerator, ckpt_dir: Path, step: int, seconds: float, rows_log: list[dict[str, str]]) -> None:
+    """Save model, optimizer, LR scheduler and RNG state, the training time and the loss log so far;
+    keep only the newest complete checkpoint."""
     final = ckpt_dir / f"step-{step:08d}"
     tmp = ckpt_dir / f"step-{step:08d}.tmp"
     if accelerator.is_main_process:
@@ -230,6 +232,7 @@ def _checkpoint(accelerator, ckpt_dir: Path, step: int, seconds: float) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / ELAPSED).write_text(json.dumps({"seconds": seconds}) + "\n")
+        _write_log(tmp / LOSS_LOG, rows_log)
         tmp.rename(final)
         for old in ckpt_dir.glob("step-*"):
             if old != final:
