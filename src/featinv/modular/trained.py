@@ -53,7 +53,8 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
     from featinv.data.shards import index_split, load_manifest, read_image, read_masks
     from featinv.diffusion.targets import TargetView
 
-    index = index_split(shards, split)
+    # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
+    index = index_split(shards, split, views=False)
     view = TargetView(size)
     pixels = np.stack([np.asarray(view.image(read_image(e))) for e in index]).astype(np.float32) / 255.0
     masks = read_masks(index)
