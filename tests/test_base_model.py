@@ -46,33 +46,23 @@ def test_a_changed_file_is_caught(tmp_path):
         verify(copy)
 
 
-def _nearest_train_cosine(images: np.ndarray, train_maps: np.ndarray, backbone) -> float:
-    from featinv.metrics.evaluate import backbone_outputs, nearest_by_cosine
-
-    maps = backbone_outputs(backbone, images, 16, torch.device("cpu"))["features"]
-    return float(nearest_by_cosine(maps, train_maps)[1].mean())
-
-
 def test_shipped_base_samples_look_like_the_training_photographs(demo_shards):
-    """Samples of the trained base are nearer (lite0 cosine per position) to training crops of the demo
-    photographs than samples of the same UNet untrained: a check random weights fail."""
-    from featinv.backbones import create_backbone
+    """Samples of the trained base are nearer to crops of the demo photographs than samples of the same
+    UNet untrained: the mean squared pixel distance to the nearest training crop, a check random weights
+    fail. (lite0's per-position feature cosine does not separate them: the untrained UNet's flat, low-
+    contrast outputs sit as close to the flat regions of the photographs as the trained samples do.)"""
     from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, to_uint8
     from featinv.diffusion.targets import view_images
-    from featinv.metrics.evaluate import backbone_outputs
 
-    torch.set_num_threads(1)
-    lite0 = create_backbone("tf_efficientnet_lite0")
-    train = view_images(demo_shards, "train", 64).transpose(0, 3, 1, 2)
-    train_maps = backbone_outputs(lite0, train, 16, torch.device("cpu"))["features"]
-    scores = {}
+    train = view_images(demo_shards, "train", 64).transpose(0, 3, 1, 2).astype(np.float64)
+    distance = {}
     for name, base in (("trained", load_base(SHIPPED)), ("untrained", create_demo_base(PARAMS["diffusion"]["base"]))):
         keys = [f"test-{i}" for i in range(8)]
         noise = initial_noise(keys, [0] * 8, 0, base.latent_shape)
         text = base.prompt_embeddings(PARAMS["diffusion"]["prompt"])
         images = to_uint8(denoise(base, None, None, noise, text, make_scheduler("ddim", base), 10, 1.0, 1.0))
-        scores[name] = _nearest_train_cosine(images, train_maps, lite0)
-    assert scores["trained"] > scores["untrained"] + 0.05, scores
+        distance[name] = float(np.mean([((train - x) ** 2).mean((1, 2, 3)).min() for x in images.astype(np.float64)]))
+    assert distance["trained"] < 0.7 * distance["untrained"], distance
 
 
 def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_targets):

@@ -104,7 +104,7 @@ GPUS2 = "resources:\n  gpus: 2\n"
 
 def planned_processes(project, target, *overlays) -> dict[str, str | None]:
     """featinv verb -> its --processes value, for every job of a forced dry run of ``target``."""
-    configs = [a for o in overlays for a in ("--configfile", o)]
+    configs = ["--configfile", *overlays] if overlays else []  # one flag: a repeated --configfile replaces the earlier
     plan = run([sys.executable, "-m", "snakemake", target, "-n", "-p", "-F", *configs], project)
     commands = [line.split("Shell command: ", 1)[1] for line in plan.splitlines() if "Shell command: " in line]
     processes = {}
