@@ -89,3 +89,14 @@ def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_
         a = trained.unet(x, t, encoder_hidden_states=text).sample
         b = shipped.unet(x, t, encoder_hidden_states=shipped.prompt_embeddings(PROMPT)[:1].expand(2, -1, -1)).sample
     torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # float16 rounding of the weights only
+
+    from featinv.diffusion.recipes import base_objective
+
+    cfg = {**TINY_BASE, "train": {**TRAIN, "steps": 3}}
+    shipped_loss = base_objective(tmp_path / "shipped", cfg, PROMPT, demo_targets, batches=4)
+    assert shipped_loss == pytest.approx(base_objective(tmp_path / "trained", cfg, PROMPT, demo_targets, batches=4),
+                                         rel=2e-2)
+    assert shipped_loss == base_objective(tmp_path / "shipped", cfg, PROMPT, demo_targets, batches=4)  # same draws
+    untrained = tmp_path / "untrained"
+    create_demo_base(TINY_BASE).save(untrained)
+    assert shipped_loss < base_objective(untrained, cfg, PROMPT, demo_targets, batches=4)
