@@ -51,16 +51,13 @@ def test_shipped_base_samples_look_like_the_training_photographs(demo_shards):
     UNet untrained: the mean squared pixel distance to the nearest training crop, a check random weights
     fail. (lite0's per-position feature cosine does not separate them: the untrained UNet's flat, low-
     contrast outputs sit as close to the flat regions of the photographs as the trained samples do.)"""
-    from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, to_uint8
+    from featinv.diffusion.sample import sample_unconditional
     from featinv.diffusion.targets import view_images
 
     train = view_images(demo_shards, "train", 64).transpose(0, 3, 1, 2).astype(np.float64)
     distance = {}
     for name, base in (("trained", load_base(SHIPPED)), ("untrained", create_demo_base(PARAMS["diffusion"]["base"]))):
-        keys = [f"test-{i}" for i in range(8)]
-        noise = initial_noise(keys, [0] * 8, 0, base.latent_shape)
-        text = base.prompt_embeddings(PARAMS["diffusion"]["prompt"])
-        images = to_uint8(denoise(base, None, None, noise, text, make_scheduler("ddim", base), 10, 1.0, 1.0))
+        images = sample_unconditional(base, 8, PARAMS["diffusion"]["prompt"], "ddim", 10, 1.0, 0, key="test")
         distance[name] = float(np.mean([((train - x) ** 2).mean((1, 2, 3)).min() for x in images.astype(np.float64)]))
     assert distance["trained"] < 0.7 * distance["untrained"], distance
 

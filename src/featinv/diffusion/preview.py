@@ -54,7 +54,7 @@ def preview_base(base_source: str, targets: str | Path, out_png: str | Path, dif
                  sampling: dict[str, Any], n: int = 8) -> None:
     """Top row: training targets; two rows below: samples of the base model alone (prompted, seeded)."""
     from featinv.diffusion.base import load_base
-    from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, to_uint8
+    from featinv.diffusion.sample import sample_unconditional, to_uint8
     from featinv.features.extract import resolve_device
 
     base = load_base(base_source, diffusion["base"]["resolution"])
@@ -63,12 +63,9 @@ def preview_base(base_source: str, targets: str | Path, out_png: str | Path, dif
     store = rowstore.open_complete(targets)
     rows_idx = spread_rows(store["keys"].shape[0], n)
     real = base.codec.decode(torch.from_numpy(store["latents"].get_orthogonal_selection((rows_idx,)).astype(np.float32)).to(dev))
-    noise = initial_noise([f"base-preview-{i}" for i in range(2 * n)], [0] * (2 * n), sampling["seed"],
-                          base.latent_shape).to(dev)
-    text = base.prompt_embeddings(diffusion["prompt"]).to(dev)
-    fake = denoise(base, None, None, noise, text, make_scheduler(sampling["scheduler"], base), sampling["steps"],
-                   sampling["guidance_scale"], 1.0)
-    real_u8, fake_u8 = to_uint8(real), to_uint8(fake)
+    fake_u8 = sample_unconditional(base, 2 * n, diffusion["prompt"], sampling["scheduler"], sampling["steps"],
+                                   sampling["guidance_scale"], sampling["seed"], key="base-preview")
+    real_u8 = to_uint8(real)
     rows = [[_hwc(x) for x in real_u8], [_hwc(x) for x in fake_u8[:n]], [_hwc(x) for x in fake_u8[n:]]]
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows).save(out_png)

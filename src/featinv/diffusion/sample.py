@@ -120,6 +120,21 @@ def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor |
     return base.codec.decode(x)
 
 
+@torch.inference_mode()
+def sample_unconditional(base: BaseModel, n: int, prompt: str, scheduler: str, steps: int, guidance: float,
+                         seed: int, key: str = "base-sample", batch_size: int = 64) -> np.ndarray:
+    """``n`` samples of the base model alone, (n, 3, R, R) uint8; sample i starts from the noise of
+    key ``<key>-<i>`` (on the base model's device)."""
+    device = next(base.unet.parameters()).device
+    text = base.prompt_embeddings(prompt).to(device)
+    out = []
+    for start in range(0, n, batch_size):
+        keys = [f"{key}-{i}" for i in range(start, min(n, start + batch_size))]
+        noise = initial_noise(keys, [0] * len(keys), seed, base.latent_shape).to(device)
+        out.append(to_uint8(denoise(base, None, None, noise, text, make_scheduler(scheduler, base), steps, guidance, 1.0)))
+    return np.concatenate(out)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 

@@ -14,30 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from featinv.backbones import create_backbone
 from featinv.diffusion.base import load_base
-from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, to_uint8
+from featinv.diffusion.sample import sample_unconditional
 from featinv.diffusion.targets import view_images
 from featinv.features.extract import resolve_device
 from featinv.metrics import fid
 from featinv.metrics.evaluate import backbone_outputs, nearest_by_cosine
 
 
-@torch.inference_mode()
 def sample_base(base_dir: str | Path, n: int, prompt: str, scheduler: str, steps: int, guidance: float, seed: int,
-                batch_size: int = 64, device: str = "auto") -> np.ndarray:
+                device: str = "auto") -> np.ndarray:
     """``n`` samples of the base model alone: (n, 3, R, R) uint8."""
-    dev = resolve_device(device)
-    base = load_base(base_dir).to(dev)
-    text = base.prompt_embeddings(prompt).to(dev)
-    out = []
-    for start in range(0, n, batch_size):
-        keys = [f"base-sample-{i}" for i in range(start, min(n, start + batch_size))]
-        noise = initial_noise(keys, [0] * len(keys), seed, base.latent_shape).to(dev)
-        out.append(to_uint8(denoise(base, None, None, noise, text, make_scheduler(scheduler, base), steps, guidance, 1.0)))
-    return np.concatenate(out)
+    base = load_base(base_dir).to(resolve_device(device))
+    return sample_unconditional(base, n, prompt, scheduler, steps, guidance, seed)
 
 
 def _mean(values: np.ndarray) -> float:
