@@ -87,9 +87,25 @@ def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path
     assert meta["fmap_shape"] == [1280, 7, 7] and meta["base_model"] == str(tmp_path / "base")
 
 
-def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path):
+def test_bf16_autocast_trains_on_cpu_deterministically(demo_targets, tmp_path):
+    def weights(precision, name):  # one process per run, as every pipeline job (accelerate's state is per process)
+        cfg = {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
+                             "base": {**TINY_BASE, "train": {**TRAIN, "steps": 3, "mixed_precision": precision}}}}
+        finish(featinv("train-base", "--targets", str(demo_targets), "--out", str(tmp_path / name), "--loss-csv",
+                       str(tmp_path / f"{name}.csv"), "--config", json.dumps(cfg)))
+        return load_file(tmp_path / name / "unet" / "diffusion_pytorch_model.safetensors")
+
+    fp32, bf16, again = weights("fp32", "a"), weights("bf16", "b"), weights("bf16", "c")
+    assert all(torch.equal(bf16[k], again[k]) for k in bf16)
+    assert not all(torch.equal(fp32[k], bf16[k]) for k in fp32)  # autocast was applied on the CPU
+    assert all(v.dtype == torch.float32 for v in bf16.values())  # master weights stay float32
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path, precision):
+    train = {**TRAIN, "steps": 60, "checkpoint_every": 10, "mixed_precision": precision}
     cfg = {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
-                         "base": {**TINY_BASE, "train": {**TRAIN, "steps": 60, "checkpoint_every": 10}}}}
+                         "base": {**TINY_BASE, "train": train}}}
     args = lambda out: ["train-base", "--targets", str(demo_targets), "--out", str(out), "--loss-csv",
                         str(out) + ".csv", "--config", json.dumps(cfg)]
     finish(featinv(*args(tmp_path / "whole")))

@@ -158,7 +158,12 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     from featinv.features.extract import resolve_device
 
     device = resolve_device(settings.device)
-    precision = settings.mixed_precision if device.type == "cuda" and settings.mixed_precision != "fp32" else "no"
+    # bf16 autocast runs on CPUs too (fast with AMX/AVX512-BF16); fp16 only on GPUs.
+    mp = settings.mixed_precision
+    precision = "no" if mp == "fp32" or (mp == "fp16" and device.type != "cuda") else mp
+    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("%s: mixed_precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs emulated, "
+                    "slower than fp32; set mixed_precision: fp32 (controlnet.train / diffusion.base.train) here", desc)
     accelerator = Accelerator(mixed_precision=precision,
                               cpu=device.type == "cpu")
     set_seed(settings.seed)
