@@ -52,7 +52,7 @@ def test_shipped_base_samples_look_like_the_training_photographs(demo_shards):
     fail. (lite0's per-position feature cosine does not separate them: the untrained UNet's flat, low-
     contrast outputs sit as close to the flat regions of the photographs as the trained samples do.)"""
     from featinv.diffusion.sample import sample_unconditional
-    from featinv.diffusion.targets import view_images
+    from featinv.data.target_view import view_images
 
     train = view_images(demo_shards, "train", 64).transpose(0, 3, 1, 2).astype(np.float64)
     distance = {}

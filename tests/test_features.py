@@ -5,6 +5,7 @@ import pytest
 import torch
 import zarr
 
+from featinv import rowstore
 from featinv.backbones import create_backbone
 from featinv.data import shards as shard_io
 from featinv.data.sources import DemoSource, ImageFolderSource, imagenet_synsets
@@ -27,7 +28,7 @@ def val_store(tmp_path_factory, demo_shards, lite0):
 
 
 def test_store_layout_and_provenance(val_store, demo_shards):
-    group = store.open_store(val_store)
+    group = rowstore.open_complete(val_store)
     index = shard_io.index_split(demo_shards, "val")
     n = len(index)
     assert group["features"].shape == (n, 1280, 7, 7) and group["features"].dtype == np.float16
@@ -44,7 +45,7 @@ def test_store_layout_and_provenance(val_store, demo_shards):
 
 
 def test_stored_maps_equal_direct_computation(val_store, demo_shards, lite0):
-    group = store.open_store(val_store)
+    group = rowstore.open_complete(val_store)
     index = shard_io.index_split(demo_shards, "val")
     rows = [0, 9, len(index) - 1]
     x = torch.stack([lite0.preprocessing.transform()(shard_io.read_image(index[r])) for r in rows])
@@ -83,11 +84,11 @@ def test_interrupted_extraction_resumes_and_matches(tmp_path, demo_shards, lite0
     assert not out.exists() and partial.exists()
     assert zarr.open_group(str(partial), mode="r")["done"][:].tolist() == [True, False, False]
     with pytest.raises(FileNotFoundError, match="interrupted run"):
-        store.open_store(out)
+        rowstore.open_complete(out)
 
     summary = extract(lite0, demo_shards, "val", out, **KW)
     assert summary["extracted"] == summary["n_images"] - 8  # block 0 was not redone
-    resumed, whole = store.open_store(out), store.open_store(val_store)
+    resumed, whole = rowstore.open_complete(out), rowstore.open_complete(val_store)
     for name in ("features", "pooled", "topk_indices", "labels"):
         np.testing.assert_array_equal(resumed[name][:], whole[name][:])
     assert list(resumed["keys"][:]) == list(whole["keys"][:])
@@ -99,7 +100,7 @@ def test_partial_started_with_other_inputs_is_discarded(tmp_path, demo_shards, l
     out.rename(store.partial_path(out))  # pretend it is an unfinished store of other settings
     summary = extract(lite0, demo_shards, "val", out, **KW)
     assert summary["extracted"] == summary["n_images"]
-    assert store.open_store(out)["topk_indices"].shape[1] == 5
+    assert rowstore.open_complete(out)["topk_indices"].shape[1] == 5
 
 
 def test_incomplete_store_is_refused(tmp_path, demo_shards, lite0):
@@ -107,7 +108,7 @@ def test_incomplete_store_is_refused(tmp_path, demo_shards, lite0):
     extract(lite0, demo_shards, "val", out, **KW)
     zarr.open_group(str(out), mode="r+").attrs["complete"] = False
     with pytest.raises(ValueError, match="incomplete"):
-        store.open_store(out)
+        rowstore.open_complete(out)
 
 
 def test_memory_is_bounded_by_one_block(tmp_path, demo_shards, lite0, monkeypatch):
@@ -159,7 +160,7 @@ def test_accuracy_on_the_demo_photos_with_a_known_imagenet_class(tmp_path, lite0
     report = accuracy_report(tmp_path / "t.zarr")
     assert report["label_space"] == "demo-photo" and report["n_images"] == 9
     assert report["n_imagenet_labelled"] == 6  # 3 crops each of the two foolbox photos, not the brick wall
-    group = store.open_store(tmp_path / "t.zarr")
+    group = rowstore.open_complete(tmp_path / "t.zarr")
     labels, top = group["labels"][:], group["topk_indices"][:]
     imagenet = np.array([[None, 243, 99][label] or -1 for label in labels])
     known = imagenet >= 0

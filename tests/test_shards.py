@@ -11,7 +11,7 @@ from conftest import demo_data_params, encode, photo_array
 from featinv.data import shards as shard_io
 from featinv.fileio import sha256_file
 from featinv.data.sources import (
-    CocoSource, DemoSource, ImageFolderSource, WebDatasetSource, imagenet_synsets, make_source, rle_decode,
+    CocoSource, ImageFolderSource, WebDatasetSource, imagenet_synsets, make_source, rle_decode,
 )
 
 

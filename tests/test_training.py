@@ -29,7 +29,7 @@ def losses(csv_path):
 
 def test_targets_are_the_central_square_in_pixel_space(demo_targets, demo_shards):
     from featinv.data.shards import index_split, read_image
-    from featinv.diffusion.targets import TargetView
+    from featinv.data.target_view import TargetView
 
     group = rowstore.open_complete(demo_targets)
     entry = index_split(demo_shards, "train")[4]
@@ -47,6 +47,17 @@ def test_base_training_lowers_the_loss(demo_targets, tmp_path):
     assert curve[-30:].mean() < 0.7 * curve[:30].mean()
     assert (tmp_path / "base" / "unet" / "diffusion_pytorch_model.safetensors").exists()
     assert not (tmp_path / "base.ckpt").exists()  # checkpoints are removed once the model is saved
+
+
+def test_cosine_lr_schedule_decays_to_zero_at_the_last_step(demo_targets, tmp_path):
+    cfg = {**TINY_BASE, "train": {**TRAIN, "steps": 20, "lr": 2e-3, "lr_warmup_steps": 4, "lr_schedule": "cosine",
+                                  "checkpoint_every": 1000}}
+    train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
+    rows = Path(tmp_path / "loss.csv").read_text().splitlines()[1:]
+    lr = {int(r.split(",")[0]): float(r.split(",")[2]) for r in rows}  # the LR after each step
+    assert lr[2] == pytest.approx(2e-3 * 2 / 4, rel=1e-3)  # linear warm-up
+    assert lr[12] == pytest.approx(1e-3, rel=1e-3)  # half-way through the decay: half the peak
+    assert lr[20] == pytest.approx(0.0, abs=1e-9)
 
 
 def held_out_loss(base, net, features, targets, n=36, seed=7):

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import REPO, TEST_PHOTOS
+from featinv import rowstore
 from featinv.config import deep_merge
-from featinv.features import store
 
 TINY = {
     "data": {"per_class": {"train": None, "val": 1}, "shard_maxcount": 8,
@@ -188,7 +188,7 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
         "data/features/demo/tf_efficientnet_lite0/val.zarr",
     ]
     for variant in ("unpooled", "pooled"):
-        samples = store.open_store(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
+        samples = rowstore.open_complete(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
         assert samples["images"].shape == (12, 1, 3, 64, 64)
         meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
         assert meta["variant"] == variant and meta["steps"] == 4 and meta["base_model"] == "models/demo-base"
@@ -204,7 +204,7 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     # dvc repro from scratch builds all of it (each stage asks Snakemake for its own targets), with
     # the same table byte for byte; afterwards Snakemake, too, has nothing to do.
     manifest = json.loads((project / "data/shards/demo/manifest.json").read_text())
-    features = store.open_store(stores[1])["features"][:]
+    features = rowstore.open_complete(stores[1])["features"][:]
     shutil.rmtree(project / "data")
     shutil.rmtree(project / "results")
     if not (project / ".dvc").exists():
@@ -214,7 +214,7 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     assert (project / "results/table1.csv").read_text() == table1
     table_metrics = (project / "results/metrics.json").read_text()
     assert json.loads((project / "data/shards/demo/manifest.json").read_text()) == manifest
-    np.testing.assert_array_equal(store.open_store(stores[1])["features"][:], features)
+    np.testing.assert_array_equal(rowstore.open_complete(stores[1])["features"][:], features)
     check_all_outputs(project)
     assert "up to date" in run(dvc + ["status"], project)
     assert "didn't change" in run(dvc + ["repro"], project)

@@ -108,12 +108,10 @@ def cmd_preview_base(args) -> None:
 def cmd_export_base(args) -> None:
     import csv
 
-    import numpy as np
-
     from featinv.diffusion.export import export_base, json_block, parameter_counts, write_card
+    from featinv.diffusion.quality import base_figures, sample_base
     from featinv.diffusion.recipes import base_objective
-    from featinv.diffusion.preview import image_grid
-    from featinv.metrics.basemodel import base_figures, sample_base
+    from featinv.plots import hwc, image_grid
 
     cfg = params.load(*args.params)
     diffusion, sampling = cfg["diffusion"], cfg["sampling"]
@@ -125,7 +123,7 @@ def cmd_export_base(args) -> None:
     objective = base_objective(args.out, base_cfg, diffusion["prompt"], args.targets)
     samples = sample_base(args.out, args.n, diffusion["prompt"], sampling["scheduler"], sampling["steps"],
                           sampling["guidance_scale"], sampling["seed"], device=diffusion["device"])
-    image_grid([[np.ascontiguousarray(x.transpose(1, 2, 0)) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
+    image_grid([[hwc(x) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
                ).save(Path(args.out) / "samples.png")
     figures = base_figures(samples, args.shards, args.backbone, cfg["backbones"]["weights"].get(args.backbone),
                            device=diffusion["device"])

@@ -1,4 +1,5 @@
-"""Figures for the report: training-loss curves, and the matplotlib set-up every figure shares."""
+"""Figures for the report: image grids and the pixel-range conversions they need, training-loss
+curves, and the matplotlib set-up every figure shares."""
 
 from __future__ import annotations
 
@@ -6,6 +7,42 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+
+
+def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
+    """A grid of HWC uint8 images, one list per grid row, on white (None leaves a cell blank)."""
+    h, w = next(img for row in rows for img in row if img is not None).shape[:2]
+    cols = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            if img is None:
+                continue
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y : y + h, x : x + w] = img
+    return Image.fromarray(canvas)
+
+
+def spread_rows(total: int, n: int) -> np.ndarray:
+    """Up to ``n`` row indices evenly spaced over ``total`` rows (so over the classes, which are contiguous)."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+
+
+def hwc(chw: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> contiguous (H, W, C)."""
+    return np.ascontiguousarray(chw.transpose(1, 2, 0))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1] (the diffusion range) -> uint8 in [0, 255], same layout."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def unit_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] -> uint8 in [0, 255], same layout."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def pyplot():

@@ -58,6 +58,8 @@ rule preview_base:
         cfg=section_json("diffusion", "sampling"),
     log:
         f"results/logs/preview_base/{DATASET}.log",
+    benchmark:
+        f"results/benchmarks/preview_base/{DATASET}.tsv"
     threads: 2
     resources:
         **job_resources("preview_base", gpu="one"),
@@ -131,6 +133,8 @@ rule preview_samples:
         n=config["sampling"]["preview"],
     log:
         f"results/logs/preview_samples/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
+    benchmark:
+        f"results/benchmarks/preview_samples/{DATASET}-{{backbone}}-{{variant}}-{{split}}.tsv"
     threads: 1
     resources:
         **job_resources("preview_samples"),

@@ -61,6 +61,8 @@ rule tables:
         cfg=section_json("metrics", "data"),
     log:
         "results/logs/tables.log",
+    benchmark:
+        f"results/benchmarks/tables/{DATASET}.tsv"
     threads: 1
     resources:
         **job_resources("tables"),
@@ -78,6 +80,8 @@ rule plot_losses:
         report(f"results/figures/{DATASET}/training-loss.png", caption="../report/losses.rst", category="Training"),
     log:
         f"results/logs/plot_losses/{DATASET}.log",
+    benchmark:
+        f"results/benchmarks/plot_losses/{DATASET}.tsv"
     threads: 1
     resources:
         **job_resources("plot_losses"),

@@ -4,8 +4,8 @@ A concept bank has one method, ``decompose(fmap) -> components``: for a (C, H, W
 (K, C, H, W) stack whose sum over K is the map itself. Any discovery method that can say that
 slots into FeatInv-Viz (:mod:`featinv.applications.steering`).
 
-:class:`SubspaceConcepts` is multi-dimensional concept discovery (MCD, Vielhaben et al. 2023; see
-ANCHORS.md): the spatial feature vectors of one class's images, unit-normalised, are clustered
+:class:`SubspaceConcepts` is multi-dimensional concept discovery (MCD, Vielhaben et al. 2023):
+the spatial feature vectors of one class's images, unit-normalised, are clustered
 (k-means, or sparse subspace clustering); each cluster's concept is the linear subspace spanned by its leading principal
 directions (uncentred, so subspaces pass through the origin; the dimension is the smallest that
 explains ``variance`` of the cluster's energy); the orthogonal complement of their union is one more
@@ -15,16 +15,7 @@ exactly.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
-
-
-class ConceptBank(Protocol):
-    names: list[str]
-
-    def decompose(self, fmap: torch.Tensor) -> torch.Tensor:
-        """(C, H, W) -> (K, C, H, W) components with ``components.sum(0) == fmap``."""
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:

@@ -37,7 +37,7 @@ class FeatInvGenerator:
     def __init__(self, base_source: str, model_dir: str | Path, diffusion: dict[str, Any], sampling: dict[str, Any]):
         from featinv.diffusion.base import load_base
         from featinv.diffusion.controlnet import FeatureControlNet
-        from featinv.features.extract import resolve_device
+        from featinv.devices import resolve_device
 
         self.net = FeatureControlNet.from_pretrained(model_dir)
         if self.net.meta["variant"] != "unpooled":
@@ -96,7 +96,7 @@ def _maps(group, rows: Sequence[int]) -> torch.Tensor:
 
 
 def _originals(shards: str | Path, split: str, keys: list[str], resolution: int) -> torch.Tensor:
-    from featinv.diffusion.targets import view_images
+    from featinv.data.target_view import view_images
 
     return torch.from_numpy(view_images(shards, split, resolution, keys)).permute(0, 3, 1, 2).float() / 255
 

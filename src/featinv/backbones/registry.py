@@ -20,6 +20,7 @@ from torch import nn
 
 from featinv.backbones import efficientnet_lite
 from featinv.backbones.families import family_for
+from featinv.hub import offline
 
 
 class WeightsError(FileNotFoundError):
@@ -107,10 +108,6 @@ class Backbone(nn.Module):
         }
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, or from .pth/.bin with ``weights_only`` (nothing unpickled)."""
     path = Path(path)
@@ -180,7 +177,7 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
             raise WeightsError(str(exc)) from None
         return Backbone(name, model, source)
     cached = _hub_cached_file(model)
-    if cached is None and _offline():
+    if cached is None and offline():
         raise WeightsError(_missing_weights_message(name, model, "offline and nothing cached"))
     try:
         overlay = {"file": cached} if cached else None

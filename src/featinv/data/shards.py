@@ -25,12 +25,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
-from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_samples
+from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_images, tar_samples
 from featinv.data.views import View, check_views, views_of
 from featinv.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 class ShardSink:
@@ -225,13 +224,8 @@ def index_split(manifest_path: str | Path, split: str, verify: bool = False, vie
             raise ValueError(f"shard {path} does not match the sha256 in its manifest: rebuild the shards")
         rows = []
         try:
-            with tarfile.open(path, "r:") as tar:
-                for key, members in tar_samples(path):
-                    ext = next((e for e in IMAGE_EXTS if e in members), None)
-                    if ext is None or key in excluded:
-                        continue
-                    cls = int(tar.extractfile(members["cls"]).read()) if "cls" in members else -1
-                    info = members[ext]
+            for key, cls, info in tar_images(path):
+                if info is not None and key not in excluded:
                     rows.append(IndexEntry(key, cls, str(path), info.offset_data, info.size))
         except tarfile.ReadError as exc:
             raise ValueError(f"shard {path} is not a readable tar ({exc}): rebuild the shards") from None

@@ -237,13 +237,23 @@ def tar_samples(path: Path) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
             yield key, members
 
 
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def tar_images(shard: Path) -> Iterator[tuple[str, int, tarfile.TarInfo | None]]:
+    """(key, class index or -1, the image member or None) of each sample of a tar shard, in order."""
+    with tarfile.open(shard, "r:") as tar:
+        for key, members in tar_samples(shard):
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            cls = int(tar.extractfile(members["cls"]).read()) if "cls" in members else -1
+            yield key, cls, members[ext] if ext else None
+
+
 class WebDatasetSource:
     """Existing shards with an image (``jpg``/``jpeg``/``png``/``webp``) and ``cls`` per sample.
 
     Class names come from ``<root>/classes.txt`` (one per line, in index order) when present.
     """
-
-    IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -264,12 +274,7 @@ class WebDatasetSource:
         """Samples of every shard, sorted by (cls, key) as the other sources are."""
         found = []
         for shard in split_shards(self.root, split):
-            with tarfile.open(shard, "r:") as tar:
-                for key, members in tar_samples(shard):
-                    ext = next((e for e in self.IMAGE_EXTS if e in members), None)
-                    cls = int(tar.extractfile(members["cls"]).read()) if "cls" in members else -1
-                    info = members.get(ext) if ext else None
-                    found.append((cls, key, shard, info))
+            found += [(cls, key, shard, info) for key, cls, info in tar_images(shard)]
         found.sort(key=lambda item: (item[0], item[1]))
         for cls, key, shard, info in found:
             yield Record(key, cls, _tar_reader(shard, info), {"source_shard": shard.name})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from featinv.diffusion.codec import PatchCodec, VaeCodec
 from featinv.diffusion.text import char_tokenizer, encode_prompts, small_text_encoder
+from featinv.hub import offline
 
 
 class BaseModelError(FileNotFoundError):
@@ -92,9 +92,14 @@ def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
         down_block_types=down, up_block_types=up, cross_attention_dim=cfg["text_hidden"],
         attention_head_dim=cfg["attention_heads"], norm_num_groups=_groups(channels),
     )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg["beta_schedule"], beta_start=0.00085,
-                              beta_end=0.012, prediction_type=cfg["prediction_type"], clip_sample=False)
+    scheduler = ddpm_scheduler(cfg["beta_schedule"], cfg["prediction_type"])
     return BaseModel(unet, text_encoder, tokenizer, scheduler, codec, cfg["resolution"], "trained:featinv")
+
+
+def ddpm_scheduler(beta_schedule: str = "scaled_linear", prediction_type: str = "epsilon") -> DDPMScheduler:
+    """Stable Diffusion's training noise schedule (1000 steps, betas 0.00085..0.012 where linear)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule, beta_start=0.00085, beta_end=0.012,
+                         prediction_type=prediction_type, clip_sample=False)
 
 
 def _resolve(source: str) -> Path:
@@ -104,7 +109,6 @@ def _resolve(source: str) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     hint = (f"base diffusion model '{source}' is neither a local directory nor in the Hugging Face cache. "
             f"On a machine with internet run `huggingface-cli download {source}` (then copy $HF_HOME over), "
             f"or download it and set diffusion.base.source to its local directory "
@@ -112,7 +116,7 @@ def _resolve(source: str) -> Path:
     try:
         return Path(snapshot_download(source, local_files_only=True))
     except Exception:
-        if offline:
+        if offline():
             raise BaseModelError(hint) from None
     try:
         return Path(snapshot_download(source))

@@ -19,7 +19,7 @@ from featinv.allocator import keep_freed_memory
 from featinv.diffusion.controlnet import FeatureControlNet
 from featinv.diffusion.sample import MIN_ROWS, auto_batch_size, denoise, make_scheduler
 from featinv.diffusion.train import diffusion_loss
-from featinv.features.extract import resolve_device
+from featinv.devices import resolve_device
 
 # Dense bf16 tensor-core peaks (FLOP/s), by substring of the device name.
 PEAKS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12,
@@ -34,9 +34,9 @@ SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEn
 
 
 def _paper_base():
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from featinv.diffusion.base import BaseModel
+    from featinv.diffusion.base import BaseModel, ddpm_scheduler
     from featinv.diffusion.codec import VaeCodec
     from featinv.diffusion.text import char_tokenizer, small_text_encoder
 
@@ -44,7 +44,7 @@ def _paper_base():
     vae = AutoencoderKL(**SD_VAE)
     tok = char_tokenizer()
     text = small_text_encoder(len(tok), 768, 1, 0)  # stands in for CLIP-L: the UNet sees 77 x 768 states
-    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    sched = ddpm_scheduler()
     return BaseModel(unet, text, tok, sched, VaeCodec(vae), 256, "bench:paper-shaped"), (2048, 7, 7), 512
 
 

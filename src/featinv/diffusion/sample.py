@@ -25,7 +25,8 @@ from featinv import rowstore
 from featinv.diffusion.base import BaseModel
 from featinv.diffusion.controlnet import FeatureControlNet
 from featinv.distributed import processes
-from featinv.features.extract import resolve_device
+from featinv.devices import resolve_device
+from featinv.plots import to_uint8
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 8
@@ -133,10 +134,6 @@ def sample_unconditional(base: BaseModel, n: int, prompt: str, scheduler: str, s
         noise = initial_noise(keys, [0] * len(keys), seed, base.latent_shape).to(device)
         out.append(to_uint8(denoise(base, None, None, noise, text, make_scheduler(scheduler, base), steps, guidance, 1.0)))
     return np.concatenate(out)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, out: str | Path, cfg: dict[str, Any],

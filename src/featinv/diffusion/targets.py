@@ -5,12 +5,11 @@ backbone's eval preprocessing (resize, centre crop) sees the centre of that same
 feature map and the target describe the same content, and a reconstruction passed through the
 backbone's own preprocessing is cropped the way the original was.
 
-What is cached, and the trade-off: the official FeatInv code augments (random resized crop, flip)
-and therefore runs the backbone and the VAE on every step. Here training reads feature maps from
-the feature store and targets from this cache, so neither runs per step (an order of magnitude
-cheaper per step at paper scale), at the price of training on one fixed view per image: no
-augmentation. ImageNet's 1.28M images make that a small loss; on the demo it is the difference
-between minutes and hours on a CPU.
+What is cached, and the trade-off: the official FeatInv code draws a fresh random resized crop and
+flip per step and therefore runs the backbone and the VAE on every step. Here training reads feature
+maps from the feature store and targets from this cache, so neither runs per step (an order of
+magnitude cheaper per step at paper scale), at the price of a fixed set of views per image: the
+image itself and, for the splits in ``data.views``, K augmented crops (``featinv.data.views``).
 """
 
 from __future__ import annotations
@@ -23,47 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from featinv import rowstore
-from featinv.data.shards import index_split, read_image
-from featinv.features.extract import resolve_device, shard_batches
+from featinv.data.batches import shard_batches
+from featinv.data.shards import index_split
+from featinv.data.target_view import TargetView
+from featinv.devices import resolve_device
 
 log = logging.getLogger(__name__)
-
-
-class TargetView:
-    """PIL image -> (3, R, R) float tensor in [-1, 1]: central square, resized (bicubic, antialiased).
-    ``resolution`` may also be (H, W): the largest central box of that aspect ratio, resized."""
-
-    def __init__(self, resolution: int | tuple[int, int]):
-        self.resolution = resolution
-        self.size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-
-    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        out_h, out_w = self.size
-        crop_w, crop_h = min(width, round(height * out_w / out_h)), min(height, round(width * out_h / out_w))
-        left, top = (width - crop_w) // 2, (height - crop_h) // 2
-        return left, top, left + crop_w, top + crop_h
-
-    def image(self, img: Image.Image, resample: int = Image.Resampling.BICUBIC) -> Image.Image:
-        out_h, out_w = self.size
-        return img.crop(self.box(*img.size)).resize((out_w, out_h), resample)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        arr = np.asarray(self.image(img), dtype=np.float32) / 127.5 - 1.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def view_images(shards: str | Path, split: str, resolution: int | tuple[int, int],
-                keys: list[str] | None = None) -> np.ndarray:
-    """The target views of a split's images (all, or those of ``keys`` in that order): (N, H, W, 3) uint8."""
-    index = index_split(shards, split)
-    if keys is not None:
-        by_key = {e.key: e for e in index}
-        index = [by_key[k] for k in keys]
-    view = TargetView(resolution)
-    return np.stack([np.asarray(view.image(read_image(e))) for e in index])
 
 
 @torch.inference_mode()

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from featinv.devices import resolve_device
+
 log = logging.getLogger(__name__)
 ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved beside it
 LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
@@ -46,12 +48,13 @@ class TrainSettings:
     mixed_precision: str = "fp32"  # fp32 (none), fp16 or bf16
     timesteps: str = "uniform"
     snr_gamma: float = 0.0
+    lr_schedule: str = "constant"  # after the warm-up: constant, or cosine decay to 0
     device: str = "auto"
 
     @classmethod
     def from_params(cls, section: dict[str, Any], device: str = "auto") -> "TrainSettings":
         keys = ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm", "drop_prob", "lr_warmup_steps",
-                "checkpoint_every", "seed", "mixed_precision", "timesteps", "snr_gamma")
+                "checkpoint_every", "seed", "mixed_precision", "timesteps", "snr_gamma", "lr_schedule")
         return cls(**{k: section[k] for k in keys}, device=device)
 
 
@@ -155,8 +158,6 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    from featinv.features.extract import resolve_device
-
     device = resolve_device(settings.device)
     # bf16 autocast runs on CPUs too (fast with AMX/AVX512-BF16); fp16 only on GPUs.
     mp = settings.mixed_precision
@@ -176,8 +177,12 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     trainable.train()
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer,
-                                 num_warmup_steps=settings.lr_warmup_steps * world)
+    schedules = {"constant": "constant_with_warmup", "cosine": "cosine"}
+    if settings.lr_schedule not in schedules:
+        raise ValueError(f"unknown lr_schedule '{settings.lr_schedule}' ({' or '.join(schedules)})")
+    lr_scheduler = get_scheduler(schedules[settings.lr_schedule], optimizer,
+                                 num_warmup_steps=settings.lr_warmup_steps * world,
+                                 num_training_steps=settings.steps * world)
     model, optimizer, lr_scheduler = accelerator.prepare(trainable, optimizer, lr_scheduler)
 
     ckpt_dir, loss_csv = Path(ckpt_dir), Path(loss_csv)

@@ -10,7 +10,8 @@ import torch
 
 from featinv.backbones import create_backbone
 from featinv.features import store
-from featinv.features.extract import extract, resolve_device
+from featinv.devices import resolve_device
+from featinv.features.extract import extract
 
 
 def bench_extract(backbone_name: str, shards: str, split: str, batch_size: int, device: str,

@@ -16,45 +16,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from featinv import __version__, rowstore
 from featinv.backbones import Backbone
 from featinv.distributed import processes
-from featinv.data.shards import IndexEntry, index_split, load_manifest, read_image
+from featinv.data.batches import shard_batches
+from featinv.data.shards import index_split, load_manifest
+from featinv.devices import resolve_device
 from featinv.features import store
 
 log = logging.getLogger(__name__)
-
-
-class ShardImages(Dataset):
-    """(preprocessed image, row) for each row of a split's shard index."""
-
-    def __init__(self, index: list[IndexEntry], transform):
-        self.index, self.transform = index, transform
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, row: int):
-        return self.transform(read_image(self.index[row])), row
-
-
-def shard_batches(index: list[IndexEntry], transform, batches: list[list[int]], num_workers: int,
-                  device: torch.device, desc: str, progress: bool = True):
-    """(images on ``device``, rows) for each batch of rows, decoded and transformed by DataLoader workers."""
-    loader = DataLoader(ShardImages(index, transform), batch_sampler=batches, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None)
-    for images, rows in tqdm(loader, total=len(batches), desc=desc, unit="batch", disable=not progress,
-                             mininterval=2.0):
-        yield images.to(device, non_blocking=True), rows.tolist()
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _manifest_digest(manifest: dict[str, Any], split: str) -> str:
@@ -130,7 +101,7 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
 def accuracy_report(store_path: str | Path) -> dict[str, Any]:
     """Top-1/top-5 accuracy of the stored predictions against the labels, where labels are the
     backbone's classes (ImageNet-1k label space and a 1000-way head); otherwise null with a reason."""
-    group = store.open_store(store_path)
+    group = rowstore.open_complete(store_path)
     attrs = dict(group.attrs)
     labels = group["labels"][:]
     top = group["topk_indices"][:]

@@ -14,11 +14,11 @@ and package versions.
 
 from __future__ import annotations
 
-from featinv.rowstore import ArraySpec, bytes_on_disk, open_complete, partial_path
+from featinv.rowstore import ArraySpec, bytes_on_disk, partial_path
 
 FEATURE_DTYPE = "float16"
 
-__all__ = ["FEATURE_DTYPE", "arrays", "bytes_on_disk", "open_store", "partial_path"]
+__all__ = ["FEATURE_DTYPE", "arrays", "bytes_on_disk", "partial_path"]
 
 
 def arrays(fmap_shape: tuple[int, int, int], topk: int) -> ArraySpec:
@@ -30,8 +30,3 @@ def arrays(fmap_shape: tuple[int, int, int], topk: int) -> ArraySpec:
         "labels": ((), "int32", -1),
         "keys": ((), "str", None),
     }
-
-
-def open_store(path):
-    """Open a complete feature store read-only."""
-    return open_complete(path)

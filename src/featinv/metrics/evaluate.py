@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.backbones import Backbone, create_backbone
+from featinv.data.target_view import view_images
+from featinv.devices import resolve_device
 from featinv.fileio import atomic_write_text, csv_text
-from featinv.features.extract import resolve_device
 from featinv.metrics import fid
 from featinv.metrics.similarity import cosine_per_position, topk_match
 from featinv.metrics.stats import summarise
@@ -82,8 +83,6 @@ def fid_extractor(name: str, weights: dict[str, str], batch_size: int,
 
 def original_views(shards: str | Path, split: str, keys: list[str], resolution: int) -> np.ndarray:
     """The originals of ``keys`` as the diffusion model sees them: (N, 3, R, R) uint8 target views."""
-    from featinv.diffusion.targets import view_images
-
     return view_images(shards, split, resolution, keys).transpose(0, 3, 1, 2)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.stats import summarise
+from featinv.plots import image_grid, spread_rows, unit_to_uint8
 from featinv.modular.inverses import chain
 from featinv.modular.trained import Trained, load_split, representations
 
@@ -26,17 +27,12 @@ def per_image_mse(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def example_rows(n: int, examples: int) -> torch.Tensor:
     """``examples`` indices spread evenly over n images (so over the classes, contiguous in a split)."""
-    from featinv.diffusion.preview import spread_rows
-
     return torch.from_numpy(spread_rows(n, examples))
 
 
 def save_grid(rows: list[list[torch.Tensor | None]], path: str | Path) -> None:
     """A grid of (3, H, W) [0, 1] images, one list per row (None leaves a cell blank)."""
-    from featinv.diffusion.preview import image_grid
-
-    as_hwc = [[None if img is None else (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for img in row]
-              for row in rows]
+    as_hwc = [[None if img is None else unit_to_uint8(img.permute(1, 2, 0)) for img in row] for row in rows]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(as_hwc).save(path)

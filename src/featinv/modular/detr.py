@@ -76,17 +76,6 @@ def detr_stages(model: nn.Module, image_size: tuple[int, int], prediction: str |
     return staged
 
 
-def tiny_detr(num_labels: int = 10, d_model: int = 32, queries: int = 5, layers: int = 1) -> nn.Module:
-    """A DETR of the paper's architecture family with random weights, built from a config (tests)."""
-    from transformers import DetrConfig, DetrForObjectDetection
-
-    config = DetrConfig(use_timm_backbone=True, backbone="resnet18", use_pretrained_backbone=False,
-                        d_model=d_model, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=2,
-                        decoder_attention_heads=2, encoder_ffn_dim=d_model, decoder_ffn_dim=d_model,
-                        num_queries=queries, num_labels=num_labels)
-    return DetrForObjectDetection(config).eval()
-
-
 def prediction_input(x_pred: torch.Tensor, one_hot: bool) -> torch.Tensor:
     """What the prediction-head inverse sees: the full class distribution (softmax of the logits) or
     its one-hot argmax, followed by the 4 box coordinates."""

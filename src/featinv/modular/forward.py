@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from featinv.backbones.registry import WeightsError, _offline
+from featinv.backbones.registry import WeightsError
+from featinv.hub import offline
 from featinv.modular.stages import StagedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +64,7 @@ def load_detr(source: str) -> nn.Module:
     from transformers import DetrForObjectDetection
 
     try:
-        return DetrForObjectDetection.from_pretrained(source, local_files_only=_offline() or Path(source).is_dir(),
+        return DetrForObjectDetection.from_pretrained(source, local_files_only=offline() or Path(source).is_dir(),
                                                       use_pretrained_backbone=False).eval()
     except (OSError, ValueError) as exc:
         raise WeightsError(

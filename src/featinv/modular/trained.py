@@ -51,7 +51,7 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
     from PIL import Image
 
     from featinv.data.shards import index_split, load_manifest, read_image, read_masks
-    from featinv.diffusion.targets import TargetView
+    from featinv.data.target_view import TargetView
 
     # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
     index = index_split(shards, split, views=False)

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from featinv.backbones import create_backbone
+from featinv.data.target_view import view_images
+from featinv.devices import resolve_device
 from featinv.diffusion.base import load_base
 from featinv.diffusion.sample import sample_unconditional
-from featinv.diffusion.targets import view_images
-from featinv.features.extract import resolve_device
 from featinv.metrics import fid
 from featinv.metrics.evaluate import backbone_outputs, nearest_by_cosine
 
