@@ -14,7 +14,7 @@ from featinv.metrics import fid
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.metrics.similarity import cosine_per_position, topk_match
 from featinv.metrics.stats import bootstrap_ci, summarise
-from featinv.metrics.tables import table1, table2, write_tables
+from featinv.metrics.tables import Interval, table1, table2, write_tables
 
 
 def test_cosine_of_identical_and_orthogonal_maps():
@@ -119,20 +119,26 @@ def test_table_assembly(tmp_path):
                _fake_metrics("bb_a", "unpooled", 0.6, 0.8, 0.5, both),
                _fake_metrics("bb_a", "pooled", 0.25, 0.4, 0.2, ["bb_a"]),
                _fake_metrics("bb_b", "unpooled", 0.5, 0.7, 0.4, both)]
-    header, rows = table1(metrics)
+    t1 = table1(metrics)
+    header, rows = t1.header, t1.rows
     assert header[:5] == ["backbone", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
     assert "fid[bb_a pooled, N=10]" in header
     assert header[12:15] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
     assert header[15:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
                            "oracle_nearest_train_top5_match"]
-    assert [(r[0], r[1]) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
-                                            ("bb_a", "pooled"), ("bb_b", "pooled")]
-    assert rows[0][2:5] == [0.6, 0.5, 0.7] and rows[0][5] == 0.8 and rows[0][8] == 0.5
-    assert rows[0][15:17] == [0.9, 1.0] and rows[0][17:] == [0.45, 0.6]  # bb_a's oracles
-    assert rows[1][15:17] == [0.9, 1.0] and np.isnan(rows[1][17]) and np.isnan(rows[1][18])  # bb_b: no nearest-train
-    h2, r2 = table2(metrics, "unpooled")
-    assert h2 == ["conditioning", "bb_a:top5", "bb_a:top1", "bb_b:top5", "bb_b:top1"]
-    assert r2 == [["bb_a", 0.8, 0.5, 0.4, 0.5], ["bb_b", 0.35, 0.4, 0.7, 0.4]]
+    assert [(r.backbone, r.variant) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
+                                                       ("bb_a", "pooled"), ("bb_b", "pooled")]
+    first = rows[0]
+    assert first.measures["cosine_sim"] == Interval(0.6, 0.5, 0.7)
+    assert first.measures["top5_match"].mean == 0.8 and first.measures["top1_match"].mean == 0.5
+    assert first.cells()[2:5] == [0.6, 0.5, 0.7] and len(first.cells()) == len(header)
+    assert first.oracles == {"oracle_copy_cosine_sim": 0.9, "oracle_copy_top5_match": 1.0,
+                             "oracle_nearest_train_cosine_sim": 0.45, "oracle_nearest_train_top5_match": 0.6}
+    assert rows[1].oracles["oracle_copy_cosine_sim"] == 0.9  # bb_b: no nearest-train oracle
+    assert np.isnan(rows[1].oracles["oracle_nearest_train_cosine_sim"])
+    t2 = table2(metrics, "unpooled")
+    assert t2.header == ["conditioning", "bb_a:top5", "bb_a:top1", "bb_b:top5", "bb_b:top1"]
+    assert t2.cells() == [["bb_a", 0.8, 0.5, 0.4, 0.5], ["bb_b", 0.35, 0.4, 0.7, 0.4]]
     write_tables(metrics, tmp_path, "demo", "unpooled", tmp_path / "metrics.json")
     with open(tmp_path / "table1.csv") as fh:
         assert len(list(csv.reader(fh))) == 5

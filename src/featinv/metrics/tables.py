@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +30,65 @@ def _measure(m: dict[str, Any], name: str) -> dict[str, float]:
     return m["match"][m["model"]["backbone"]][name.split("_")[0]]
 
 
-def table1(metrics: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows: one row per (backbone, variant), unpooled models first as in the paper."""
-    fid_col = _fid_column(metrics)
-    level = round(100 * metrics[0]["confidence"])
-    header = ["backbone", "variant"]
-    for name in MEASURES:
-        header += [name, f"{name}_ci{level}_low", f"{name}_ci{level}_high"]
-    header += [fid_col, "n_images", "samples_per_map", "cosine_sim_unrelated"]
-    header += [f"{o}_{name}" for o in ORACLES for name, _ in ORACLE_MEASURES]
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Table1Row:
+    """One model's row of Table 1."""
+
+    backbone: str
+    variant: str
+    measures: dict[str, Interval]  # MEASURES, in order
+    fid: float
+    n_images: int
+    samples_per_map: int
+    cosine_sim_unrelated: float
+    oracles: dict[str, float]  # "<oracle>_<measure>" for ORACLES x ORACLE_MEASURES, NaN where not computed
+
+    def cells(self) -> list[Any]:
+        """The CSV row, in :attr:`Table1.header` order."""
+        out: list[Any] = [self.backbone, self.variant]
+        for name in MEASURES:
+            i = self.measures[name]
+            out += [i.mean, i.low, i.high]
+        return out + [self.fid, self.n_images, self.samples_per_map, self.cosine_sim_unrelated, *self.oracles.values()]
+
+
+@dataclass(frozen=True)
+class Table1:
+    fid_column: str  # fid[<features>, N=<n>]
+    level: int  # confidence level of the intervals, in percent
+    rows: list[Table1Row]
+
+    @property
+    def header(self) -> list[str]:
+        header = ["backbone", "variant"]
+        for name in MEASURES:
+            header += [name, f"{name}_ci{self.level}_low", f"{name}_ci{self.level}_high"]
+        header += [self.fid_column, "n_images", "samples_per_map", "cosine_sim_unrelated"]
+        return header + oracle_columns()
+
+
+def oracle_columns() -> list[str]:
+    return [f"{o}_{name}" for o in ORACLES for name, _ in ORACLE_MEASURES]
+
+
+def table1(metrics: list[dict[str, Any]]) -> Table1:
+    """One row per (backbone, variant), unpooled models first as in the paper."""
     order = {"unpooled": 0, "pooled": 1}
     rows = []
     for m in sorted(metrics, key=lambda m: (order.get(m["model"]["variant"], 2), m["model"]["backbone"])):
-        row: list[Any] = [m["model"]["backbone"], m["model"]["variant"]]
-        for name in MEASURES:
-            s = _measure(m, name)
-            row += [s["mean"], s["ci_low"], s["ci_high"]]
-        row += [m["fid"]["value"], m["n_images"], m["samples_per_map"], m["cosine_sim_unrelated"]]
-        row += [_oracle_value(m, o, key) for o in ORACLES for _, key in ORACLE_MEASURES]
-        rows.append(row)
-    return header, rows
+        measures = {name: Interval(s["mean"], s["ci_low"], s["ci_high"]) for name in MEASURES
+                    for s in [_measure(m, name)]}
+        oracles = {f"{o}_{name}": _oracle_value(m, o, key) for o in ORACLES for name, key in ORACLE_MEASURES}
+        rows.append(Table1Row(m["model"]["backbone"], m["model"]["variant"], measures, m["fid"]["value"],
+                              m["n_images"], m["samples_per_map"], m["cosine_sim_unrelated"], oracles))
+    return Table1(_fid_column(metrics), round(100 * metrics[0]["confidence"]), rows)
 
 
 def _oracle_value(m: dict[str, Any], oracle: str, key: str) -> float:
@@ -57,20 +97,34 @@ def _oracle_value(m: dict[str, Any], oracle: str, key: str) -> float:
     return float("nan") if value is None else value[key]["mean"]
 
 
-def table2(metrics: list[dict[str, Any]], variant: str) -> tuple[list[str], list[list[Any]]]:
-    """Rows: conditioning backbone (models of ``variant``); columns: top-5 and top-1 match against each
-    evaluating backbone's own prediction on the original."""
+@dataclass(frozen=True)
+class Table2:
+    """Top-5 and top-1 match of each conditioning backbone's reconstructions (rows) against each
+    evaluating backbone's own prediction on the original (columns)."""
+
+    evaluators: list[str]
+    rows: dict[str, dict[str, dict[str, float]]]  # conditioning -> evaluator -> {"top5", "top1"}
+
+    @property
+    def header(self) -> list[str]:
+        return ["conditioning"] + [f"{e}:{k}" for e in self.evaluators for k in ("top5", "top1")]
+
+    def cells(self) -> list[list[Any]]:
+        return [[c] + [by[e][k] for e in self.evaluators for k in ("top5", "top1")] for c, by in self.rows.items()]
+
+
+def table2(metrics: list[dict[str, Any]], variant: str) -> Table2:
+    """Rows: conditioning backbone (models of ``variant``); columns: evaluating backbones."""
     chosen = sorted((m for m in metrics if m["model"]["variant"] == variant), key=lambda m: m["model"]["backbone"])
     if not chosen:
         raise ValueError(f"no {variant} models to cross-evaluate")
     evaluators = sorted(chosen[0]["match"])
-    header = ["conditioning"] + [f"{e}:{k}" for e in evaluators for k in ("top5", "top1")]
-    rows = []
+    rows = {}
     for m in chosen:
         if sorted(m["match"]) != evaluators:
             raise ValueError(f"{m['model']['backbone']} was evaluated by {sorted(m['match'])}, not {evaluators}")
-        rows.append([m["model"]["backbone"]] + [m["match"][e][k]["mean"] for e in evaluators for k in ("top5", "top1")])
-    return header, rows
+        rows[m["model"]["backbone"]] = {e: {k: m["match"][e][k]["mean"] for k in ("top5", "top1")} for e in evaluators}
+    return Table2(evaluators, rows)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -79,21 +133,18 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table1_markdown(header: list[str], rows: list[list[Any]], dataset: str) -> str:
-    fid_col = header[11]  # after backbone, variant and three (mean, low, high) triples
-    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", fid_col, "N", "chance cosine-sim",
-                 "copy: cosine-sim / top5", "nearest train: cosine-sim / top5"]
+def table1_markdown(table: Table1, dataset: str) -> str:
+    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", table.fid_column, "N",
+                 "chance cosine-sim", "copy: cosine-sim / top5", "nearest train: cosine-sim / top5"]
     body = []
-    for r in rows:
-        cells = [r[0], r[1]]
-        for i in range(3):
-            mean, lo, hi = r[2 + 3 * i: 5 + 3 * i]
-            cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]")
-        cells += [f"{r[11]:.1f}", str(r[12]), f"{r[14]:.3f}"]
-        cells += [f"{r[15 + 2 * i]:.3f} / {r[16 + 2 * i]:.3f}" for i in range(len(ORACLES))]
+    for r in table.rows:
+        cells = [r.backbone, r.variant]
+        cells += [f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]" for i in (r.measures[name] for name in MEASURES)]
+        cells += [f"{r.fid:.1f}", str(r.n_images), f"{r.cosine_sim_unrelated:.3f}"]
+        cells += [" / ".join(f"{r.oracles[f'{o}_{name}']:.3f}" for name, _ in ORACLE_MEASURES) for o in ORACLES]
         body.append(cells)
     return (f"# Table 1: reconstruction quality ({dataset})\n\nMean over evaluation images with "
-            f"{header[3].split('_ci')[1].split('_')[0]}% bootstrap intervals. cosine-sim: feature cosine per "
+            f"{table.level}% bootstrap intervals. cosine-sim: feature cosine per "
             "spatial position with the conditioning backbone; top5(1) match: the original's top-1 class among "
             "the reconstruction's top 5 (its top 1); FID: between reconstructions and originals on the named "
             "features; chance: cosine-sim between unrelated originals (another image of the split); copy: the "
@@ -102,27 +153,29 @@ def table1_markdown(header: list[str], rows: list[list[Any]], dataset: str) -> s
             "nan where not computed).\n\n" + _md_table(md_header, body))
 
 
-def table2_markdown(header: list[str], rows: list[list[Any]], dataset: str, variant: str) -> str:
-    evaluators = [h.split(":")[0] for h in header[1::2]]
-    body = [[r[0]] + [f"{r[1 + 2 * i]:.3f} / {r[2 + 2 * i]:.3f}" for i in range(len(evaluators))] for r in rows]
+def table2_markdown(table: Table2, dataset: str, variant: str) -> str:
+    body = [[c] + [f"{by[e]['top5']:.3f} / {by[e]['top1']:.3f}" for e in table.evaluators]
+            for c, by in table.rows.items()]
     return (f"# Table 2: cross-model evaluation ({dataset}, {variant} models)\n\nRows: backbone whose features "
             "were inverted; columns: backbone evaluating the reconstructions; cells: top5 / top1 match against "
             "the evaluating backbone's prediction on the original.\n\n"
-            + _md_table(["conditioning \\ evaluating"] + evaluators, body))
+            + _md_table(["conditioning \\ evaluating"] + table.evaluators, body))
 
 
 def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: str, cross_variant: str,
                  metrics_json: str | Path) -> None:
     """results/table1.{csv,md}, results/table2.{csv,md} and the metrics file DVC reads."""
     out_dir = Path(out_dir)
-    h1, r1 = table1(metrics)
-    h2, r2 = table2(metrics, cross_variant)
-    atomic_write_text(out_dir / "table1.csv", csv_text(h1, r1))
-    atomic_write_text(out_dir / "table1.md", table1_markdown(h1, r1, dataset))
-    atomic_write_text(out_dir / "table2.csv", csv_text(h2, r2))
-    atomic_write_text(out_dir / "table2.md", table2_markdown(h2, r2, dataset, cross_variant))
-    summary = {"table1": {f"{r[0]}/{r[1]}": {"cosine_sim": r[2], "top5_match": r[5], "top1_match": r[8],
-                                             "fid": r[11], "cosine_sim_unrelated": r[14],
-                                             **{h: v for h, v in zip(h1[15:], r[15:]) if v == v}} for r in r1},
-               "table2": {r[0]: dict(zip(h2[1:], r[1:])) for r in r2}}
+    t1, t2 = table1(metrics), table2(metrics, cross_variant)
+    atomic_write_text(out_dir / "table1.csv", csv_text(t1.header, [r.cells() for r in t1.rows]))
+    atomic_write_text(out_dir / "table1.md", table1_markdown(t1, dataset))
+    atomic_write_text(out_dir / "table2.csv", csv_text(t2.header, t2.cells()))
+    atomic_write_text(out_dir / "table2.md", table2_markdown(t2, dataset, cross_variant))
+    summary = {"table1": {f"{r.backbone}/{r.variant}": {
+                   "cosine_sim": r.measures["cosine_sim"].mean, "top5_match": r.measures["top5_match"].mean,
+                   "top1_match": r.measures["top1_match"].mean, "fid": r.fid,
+                   "cosine_sim_unrelated": r.cosine_sim_unrelated,
+                   **{k: v for k, v in r.oracles.items() if v == v}} for r in t1.rows},
+               "table2": {c: {f"{e}:{k}": by[e][k] for e in t2.evaluators for k in ("top5", "top1")}
+                          for c, by in t2.rows.items()}}
     write_json(metrics_json, summary)
