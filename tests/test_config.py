@@ -91,6 +91,6 @@ def test_snakemake_stops_before_any_job_on_a_schema_error(tmp_path):
 def test_modular_stage_names_are_checked_against_the_backbone():
     cfg = config.load(REPO / "params.yaml")
     cfg["modular_analyses"]["token_noise"]["stages"] = ["stem", "enc"]
-    with pytest.raises(config.ParamsError, match="token_noise.stages: 'enc' is not a stage of tf_efficientnet_lite0 "
-                                                 r"\(stem, blocks1, blocks2, blocks3, head, pred\)"):
+    with pytest.raises(config.ParamsError, match=r"modular_analyses\.token_noise\.stages: 'enc' is not a stage of "
+                                                 r"tf_efficientnet_lite0 \(stem, blocks1, blocks2, blocks3, head, pred\)"):
         config.validate(cfg)

@@ -224,3 +224,11 @@ def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, bet
     text = base.prompt_embeddings(PROMPT)
     out = denoise(base, None, None, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base), 10, 1.75, 1.0)
     torch.testing.assert_close(out, base.codec.decode(x0), atol=1e-4, rtol=0)
+
+
+def test_control_strength_is_per_backbone_with_one_as_the_default():
+    from featinv.diffusion.sample import control_strength
+
+    sampling = {**SAMPLING, "control_strength": {"resnet50": 0.8}}
+    assert control_strength(sampling, "resnet50") == 0.8
+    assert control_strength(sampling, "convnext_base") == 1.0

@@ -301,6 +301,9 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     assert [r[0] for r in colour["accuracy"]] == ["none", *FILTERS] and colour["accuracy"][0][1] == 1.0
     assert all(r[2] <= r[1] <= r[3] for r in colour["pairwise_mse"])
     noise = token_noise(trained, cfg, demo_shards, tmp_path)
+    backwards = {**cfg, "token_noise": {**cfg["token_noise"], "stages": ["enc", "bb"]}}
+    with pytest.raises(ValueError, match=r"^modular_analyses\.token_noise\.stages: 'enc' must come before 'bb'"):
+        token_noise(trained, backwards, demo_shards, tmp_path)
     assert [r[0] for r in noise["rows"]] == ["bb_man", "enc_man", "enc_man+"]
     assert noise["rows"][0][3] == 2 * 16 * 16  # 2 of the 4 patches, 16x16 pixels each
     assert all(r[4] > 0 for r in noise["rows"])  # manipulation changes the reconstruction

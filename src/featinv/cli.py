@@ -63,24 +63,11 @@ def cmd_bench_extract(args) -> None:
                   num_workers=args.num_workers, limit=args.limit)
 
 
-def _codec(diffusion: dict):
-    """The codec the targets are encoded with: the embedded base model's pixel space, or the VAE of
-    the pretrained base model."""
-    from featinv.diffusion.codec import PatchCodec
-
-    base = diffusion["base"]
-    if base["source"] == "train":
-        return PatchCodec(base["patch"]), f"patch{base['patch']}"
-    from featinv.diffusion.base import load_base
-
-    return load_base(base["source"], base["resolution"]).codec, f"vae:{base['source']}"
-
-
 def cmd_encode_targets(args) -> None:
-    from featinv.diffusion.targets import encode_targets
+    from featinv.diffusion.targets import encode_targets, target_codec
 
     diffusion = params.validate_sections(args.config, "diffusion")["diffusion"]
-    codec, name = _codec(diffusion)
+    codec, name = target_codec(diffusion)
     summary = encode_targets(codec, name, args.shards, args.split, args.out, diffusion["base"]["resolution"],
                              batch_size=diffusion["targets"]["batch_size"],
                              num_workers=diffusion["targets"]["num_workers"], device=diffusion["device"])
@@ -191,13 +178,13 @@ def cmd_train_controlnet(args) -> None:
 def cmd_sample(args) -> None:
     from featinv.diffusion.base import load_base
     from featinv.diffusion.controlnet import FeatureControlNet
-    from featinv.diffusion.sample import sample_store
+    from featinv.diffusion.sample import control_strength, sample_store
 
     cfg = params.validate_sections(args.config, "diffusion", "sampling")
     sampling = cfg["sampling"]
     net = FeatureControlNet.from_pretrained(args.model)
     base = load_base(args.base, cfg["diffusion"]["base"]["resolution"])
-    strength = sampling["control_strength"].get(net.meta["backbone"], 1.0)
+    strength = control_strength(sampling, net.meta["backbone"])
     summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg["diffusion"]["prompt"],
                            device=cfg["diffusion"]["device"])
     print(json.dumps(summary, indent=1))
@@ -210,12 +197,11 @@ def cmd_preview_samples(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from featinv import rowstore
+    from featinv.features.store import stores_by_backbone
     from featinv.metrics.evaluate import evaluate_samples
 
     cfg = params.validate_sections(args.config, "metrics", "backbones")
-    stores = {str(rowstore.open_complete(path).attrs["backbone"]): path for path in args.stores}
-    result = evaluate_samples(args.samples, stores, args.shards, cfg["metrics"], cfg["backbones"]["weights"],
+    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg["metrics"], cfg["backbones"]["weights"],
                               per_image_csv=args.per_image, train_store=args.train_store)
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))

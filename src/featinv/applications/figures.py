@@ -36,8 +36,9 @@ class FeatInvGenerator:
 
     def __init__(self, base_source: str, model_dir: str | Path, diffusion: dict[str, Any], sampling: dict[str, Any]):
         from featinv.diffusion.base import load_base
-        from featinv.diffusion.controlnet import FeatureControlNet
         from featinv.devices import resolve_device
+        from featinv.diffusion.controlnet import FeatureControlNet
+        from featinv.diffusion.sample import control_strength
 
         self.net = FeatureControlNet.from_pretrained(model_dir)
         if self.net.meta["variant"] != "unpooled":
@@ -47,7 +48,7 @@ class FeatInvGenerator:
         self.base = load_base(base_source, diffusion["base"]["resolution"]).to(self.device)
         self.net.to(self.device)
         self.sampling = sampling
-        self.strength = sampling["control_strength"].get(self.net.meta["backbone"], 1.0)
+        self.strength = control_strength(sampling, self.net.meta["backbone"])
         self.text = self.base.prompt_embeddings(diffusion["prompt"]).to(self.device)
         self.batch_size = sampling["batch_size"] or 32
 

@@ -50,6 +50,12 @@ def make_scheduler(name: str, base: BaseModel):
     return table[name](base.noise_scheduler.config)
 
 
+def control_strength(sampling: dict[str, Any], backbone: str) -> float:
+    """The ControlNet conditioning scale for a backbone's model: ``sampling.control_strength[backbone]``,
+    1.0 (the residuals as trained) where the backbone is not named."""
+    return float(sampling["control_strength"].get(backbone, 1.0))
+
+
 def noise_seed(key: str, sample: int, seed: int) -> int:
     digest = hashlib.sha256(f"{seed}:{key}:{sample}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)

@@ -32,6 +32,18 @@ from featinv.devices import resolve_device
 log = logging.getLogger(__name__)
 
 
+def target_codec(diffusion: dict[str, Any]):
+    """(codec, name) the targets are encoded with: the embedded base model's pixel space (``patch<p>``)
+    when the base is trained here, else the VAE of the pretrained base (``vae:<source>``)."""
+    from featinv.diffusion.base import load_base
+    from featinv.diffusion.codec import PatchCodec
+
+    base = diffusion["base"]
+    if base["source"] == "train":
+        return PatchCodec(base["patch"]), f"patch{base['patch']}"
+    return load_base(base["source"], base["resolution"]).codec, f"vae:{base['source']}"
+
+
 @torch.inference_mode()
 def encode_targets(codec, codec_name: str, shards: str | Path, split: str, out: str | Path, resolution: int,
                    batch_size: int = 32, num_workers: int = 2, device: str = "auto", rows_per_shard: int = 128,

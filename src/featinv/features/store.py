@@ -14,11 +14,18 @@ and package versions.
 
 from __future__ import annotations
 
-from featinv.rowstore import ArraySpec, bytes_on_disk, partial_path
+from pathlib import Path
+
+from featinv.rowstore import ArraySpec, bytes_on_disk, open_complete, partial_path
 
 FEATURE_DTYPE = "float16"
 
-__all__ = ["FEATURE_DTYPE", "arrays", "bytes_on_disk", "partial_path"]
+__all__ = ["FEATURE_DTYPE", "arrays", "bytes_on_disk", "partial_path", "stores_by_backbone"]
+
+
+def stores_by_backbone(paths: list[str | Path]) -> dict[str, str | Path]:
+    """{backbone name: path} of complete feature stores, from each store's own attributes."""
+    return {str(open_complete(path).attrs["backbone"]): path for path in paths}
 
 
 def arrays(fmap_shape: tuple[int, int, int], topk: int) -> ArraySpec:

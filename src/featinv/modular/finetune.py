@@ -3,7 +3,7 @@ classifiers:
 
     L(theta, phi) = lambda * MSE(theta) + (1 - lambda) * task(theta) + MSE(phi)
 
-where phi is a full-path inverse from stage ``modular.finetune.stage`` (the paper's enc for ViT) to
+where phi is a full-path inverse from stage ``modular_analyses.finetune.stage`` (the paper's enc for ViT) to
 the image, trained together with the forward weights theta. The reconstruction error reaches theta
 scaled by lambda and phi unscaled (a gradient-scaling identity on x_j). The task loss is cross
 entropy against the labels where they are the model's classes (ImageNet), otherwise against the

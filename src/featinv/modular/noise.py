@@ -74,13 +74,13 @@ def pixel_mask(positions: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
 
 
 def token_noise(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """``token_noise.csv`` and ``token_noise.png`` under ``out_dir`` (params: ``modular.token_noise``)."""
+    """``token_noise.csv`` and ``token_noise.png`` under ``out_dir`` (params: ``modular_analyses.token_noise``)."""
     tn = cfg["token_noise"]
     fwd = trained.forward
     staged = fwd.staged
     early, late = (staged.index(s) for s in tn["stages"])
     if not early < late:
-        raise ValueError(f"modular.token_noise.stages: '{tn['stages'][0]}' must come before '{tn['stages'][1]}'")
+        raise ValueError(f"modular_analyses.token_noise.stages: '{tn['stages'][0]}' must come before '{tn['stages'][1]}'")
     val = load_split(shards, "val", fwd.image_size)
     reps = representations(fwd, val.pixels)
     gen = torch.Generator().manual_seed(tn["seed"])
