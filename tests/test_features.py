@@ -166,3 +166,11 @@ def test_accuracy_on_the_demo_photos_with_a_known_imagenet_class(tmp_path, lite0
     known = imagenet >= 0
     assert report["top5_accuracy"] == pytest.approx(np.mean((top[known] == imagenet[known, None]).any(1)))
     assert report["top5_accuracy"] >= 0.5  # a bull mastiff and a goose, recognised from crops
+
+
+def test_each_variant_is_conditioned_on_its_own_array():
+    group = {"features": np.zeros((2, 4, 3, 3)), "pooled": np.ones((2, 4))}
+    assert store.conditioning(group, "unpooled") is group["features"]
+    assert store.conditioning(group, "pooled") is group["pooled"]
+    with pytest.raises(ValueError, match="variant must be one of \\('unpooled', 'pooled'\\), got 'mean'"):
+        store.conditioning(group, "mean")

@@ -14,9 +14,9 @@ from featinv import rowstore
 from featinv.diffusion.base import create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
 from featinv.diffusion.train import RowData, TrainSettings, batch_rows, diffusion_loss, run, step_generator
+from featinv.features.store import conditioning
 from featinv.fileio import write_json
 
-VARIANTS = ("unpooled", "pooled")
 
 
 def params_hash(*sections: dict[str, Any]) -> str:
@@ -102,15 +102,13 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
                      cn_cfg: dict[str, Any], prompt: str, out: str | Path, loss_csv: str | Path,
                      device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train one FeatInv ControlNet on (feature map or pooled vector -> target) pairs; save to ``out``."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got '{variant}'")
-    base = load_base(base_source)
     feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
+    cond_array = conditioning(feats, variant)
+    base = load_base(base_source)
     if list(feats["keys"][:]) != list(tgts["keys"][:]):
         raise ValueError(f"{features} and {targets} do not hold the same samples in the same order")
     attrs = dict(feats.attrs)
     pooled = variant == "pooled"
-    cond_array = feats["pooled"] if pooled else feats["features"]
     fmap_shape = tuple(attrs["fmap_shape"])
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
             "fmap_shape": list(fmap_shape), "variant": variant, "base_model": str(base_source),

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from featinv import rowstore
 from featinv.diffusion.base import BaseModel
 from featinv.diffusion.controlnet import FeatureControlNet
-from featinv.distributed import processes
 from featinv.devices import resolve_device
+from featinv.distributed import processes
+from featinv.features.store import conditioning
 from featinv.plots import to_uint8
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
     processes, each samples its share of the store's blocks (the summary is of that share)."""
     feats = rowstore.open_complete(features)
     variant = net.meta["variant"]
-    cond_array = feats["pooled"] if variant == "pooled" else feats["features"]
+    cond_array = conditioning(feats, variant)
     keys = list(feats["keys"][:])
     n, samples = len(keys), cfg["samples_per_map"]
     dev = resolve_device(device)

@@ -20,7 +20,17 @@ from featinv.rowstore import ArraySpec, bytes_on_disk, open_complete, partial_pa
 
 FEATURE_DTYPE = "float16"
 
-__all__ = ["FEATURE_DTYPE", "arrays", "bytes_on_disk", "partial_path", "stores_by_backbone"]
+__all__ = ["FEATURE_DTYPE", "VARIANTS", "arrays", "bytes_on_disk", "conditioning", "partial_path", "stores_by_backbone"]
+
+
+VARIANTS = ("unpooled", "pooled")  # FeatInv's conditioning: the spatial map, or the pooled vector (the baseline)
+
+
+def conditioning(group, variant: str):
+    """The array of a feature store that FeatInv's ``variant`` is conditioned on."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got '{variant}'")
+    return group["pooled"] if variant == "pooled" else group["features"]
 
 
 def stores_by_backbone(paths: list[str | Path]) -> dict[str, str | Path]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featinv.features.store import VARIANTS
 from featinv.fileio import atomic_write_text, csv_text, write_json
 
 MEASURES = ("cosine_sim", "top5_match", "top1_match")
@@ -80,7 +81,7 @@ def oracle_columns() -> list[str]:
 
 def table1(metrics: list[dict[str, Any]]) -> Table1:
     """One row per (backbone, variant), unpooled models first as in the paper."""
-    order = {"unpooled": 0, "pooled": 1}
+    order = {v: i for i, v in enumerate(VARIANTS)}
     rows = []
     for m in sorted(metrics, key=lambda m: (order.get(m["model"]["variant"], 2), m["model"]["backbone"])):
         measures = {name: Interval(s["mean"], s["ci_low"], s["ci_high"]) for name in MEASURES
