@@ -18,7 +18,6 @@ from featinv.features.store import conditioning
 from featinv.fileio import write_json
 
 
-
 def params_hash(*sections: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
 
