@@ -6,7 +6,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -67,14 +67,13 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
                                    batch["latents"].device, settings.timesteps)
         return diffusion_loss(model, sched, batch["latents"], text, noise, t, snr_gamma=settings.snr_gamma)
 
+    def save(unet: torch.nn.Module) -> None:
+        base.unet = unet.requires_grad_(False)
+        base.save(out)
+
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
                  desc="base model", progress=progress)
-    if result["is_main"]:
-        base.unet = result["unwrapped"].eval().requires_grad_(False)
-        base.save(out)
-        write_json(Path(out) / "training.json", _summary(result, base_cfg))
-        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-    return _summary(result, base_cfg)
+    return _finish(result, base_cfg, out, save)
 
 
 @torch.no_grad()
@@ -133,14 +132,20 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
 
     result = run(net, [unet, base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
                  desc=f"controlnet {attrs['backbone']} {variant}", progress=progress)
-    if result["is_main"]:
-        trained = result["unwrapped"].eval()
+
+    def save(trained: FeatureControlNet) -> None:
         trained.meta.update({"steps": settings.steps, "final_loss": result["final_loss"]})
         trained.save_pretrained(out)
-        write_json(Path(out) / "training.json", _summary(result, cn_cfg))
+
+    return _finish(result, cn_cfg, out, save)
+
+
+def _finish(result: dict[str, Any], cfg: dict[str, Any], out: str | Path, save: Callable[[torch.nn.Module], None]):
+    """On the main process: save the trained module (``save``) and ``training.json``, then drop the
+    checkpoints. Returns the training summary."""
+    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(cfg)}
+    if result["is_main"]:
+        save(result["unwrapped"].eval())
+        write_json(Path(out) / "training.json", summary)
         shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-    return _summary(result, cn_cfg)
-
-
-def _summary(result: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(cfg)}
+    return summary
