@@ -54,7 +54,7 @@ class Backbone(nn.Module):
     def __init__(self, name: str, model: nn.Module, weights_source: str):
         super().__init__()
         self.name = name
-        # channels_last: ~1.6x faster depthwise/pointwise convolutions on CPU, and the fast path on GPU.
+        # channels_last: oneDNN's faster depthwise/pointwise convolutions on CPU, and the fast path on GPU.
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.family = family_for(self.model)
         self.weights_source = weights_source

@@ -78,9 +78,9 @@ def _padded(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, min_rows: i
 
 
 def auto_batch_size(device: torch.device, latent_shape: tuple[int, ...]) -> int:
-    """Feature maps per batch when ``batch_size`` is 0: 64 on CPU (the demo sampler: 10.3 images/s
-    against 9.9 at 32 and 8.7 at 16, 2 cores); on GPU as many as the free memory allows at ~3 KB of
-    activations per latent element (an SD-UNet estimate), between 8 and 512."""
+    """Feature maps per batch when ``batch_size`` is 0: 64 on CPU (faster than 32 or 16 in the
+    README's benchmark); on GPU as many as the free memory allows at ~3 KB of activations per latent
+    element (an SD-UNet estimate), between 8 and 512."""
     if device.type != "cuda":
         return 64
     free, _ = torch.cuda.mem_get_info(device)
