@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +34,7 @@ ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved b
 LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
     steps: int
     batch_size: int
@@ -53,9 +53,8 @@ class TrainSettings:
 
     @classmethod
     def from_params(cls, section: dict[str, Any], device: str = "auto") -> "TrainSettings":
-        keys = ("steps", "batch_size", "lr", "weight_decay", "max_grad_norm", "drop_prob", "lr_warmup_steps",
-                "checkpoint_every", "seed", "mixed_precision", "timesteps", "snr_gamma", "lr_schedule")
-        return cls(**{k: section[k] for k in keys}, device=device)
+        """From a validated ``train`` section (every field but ``device`` is one of its keys)."""
+        return cls(**{f.name: section[f.name] for f in fields(cls) if f.name != "device"}, device=device)
 
 
 class RowData:
