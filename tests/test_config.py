@@ -94,3 +94,10 @@ def test_modular_stage_names_are_checked_against_the_backbone():
     with pytest.raises(config.ParamsError, match=r"modular_analyses\.token_noise\.stages: 'enc' is not a stage of "
                                                  r"tf_efficientnet_lite0 \(stem, blocks1, blocks2, blocks3, head, pred\)"):
         config.validate(cfg)
+
+
+def test_forward_family_names_how_a_modular_backbone_is_staged():
+    assert config.forward_family("detr:facebook/detr-resnet-50") == "detr"
+    assert config.forward_family("vit_base_patch16_224.augreg_in21k_ft_in1k") == "vit"
+    assert config.forward_family("tf_efficientnet_lite0") == "cnn"
+    assert config.modular_stage_names({"backbone": "detr:x"}) == ["bb", "enc", "dec", "pred"]

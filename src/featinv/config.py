@@ -115,12 +115,20 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def forward_family(backbone: str) -> str:
+    """How modular inversion stages the forward model ``modular.backbone``: ``detr`` (``detr:<hub id>``,
+    transformers), ``vit`` (a timm ViT) or ``cnn`` (any other timm model)."""
+    if backbone.startswith("detr:"):
+        return "detr"
+    return "vit" if "vit" in backbone.split(".")[0] else "cnn"
+
+
 def modular_stage_names(modular: Mapping[str, Any]) -> list[str]:
     """The stage names ``featinv.modular`` gives the forward model (without building it)."""
-    backbone = modular["backbone"]
-    if backbone.startswith("detr:"):
+    family = forward_family(modular["backbone"])
+    if family == "detr":
         return ["bb", "enc", "dec", "pred"]
-    if "vit" in backbone.split(".")[0]:
+    if family == "vit":
         return ["bb", "enc", "pred"]
     return ["stem", *(f"blocks{k}" for k in range(1, len(modular["groups"]) + 1)), "head", "pred"]
 

@@ -7,7 +7,7 @@
 import json
 import shlex
 
-from featinv.config import validate
+from featinv.config import forward_family, validate
 
 # Stop before any job when params (with any --configfile overlay) break the schema.
 validate(config, schema_path=workflow.source_path("../schemas/params.schema.yaml"), source="config")

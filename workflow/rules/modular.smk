@@ -4,7 +4,7 @@
 MODULAR_MODEL = f"data/models/{DATASET}/modular"
 MODULAR_INVERSES = f"{MODULAR_MODEL}/inverses.safetensors"
 # Fine-tuning (eq. 3) is defined for classifiers; the DETR overlay skips it.
-MODULAR_CLASSIFIER = not config["modular"]["backbone"].startswith("detr:")
+MODULAR_CLASSIFIER = forward_family(config["modular"]["backbone"]) != "detr"
 MODULAR_ANALYSES = {  # rule / featinv verb -> outputs (the first is the rule's table)
     "modular_mse": ["mse_by_stage.csv", "params.csv", "reconstructions.png"],
     "modular_colour": ["colour_pairwise_mse.csv", "colour_accuracy.csv", "colour.png", "colour_plot.png"],

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from featinv.backbones.registry import WeightsError
+from featinv.config import forward_family
 from featinv.hub import offline
 from featinv.modular.stages import StagedModel
 
@@ -79,7 +80,8 @@ def load_forward(cfg: dict[str, Any], weights: str | None = None, pretrained: bo
     """The forward model named by ``cfg['backbone']`` (``pretrained=False``: random weights, for tests)."""
     name = cfg["backbone"]
     size = image_size(cfg)
-    if name.startswith("detr:"):
+    family = forward_family(name)
+    if family == "detr":
         from featinv.modular.detr import detr_stages
 
         source = name.split(":", 1)[1]
@@ -95,7 +97,7 @@ def load_forward(cfg: dict[str, Any], weights: str | None = None, pretrained: bo
     from featinv.backbones import create_backbone
     from featinv.modular.stages import cnn_stages, vit_stages
 
-    kwargs = {"img_size": size} if "vit" in name.split(".")[0] else {}
+    kwargs = {"img_size": size} if family == "vit" else {}
     backbone = create_backbone(name, weights=weights, pretrained=pretrained, **kwargs)
     model = backbone.model.eval()
     restage = vit_stages if kwargs else (lambda m: cnn_stages(m, cfg["groups"]))
