@@ -360,3 +360,12 @@ def test_accuracy_targets_are_labels_only_for_the_models_own_classes():
     assert name == "original top-1" and targets.tolist() == [7, 3]
     targets, name = task_targets(imagenet, logits[:, :10])  # a head over other classes
     assert name == "original top-1"
+
+
+def test_an_unknown_inverse_kind_names_the_known_ones():
+    from featinv.modular.inverses import INVERSE_KINDS, inverse_for
+
+    with pytest.raises(ValueError, match=r"unknown inverse kind 'rnn' \(one of conv, patch, tokens, "):
+        inverse_for("rnn", torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4))
+    assert isinstance(inverse_for("conv", torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4)), torch.nn.Module)
+    assert len(INVERSE_KINDS) == 7

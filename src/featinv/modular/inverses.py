@@ -20,7 +20,7 @@ stage j (eq. 2).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -124,37 +124,52 @@ def square_layouts(n_tokens: int):
             yield prefix, side
 
 
+def _conv(prev, nxt, hidden, depth, heads) -> nn.Module:
+    factor = prev[1] // nxt[1]
+    if prev[1] != factor * nxt[1] or prev[2] != factor * nxt[2]:
+        raise ValueError(f"cannot invert a CNN stage from {nxt} to {prev}: not one integer downsampling")
+    return ConvInverse(nxt[0], prev[0], factor, hidden)
+
+
+def _patch(prev, nxt, hidden, depth, heads) -> nn.Module:
+    n_tokens, dim = nxt
+    for prefix, side in square_layouts(n_tokens):
+        if prev[1] % side == 0:
+            return PatchInverse(dim, prev[0], (side, side), prev[1] // side, prefix)
+    raise ValueError(f"cannot place {n_tokens} tokens on a square grid for an image of {prev}")
+
+
+def _tokens(prev, nxt, hidden, depth, heads) -> nn.Module:
+    if prev[0] != nxt[0]:
+        raise ValueError(f"token stages keep the token count, got {nxt} -> {prev}")
+    return TokenInverse(nxt[1], prev[1], depth, heads)
+
+
+def _tokens_to_map(prev, nxt, hidden, depth, heads) -> nn.Module:
+    if nxt[0] != prev[1] * prev[2]:
+        raise ValueError(f"{nxt[0]} tokens do not fill a {prev[1]}x{prev[2]} map")
+    return TokenInverse(nxt[1], prev[0], depth, heads, grid=(prev[1], prev[2]))
+
+
+# Inverse kind (a stage's ``inverse``) -> builder(shape of x_{j-1}, shape of x_j, hidden, depth, heads).
+INVERSE_KINDS: dict[str, Callable[..., nn.Module]] = {
+    "conv": _conv,  # CNN stage: feature map -> feature map of an integer upsampling
+    "patch": _patch,  # ViT patch embedding: tokens on a square grid -> image
+    "tokens": _tokens,  # transformer blocks: tokens -> as many tokens
+    "tokens_to_map": _tokens_to_map,  # DETR encoder: tokens -> the backbone's map
+    "queries_to_tokens": lambda prev, nxt, hidden, depth, heads: QueryInverse(nxt[1], prev[1], prev[0], depth, heads),
+    "mlp": lambda prev, nxt, hidden, depth, heads: MlpInverse(nxt[0], prev, hidden),  # head: logits -> features
+    "per_token_mlp": lambda prev, nxt, hidden, depth, heads: MlpInverse(nxt[-1], prev[1:], hidden, per_token=True),
+}
+
+
 def inverse_for(kind: str, x_prev: torch.Tensor, x_next: torch.Tensor, hidden: int = 64, depth: int = 1,
                 heads: int = 4) -> nn.Module:
     """The ``kind`` of inverse mapping representations shaped like ``x_next`` to ones like ``x_prev``
     (both with a batch dimension)."""
-    prev, nxt = tuple(x_prev.shape[1:]), tuple(x_next.shape[1:])
-    if kind == "conv":
-        factor = prev[1] // nxt[1]
-        if prev[1] != factor * nxt[1] or prev[2] != factor * nxt[2]:
-            raise ValueError(f"cannot invert a CNN stage from {nxt} to {prev}: not one integer downsampling")
-        return ConvInverse(nxt[0], prev[0], factor, hidden)
-    if kind == "patch":
-        n_tokens, dim = nxt
-        for prefix, side in square_layouts(n_tokens):
-            if prev[1] % side == 0:
-                return PatchInverse(dim, prev[0], (side, side), prev[1] // side, prefix)
-        raise ValueError(f"cannot place {n_tokens} tokens on a square grid for an image of {prev}")
-    if kind == "tokens":
-        if prev[0] != nxt[0]:
-            raise ValueError(f"token stages keep the token count, got {nxt} -> {prev}")
-        return TokenInverse(nxt[1], prev[1], depth, heads)
-    if kind == "tokens_to_map":
-        if nxt[0] != prev[1] * prev[2]:
-            raise ValueError(f"{nxt[0]} tokens do not fill a {prev[1]}x{prev[2]} map")
-        return TokenInverse(nxt[1], prev[0], depth, heads, grid=(prev[1], prev[2]))
-    if kind == "queries_to_tokens":
-        return QueryInverse(nxt[1], prev[1], prev[0], depth, heads)
-    if kind == "mlp":
-        return MlpInverse(nxt[0], prev, hidden)
-    if kind == "per_token_mlp":
-        return MlpInverse(nxt[-1], prev[1:], hidden, per_token=True)
-    raise ValueError(f"unknown inverse kind '{kind}'")
+    if kind not in INVERSE_KINDS:
+        raise ValueError(f"unknown inverse kind '{kind}' (one of {', '.join(INVERSE_KINDS)})")
+    return INVERSE_KINDS[kind](tuple(x_prev.shape[1:]), tuple(x_next.shape[1:]), hidden, depth, heads)
 
 
 def build_inverses(staged, representations: Sequence[torch.Tensor], **kw) -> nn.ModuleList:
