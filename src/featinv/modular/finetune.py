@@ -22,13 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
 from featinv.modular.inverses import build_inverses, chain
 from featinv.modular.trained import Trained, load_split, representations, task_targets
-from featinv.modular.training import _batches
+from featinv.modular.training import fit
 
 
 def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -48,21 +47,18 @@ def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, tr
     with torch.no_grad():
         probe = staged.representations(train_x[:1])
     path = build_inverses(staged, probe, hidden=cfg["hidden"], depth=cfg["depth"], heads=cfg["heads"])[:j]
-    opt = torch.optim.AdamW([{"params": staged.parameters(), "lr": ft["lr"]},
-                             {"params": path.parameters(), "lr": cfg["lr"]}])
-    losses = []
-    for idx in tqdm(_batches(len(train_x), cfg["batch_size"], ft["steps"], cfg["seed"]), total=ft["steps"],
-                    desc=f"fine-tune lambda={lam}", disable=not progress):
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
         x0 = train_x[idx]
         xj = staged.run(x0, 0, j)
-        recon = chain(path, scale_gradient(xj, lam), j)
-        loss = nn.functional.mse_loss(recon, x0)
+        loss = nn.functional.mse_loss(chain(path, scale_gradient(xj, lam), j), x0)
         if lam < 1.0:
             loss = loss + (1.0 - lam) * nn.functional.cross_entropy(staged.run(xj, j), train_y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        return loss
+
+    groups = [{"params": staged.parameters(), "lr": ft["lr"]}, {"params": path.parameters(), "lr": cfg["lr"]}]
+    losses = fit(groups, loss_of, len(train_x), ft["steps"], cfg["batch_size"], cfg["lr"], cfg["seed"],
+                 desc=f"fine-tune lambda={lam}", progress=progress)
     staged.requires_grad_(False)
     return staged, path.eval(), losses
 

@@ -23,12 +23,13 @@ def _batches(n: int, batch_size: int, steps: int, seed: int):
         yield torch.randint(0, n, (min(batch_size, n),), generator=gen)
 
 
-def _fit(module: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int, batch_size: int,
-         lr: float, seed: int) -> list[float]:
-    """AdamW on ``loss_of(batch indices)`` for ``steps`` seeded batches; the loss per step."""
-    opt = torch.optim.AdamW(module.parameters(), lr=lr)
+def fit(params, loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: int, batch_size: int,
+        lr: float, seed: int, desc: str = "", progress: bool = False) -> list[float]:
+    """AdamW on ``loss_of(batch indices)`` for ``steps`` seeded batches of n rows; the loss per step.
+    ``params``: a module's parameters, or parameter groups with their own learning rates."""
+    opt = torch.optim.AdamW(params, lr=lr)
     losses = []
-    for idx in _batches(n, batch_size, steps, seed):
+    for idx in tqdm(_batches(n, batch_size, steps, seed), total=steps, desc=desc, disable=not progress):
         loss = loss_of(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -40,8 +41,9 @@ def _fit(module: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor], n: 
 def train_modular(inverses: Sequence[nn.Module], reps: Sequence[torch.Tensor], steps: int, batch_size: int,
                   lr: float, seed: int = 0, progress: bool = False) -> list[list[float]]:
     """Train inverse j on (x_j -> x_{j-1}) with MSE, every stage independently; the loss per step per stage."""
-    return [_fit(inv, lambda idx, j=j, inv=inv: nn.functional.mse_loss(inv(reps[j][idx]), reps[j - 1][idx]),
-                 len(reps[0]), steps, batch_size, lr, seed + j)
+    return [fit(inv.parameters(),
+                lambda idx, j=j, inv=inv: nn.functional.mse_loss(inv(reps[j][idx]), reps[j - 1][idx]),
+                len(reps[0]), steps, batch_size, lr, seed + j)
             for j, inv in enumerate(tqdm(inverses, desc="modular inverses", disable=not progress), 1)]
 
 
@@ -54,8 +56,9 @@ def classic_inverses(staged, reps: Sequence[torch.Tensor], **kw) -> nn.ModuleLis
 def train_classic(paths: Sequence[nn.ModuleList], reps: Sequence[torch.Tensor], steps: int, batch_size: int,
                   lr: float, seed: int = 0, progress: bool = False) -> list[list[float]]:
     """Train full-path inverse j on image MSE: ||chain(x_j) - x_0||^2."""
-    return [_fit(path, lambda idx, j=j, path=path: nn.functional.mse_loss(chain(path, reps[j][idx], j), reps[0][idx]),
-                 len(reps[0]), steps, batch_size, lr, seed + j)
+    return [fit(path.parameters(),
+                lambda idx, j=j, path=path: nn.functional.mse_loss(chain(path, reps[j][idx], j), reps[0][idx]),
+                len(reps[0]), steps, batch_size, lr, seed + j)
             for j, path in enumerate(tqdm(paths, desc="classic inverses", disable=not progress), 1)]
 
 
