@@ -29,6 +29,6 @@ rule all:
         sample_stores(),
         sample_previews(),
         TABLE1,
-        f"results/figures/{DATASET}/training-loss.png",
+        rules.plot_losses.output.png,
         application_figures(),
         modular_targets(),

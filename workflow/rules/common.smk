@@ -97,13 +97,14 @@ def sample_stores():
     return expand(SAMPLES, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
 
 
+# The helpers below refer to the rules' own outputs (`rules.X.output`), so each path is written once,
+# in its rule; they run after the rule files are included.
 def sample_previews():
-    return expand(f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{SAMPLING_SPLIT}.png",
-                  backbone=BACKBONES, variant=VARIANTS)
+    return expand(rules.preview_samples.output.grid, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
 
 
 def base_previews():
-    return [f"results/base/{DATASET}/samples.png"]
+    return [rules.preview_base.output.grid]
 
 
 def metric_files():
@@ -112,6 +113,5 @@ def metric_files():
 
 def loss_csvs():
     """Training-loss CSVs of every model this pipeline trains."""
-    base = [f"results/training/{DATASET}/base-loss.csv"] if BASE_TRAINED_HERE else []
-    return base + expand(f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv", backbone=BACKBONES,
-                         variant=VARIANTS)
+    base = [rules.train_base.output.loss] if BASE_TRAINED_HERE else []
+    return base + expand(rules.train_controlnet.output.loss, backbone=BACKBONES, variant=VARIANTS)

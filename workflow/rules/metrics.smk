@@ -77,7 +77,7 @@ rule plot_losses:
     input:
         ancient(loss_csvs()),
     output:
-        report(f"results/figures/{DATASET}/training-loss.png", caption="../report/losses.rst", category="Training"),
+        png=report(f"results/figures/{DATASET}/training-loss.png", caption="../report/losses.rst", category="Training"),
     log:
         f"results/logs/plot_losses/{DATASET}.log",
     benchmark:
@@ -86,4 +86,4 @@ rule plot_losses:
     resources:
         **job_resources("plot_losses"),
     shell:
-        "featinv plot-losses --csv {input} --out {output} > {log} 2>&1"
+        "featinv plot-losses --csv {input} --out {output.png} > {log} 2>&1"
