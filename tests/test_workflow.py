@@ -15,6 +15,7 @@ import yaml
 
 from conftest import REPO, TEST_PHOTOS
 from featinv import rowstore
+from featinv.codedeps import rule_code
 from featinv.config import deep_merge
 
 TINY = {
@@ -216,6 +217,20 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     assert json.loads((project / "data/shards/demo/manifest.json").read_text()) == manifest
     np.testing.assert_array_equal(rowstore.open_complete(stores[1])["features"][:], features)
     check_all_outputs(project)
+    assert "up to date" in run(dvc + ["status"], project)
+    # Editing a module reports exactly the stages whose verbs import it (dvc.yaml's code deps).
+    (project / "src").unlink()
+    shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    assert "up to date" in run(dvc + ["status"], project)
+    edited = project / "src/featinv/rowstore.py"
+    original = edited.read_text()
+    edited.write_text(original + "\n# an edit\n")
+    reported = {line.rstrip(":").split("@")[0] for line in run(dvc + ["status"], project).splitlines()
+                if line.endswith(":") and not line.startswith((" ", "\t"))}
+    importers = {rule for rule, files in rule_code(project).items() if "src/featinv/rowstore.py" in files}
+    assert reported == importers and {"extract_features", "sample", "tables"} <= reported
+    assert not reported & {"build_shards", "plot_losses", "train_modular"}
+    edited.write_text(original)
     assert "up to date" in run(dvc + ["status"], project)
     assert "didn't change" in run(dvc + ["repro"], project)
     assert "tf_efficientnet_lite0/unpooled" in run(dvc + ["metrics", "show"], project)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from featinv import config as params
-from featinv.features.store import VARIANTS
 from featinv.fileio import write_json
 
 
@@ -375,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, help="base model directory or hub id")
     p.add_argument("--features", required=True, help="feature store of the train split")
     p.add_argument("--targets", required=True, help="cached targets of the train split")
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--variant", required=True, help="unpooled (the spatial map) or pooled (the baseline)")
     p.add_argument("--out", required=True)
     p.add_argument("--loss-csv", required=True)
 
