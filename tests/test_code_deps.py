@@ -21,3 +21,12 @@ def test_a_verb_depends_on_what_it_imports_and_not_on_other_verbs_code():
             "featinv.rowstore"} <= extract
     assert "featinv.diffusion.base" not in extract
     assert "featinv.modular.colour" in verb_modules("modular-colour")  # imported by name at run time
+
+
+def test_code_deps_replace_a_stages_src_lines_in_place_or_join_its_deps():
+    text = ("stages:\n  first:\n    cmd: x\n    deps:\n      - data/a\n    outs:\n      - o\n"
+            "  second:\n    deps:\n      - src/featinv/old.py\n      - workflow/rules/data.smk\n")
+    code = {"first": ["src/featinv/new.py"], "second": ["src/featinv/a.py", "src/featinv/b.py"]}
+    assert with_code_deps(text, code) == (
+        "stages:\n  first:\n    cmd: x\n    deps:\n      - data/a\n      - src/featinv/new.py\n    outs:\n      - o\n"
+        "  second:\n    deps:\n      - src/featinv/a.py\n      - src/featinv/b.py\n      - workflow/rules/data.smk\n")

@@ -93,23 +93,28 @@ def rule_code(workdir: str | Path) -> dict[str, list[str]]:
 
 def with_code_deps(dvc_yaml: str, code: dict[str, list[str]]) -> str:
     """``dvc.yaml``'s text with each stage's ``src/`` deps replaced by ``code[stage]`` (stages are
-    named after their rules), in place of the first one; every other line unchanged."""
+    named after their rules), where the first of them was, else at the end of its deps; every other
+    line unchanged."""
     out: list[str] = []
     stage, in_deps, written = None, False, False
+
+    def close_deps() -> None:
+        if in_deps and not written and stage in code:
+            out.extend(f"      - {path}" for path in code[stage])
+
     for line in dvc_yaml.splitlines():
-        name = re.fullmatch(r"  ([a-z_]+):", line)
-        if name:
-            stage, in_deps, written = name.group(1), False, False
-        elif re.fullmatch(r"    deps:", line):
-            in_deps = True
-        elif re.fullmatch(r"    [a-z_]+:.*", line):
-            in_deps = False
-        if in_deps and line.startswith("      - src/"):
+        if re.fullmatch(r"  [a-z0-9_]+:", line) or re.fullmatch(r"    [a-z_]+:.*", line):
+            close_deps()
+            in_deps = line == "    deps:"
+            if not line.startswith("    "):
+                stage, written = line.strip().rstrip(":"), False
+        elif in_deps and line.startswith("      - src/"):
             if not written:
-                out += [f"      - {path}" for path in code[stage]]
+                out.extend(f"      - {path}" for path in code[stage])
                 written = True
             continue
         out.append(line)
+    close_deps()
     return "\n".join(out) + "\n"
 
 
