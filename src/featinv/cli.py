@@ -201,8 +201,8 @@ def cmd_evaluate(args) -> None:
     from featinv.metrics.evaluate import evaluate_samples
 
     cfg = params.validate_sections(args.config, "metrics", "backbones")
-    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg["metrics"], cfg["backbones"]["weights"],
-                              per_image_csv=args.per_image, train_store=args.train_store)
+    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg["metrics"],
+                              cfg["backbones"]["weights"], per_image_csv=args.per_image, train_store=args.train_store)
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))
 

@@ -35,8 +35,8 @@ class FeatInvGenerator:
     starting noise of a row depends only on its seed, so equal seeds give comparable images."""
 
     def __init__(self, base_source: str, model_dir: str | Path, diffusion: dict[str, Any], sampling: dict[str, Any]):
-        from featinv.diffusion.base import load_base
         from featinv.devices import resolve_device
+        from featinv.diffusion.base import load_base
         from featinv.diffusion.controlnet import FeatureControlNet
         from featinv.diffusion.sample import control_strength
 
