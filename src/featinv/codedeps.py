@@ -35,9 +35,13 @@ def _graph():
     return grimp.build_graph("featinv", cache_dir=None)
 
 
+@lru_cache(maxsize=1)
+def _cli_tree() -> ast.Module:
+    return ast.parse((PACKAGE / "cli.py").read_text())
+
+
 def _cli_functions() -> dict[str, ast.FunctionDef]:
-    tree = ast.parse((PACKAGE / "cli.py").read_text())
-    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    return {n.name: n for n in _cli_tree().body if isinstance(n, ast.FunctionDef)}
 
 
 def _imports(node: ast.AST, functions: dict[str, ast.FunctionDef], seen: set[str]) -> set[str]:
@@ -65,8 +69,7 @@ def verb_modules(verb: str) -> set[str]:
 
     sub = next(a for a in build_parser()._actions if a.dest == "verb")
     functions = _cli_functions()
-    tree = ast.parse((PACKAGE / "cli.py").read_text())
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    top = [n for n in _cli_tree().body if isinstance(n, (ast.Import, ast.ImportFrom))]
     roots = {"featinv"} | set().union(*(_imports(n, functions, set()) for n in top))
     roots |= _imports(functions["main"], functions, {"main"})
     func = sub.choices[verb].get_default("func").__name__
