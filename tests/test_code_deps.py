@@ -1,32 +1,89 @@
-"""dvc.yaml's code dependencies are the source files each stage's verb imports (featinv.codedeps)."""
+"""dvc.yaml is generated from the Snakemake DAG and the verb registry (featinv.dvcyaml); its code
+dependencies are the source files each stage's verb imports (featinv.codedeps)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
-from featinv.codedeps import rule_code, verb_modules, with_code_deps
+import yaml
+
+from featinv.cli import VERBS
+from featinv.codedeps import rule_code, rule_verbs, verb_modules
+from featinv.dvcyaml import Job, stages
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_dvc_yaml_names_exactly_the_code_each_stage_runs():
-    committed = (REPO / "dvc.yaml").read_text()
-    assert committed == with_code_deps(committed, rule_code(REPO)), "run `python -m featinv.codedeps` and commit dvc.yaml"
+def test_the_committed_dvc_yaml_is_the_generated_one():
+    proc = subprocess.run([sys.executable, "-m", "featinv.dvcyaml", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_each_stage_has_its_rules_inputs_code_and_verb_sections():
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    code = rule_code()
+    extract = doc["extract_features"]
+    assert extract["matrix"] == {"backbone": ["tf_efficientnet_lite0", "tf_efficientnet_lite2"], "split": ["train", "val"]}
+    assert extract["deps"] == ["data/shards/demo", *code["extract_features"], "workflow/rules/features.smk"]
+    assert extract["params"] == list(VERBS["extract_features"].sections)
+    assert extract["outs"] == ["data/features/demo/${item.backbone}/${item.split}.zarr",
+                               "results/backbones/demo/${item.backbone}-${item.split}.json"]
+    assert doc["tables"]["metrics"] == ["results/metrics.json"] and "results/metrics.json" not in doc["tables"]["outs"]
+    assert "models/demo-base" in doc["train_controlnet"]["deps"]  # the shipped base model
+    # the unpooled models also read every other backbone's store (Table 2): their own stage
+    assert {"data/features/demo/tf_efficientnet_lite0/val.zarr", "data/features/demo/tf_efficientnet_lite2/val.zarr",
+            "data/features/demo/${item.backbone}/train.zarr"} <= set(doc["evaluate_unpooled"]["deps"])
+    assert "data/features/demo/${item.backbone}/val.zarr" in doc["evaluate_pooled"]["deps"]
+
+
+def job(rule, inputs, outputs, **wildcards):
+    return Job(rule, wildcards, tuple(inputs), tuple(outputs), (), "workflow/rules/x.smk")
+
+
+def test_jobs_become_a_matrix_stage_that_expands_to_exactly_their_files():
+    jobs = [job("r", [f"in/{b}.x", "shared"], [f"out/{b}-{v}.y"], b=b, v=v) for b in ("p", "q") for v in ("u", "w")]
+    (name, stage), = stages(jobs, {"r": ["src/a.py"]}, {"r": ("sec",)}).items()
+    assert name == "r" and stage["matrix"] == {"b": ["p", "q"], "v": ["u", "w"]}
+    assert stage["deps"] == ["in/${item.b}.x", "shared", "src/a.py", "workflow/rules/x.smk"]
+    assert stage["outs"] == ["out/${item.b}-${item.v}.y"] and stage["params"] == ["sec"]
+    assert stage["cmd"] == "snakemake --cores all --allowed-rules r -- out/${item.b}-${item.v}.y"
+    # a value inside a longer word is not a matrix value ("p" in "pp")
+    (_, stage), = stages([job("r", [f"pp/{b}"], [f"o/{b}"], b=b) for b in ("p", "q")], {}, {}).items()
+    assert stage["deps"] == ["pp/${item.b}", "workflow/rules/x.smk"] and "params" not in stage
+
+
+def test_jobs_that_no_single_matrix_describes_are_split_by_a_wildcard():
+    jobs = [job("r", [f"s/{b}"] + ([f"s/{o}" for o in ("p", "q")] if v == "u" else []), [f"o/{b}-{v}"], b=b, v=v)
+            for b in ("p", "q") for v in ("u", "w")]
+    out = stages(jobs, {}, {})
+    assert sorted(out) == ["r_u", "r_w"]
+    assert out["r_u"]["deps"] == ["s/p", "s/q", "workflow/rules/x.smk"] and out["r_u"]["outs"] == ["o/${item.b}-u"]
+    assert out["r_w"]["deps"] == ["s/${item.b}", "workflow/rules/x.smk"]
+
+
+def test_the_detr_overlay_has_no_finetune_stage():
+    out = subprocess.run([sys.executable, "-c", "import sys; from featinv.dvcyaml import dvc_yaml; "
+                          "sys.stdout.write(dvc_yaml('.', ('config/paper-detr.yaml',)))"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    doc = yaml.safe_load(out)["stages"]
+    assert "modular_finetune" not in doc and {"train_modular", "modular_mse", "modular_layers"} <= set(doc)
 
 
 def test_a_verb_depends_on_what_it_imports_and_not_on_other_verbs_code():
     tables = verb_modules("tables")
     assert {"featinv.cli", "featinv.metrics.tables", "featinv.fileio", "featinv.features.store", "featinv.rowstore"} <= tables
     assert not any(m.startswith(("featinv.diffusion", "featinv.modular", "featinv.backbones")) for m in tables)
-    extract = verb_modules("extract")
+    extract = verb_modules("extract_features")
     assert {"featinv.features.extract", "featinv.data.shards", "featinv.data.batches", "featinv.backbones.registry",
             "featinv.rowstore"} <= extract
     assert "featinv.diffusion.base" not in extract
-    assert "featinv.modular.colour" in verb_modules("modular-colour")  # imported by name at run time
+    colour = verb_modules("modular_colour")
+    assert {"featinv.modular.verbs", "featinv.modular.colour", "featinv.modular.trained"} <= colour
+    assert "featinv.modular.finetune" not in colour  # a sibling verb's import, in the same verbs module
 
 
-def test_code_deps_replace_a_stages_src_lines_in_place_or_join_its_deps():
-    text = ("stages:\n  first:\n    cmd: x\n    deps:\n      - data/a\n    outs:\n      - o\n"
-            "  second:\n    deps:\n      - src/featinv/old.py\n      - workflow/rules/data.smk\n")
-    code = {"first": ["src/featinv/new.py"], "second": ["src/featinv/a.py", "src/featinv/b.py"]}
-    assert with_code_deps(text, code) == (
-        "stages:\n  first:\n    cmd: x\n    deps:\n      - data/a\n      - src/featinv/new.py\n    outs:\n      - o\n"
-        "  second:\n    deps:\n      - src/featinv/a.py\n      - src/featinv/b.py\n      - workflow/rules/data.smk\n")
+def test_every_rule_runs_the_verb_of_its_own_name():
+    ran = rule_verbs(REPO)
+    assert ran == {rule: {VERBS[rule].command} for rule in ran}
+    assert {"build_shards", "extract_features", "train_controlnet", "sample", "evaluate", "tables", "train_modular",
+            "modular_noise", "concepts_figure", "qualitative_figure"} <= set(ran)

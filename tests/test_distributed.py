@@ -33,7 +33,7 @@ def assert_same_store(a, b, names):
 def stores(tmp_path_factory, demo_shards):
     """The demo val split (24 images, 6 blocks of 4) extracted by one process and by two."""
     root = tmp_path_factory.mktemp("extract")
-    args = lambda name: ["extract", "--backbone", "tf_efficientnet_lite0", "--shards", demo_shards, "--split", "val",
+    args = lambda name: ["extract-features", "--backbone", "tf_efficientnet_lite0", "--shards", demo_shards, "--split", "val",
                          "--store", root / f"{name}.zarr", "--report", root / f"{name}.json",
                          "--config", json.dumps({"features": FEATURES})]
     one, two = featinv(*args("one")), featinv(*args("two"), processes=2)
@@ -127,7 +127,7 @@ def kill_all(marker: str) -> None:
 def test_processes_only_for_verbs_that_split_their_work(tmp_path):
     out = finish_fail(featinv("preview-samples", "--samples", tmp_path, "--shards", tmp_path, "--split", "val",
                               "--n", "2", "--out", tmp_path / "x.png", processes=2))
-    assert "only extract, train-base, train-controlnet, sample" in out
+    assert "only extract-features, train-base, train-controlnet, sample split" in out
 
 
 def finish_fail(proc):

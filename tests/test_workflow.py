@@ -55,6 +55,8 @@ def make_project(root: Path, overrides: dict = TINY) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # dvc.yaml names the code it depends on: link the package source into the copy.
     (root / "src").symlink_to(REPO / "src")
+    # The DAG of these params has other jobs (one backbone): generate its dvc.yaml, as a user would.
+    run([sys.executable, "-m", "featinv.dvcyaml"], root)
     return root
 
 
@@ -120,7 +122,7 @@ def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(proje
     (project / "gpus2.yaml").write_text(GPUS2)
     # The shipped base model: no train-base job in the main job.
     assert planned_processes(project, "results/table1.csv", "gpus2.yaml") == {
-        "build-shards": None, "extract": "2", "encode-targets": None, "train-controlnet": "2", "sample": "2",
+        "build-shards": None, "extract-features": "2", "encode-targets": None, "train-controlnet": "2", "sample": "2",
         "evaluate": None, "tables": None}
     # The overlay that made it trains it with rule train_base.
     assert planned_processes(project, "data/models/demo-base/base", "config/demo-base.yaml", "gpus2.yaml") == {
@@ -135,9 +137,15 @@ def test_resources_of_an_unknown_rule_are_a_clear_error(project):
     assert "params resources.runtime: no rule named train_controlnets" in proc.stdout + proc.stderr
 
 
-def stages_run(output: str) -> set[str]:
-    """Stage names (without matrix suffixes) that `dvc repro` ran."""
-    return {line.split("'")[1].split("@")[0] for line in output.splitlines() if line.startswith("Running stage")}
+def stage_rule(root, stage: str) -> str:
+    """The rule a DVC stage (``name`` or ``name@item``) runs: its command's ``--allowed-rules``."""
+    words = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage.split("@")[0]]["cmd"].split()
+    return words[words.index("--allowed-rules") + 1]
+
+
+def stages_run(output: str, root) -> set[str]:
+    """The rules of the stages that `dvc repro` ran."""
+    return {stage_rule(root, line.split("'")[1]) for line in output.splitlines() if line.startswith("Running stage")}
 
 
 def set_param(root, section, key, value):
@@ -225,9 +233,9 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     edited = project / "src/featinv/rowstore.py"
     original = edited.read_text()
     edited.write_text(original + "\n# an edit\n")
-    reported = {line.rstrip(":").split("@")[0] for line in run(dvc + ["status"], project).splitlines()
+    reported = {stage_rule(project, line.rstrip(":")) for line in run(dvc + ["status"], project).splitlines()
                 if line.endswith(":") and not line.startswith((" ", "\t"))}
-    importers = {rule for rule, files in rule_code(project).items() if "src/featinv/rowstore.py" in files}
+    importers = {rule for rule, files in rule_code().items() if "src/featinv/rowstore.py" in files} & set(dvc_outputs(project))
     assert reported == importers and {"extract_features", "sample", "tables"} <= reported
     assert not reported & {"build_shards", "plot_losses", "train_modular"}
     edited.write_text(original)
@@ -264,7 +272,7 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
 
     # An experiment with another sampling seed reruns sampling and what reads samples, and records
     # its metrics next to the baseline's.
-    ran = stages_run(run(dvc + ["exp", "run", "-n", "seed101", "-S", "sampling.seed=101"], clone))
+    ran = stages_run(run(dvc + ["exp", "run", "-n", "seed101", "-S", "sampling.seed=101"], clone), clone)
     figures = {"concepts_figure", "interpolation_figure", "composition_figure", "qualitative_figure"}
     assert {"sample", "evaluate", "tables"} | figures <= ran <= {"sample", "preview_samples", "preview_base", "evaluate",
                                                                  "tables"} | figures
@@ -281,5 +289,5 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
 
     # A feature param reruns from features on (as far as the ControlNets, to keep this test short).
     set_param(project, "features", "topk", 6)
-    ran = stages_run(run(dvc + ["repro", "train_controlnet"], project))
+    ran = stages_run(run(dvc + ["repro", "train_controlnet"], project), project)
     assert ran == {"extract_features", "train_controlnet"}

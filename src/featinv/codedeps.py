@@ -1,6 +1,7 @@
-"""The code each pipeline rule runs, for dvc.yaml's code dependencies: the `featinv` verb in the
-rule's shell command, the CLI entry it goes through, and every project module the verb imports,
-transitively (import-linter's graph, grimp), as source files."""
+"""The code each pipeline rule runs, for dvc.yaml's code dependencies: the `featinv` verb of the
+rule's name, the CLI entry it goes through, and every project module the verb imports, transitively
+(import-linter's graph, grimp), as source files. ``rule_verbs`` reads what each rule really runs from
+Snakemake's dry run, so a test can check that every rule runs the verb of its own name."""
 
 from __future__ import annotations
 
@@ -35,17 +36,21 @@ def _graph():
     return grimp.build_graph("featinv", cache_dir=None)
 
 
-@lru_cache(maxsize=1)
-def _cli_tree() -> ast.Module:
-    return ast.parse((PACKAGE / "cli.py").read_text())
+@lru_cache(maxsize=None)
+def _tree(module: str) -> ast.Module:
+    return ast.parse((PACKAGE.parent.parent / module_file(module)).read_text())
 
 
-def _cli_functions() -> dict[str, ast.FunctionDef]:
-    return {n.name: n for n in _cli_tree().body if isinstance(n, ast.FunctionDef)}
+def _functions(module: str) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in _tree(module).body if isinstance(n, ast.FunctionDef)}
+
+
+def _top_imports(module: str) -> list[ast.AST]:
+    return [n for n in _tree(module).body if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 def _imports(node: ast.AST, functions: dict[str, ast.FunctionDef], seen: set[str]) -> set[str]:
-    """Project modules imported inside ``node`` and the cli.py functions it calls."""
+    """Project modules imported inside ``node`` and the same module's functions it calls."""
     graph = _graph()
     found = set()
     for n in ast.walk(node):
@@ -62,23 +67,29 @@ def _imports(node: ast.AST, functions: dict[str, ast.FunctionDef], seen: set[str
     return found
 
 
-def verb_modules(verb: str) -> set[str]:
-    """Every project module ``featinv <verb>`` runs: cli.py's own imports and main(), the verb's
-    function, what they import, transitively."""
-    from featinv.cli import ANALYSES, build_parser
+def _declarations(module: str) -> bool:
+    """A stage package's verbs module: it only declares verbs at import time (its imports are lazy)."""
+    return module.endswith(".verbs") and module != "featinv.verbs"
 
-    sub = next(a for a in build_parser()._actions if a.dest == "verb")
-    functions = _cli_functions()
-    top = [n for n in _cli_tree().body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    roots = {"featinv"} | set().union(*(_imports(n, functions, set()) for n in top))
-    roots |= _imports(functions["main"], functions, {"main"})
-    func = sub.choices[verb].get_default("func").__name__
-    roots |= _imports(functions[func], functions, {func})
-    if verb in ANALYSES:  # imported by name at run time
-        roots.add(ANALYSES[verb][0])
+
+def verb_modules(name: str) -> set[str]:
+    """Every project module ``featinv <verb>`` runs: cli.py's own imports and main(), the verb's
+    function and the helpers it calls in its verbs module, what they import, transitively. The other
+    verbs modules cli.py imports only declare their verbs; their lazy imports do not count."""
+    from featinv.cli import VERBS
+
+    module = VERBS[name].run.__module__
+    cli = "featinv.cli"
+    cli_functions = _functions(cli)
+    roots = {"featinv"} | {m for n in _top_imports(cli) for m in _imports(n, cli_functions, set())
+                           if not _declarations(m)}
+    roots |= _imports(cli_functions["main"], cli_functions, {"main"})
+    functions = _functions(module)
+    if module != cli:
+        roots |= set().union(*(_imports(n, functions, set()) for n in _top_imports(module)))
+    roots |= _imports(functions[name], functions, {name})
     graph = _graph()
-    # cli.py itself, but not every module its other verbs import (grimp's view of cli.py).
-    return {"featinv.cli"} | roots.union(*(graph.find_upstream_modules(m) for m in roots))
+    return {cli, module} | roots.union(*(graph.find_upstream_modules(m) for m in roots))
 
 
 def module_file(module: str) -> str:
@@ -88,40 +99,8 @@ def module_file(module: str) -> str:
     return path.relative_to(PACKAGE.parent.parent).as_posix()
 
 
-def rule_code(workdir: str | Path) -> dict[str, list[str]]:
-    """Rule -> the source files its verbs run, sorted."""
-    return {rule: sorted({module_file(m) for verb in verbs for m in verb_modules(verb)})
-            for rule, verbs in rule_verbs(workdir).items()}
+def rule_code() -> dict[str, list[str]]:
+    """Rule (= verb) -> the source files its verb runs, sorted."""
+    from featinv.cli import VERBS
 
-
-def with_code_deps(dvc_yaml: str, code: dict[str, list[str]]) -> str:
-    """``dvc.yaml``'s text with each stage's ``src/`` deps replaced by ``code[stage]`` (stages are
-    named after their rules), where the first of them was, else at the end of its deps; every other
-    line unchanged."""
-    out: list[str] = []
-    stage, in_deps, written = None, False, False
-
-    def close_deps() -> None:
-        if in_deps and not written and stage in code:
-            out.extend(f"      - {path}" for path in code[stage])
-
-    for line in dvc_yaml.splitlines():
-        if re.fullmatch(r"  [a-z0-9_]+:", line) or re.fullmatch(r"    [a-z_]+:.*", line):
-            close_deps()
-            in_deps = line == "    deps:"
-            if not line.startswith("    "):
-                stage, written = line.strip().rstrip(":"), False
-        elif in_deps and line.startswith("      - src/"):
-            if not written:
-                out.extend(f"      - {path}" for path in code[stage])
-                written = True
-            continue
-        out.append(line)
-    close_deps()
-    return "\n".join(out) + "\n"
-
-
-if __name__ == "__main__":  # python -m featinv.codedeps: rewrite dvc.yaml's code dependencies
-    root = PACKAGE.parent.parent
-    target = root / "dvc.yaml"
-    target.write_text(with_code_deps(target.read_text(), rule_code(root)))
+    return {name: sorted(module_file(m) for m in verb_modules(name)) for name in VERBS}

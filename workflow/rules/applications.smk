@@ -7,15 +7,15 @@ APP_BACKBONE = config["applications"]["backbone"]
 APP_MODEL = CONTROLNET.format(backbone=APP_BACKBONE, variant="unpooled")
 APP_STORE = STORE.format(backbone=APP_BACKBONE, split=SAMPLING_SPLIT)
 APP_TRAIN_STORE = STORE.format(backbone=APP_BACKBONE, split="train")
-APP_FIGURES = {  # rule -> (featinv verb, outputs)
-    "concepts_figure": ("figure-concepts", ["concepts.png", "concepts.csv"]),
-    "interpolation_figure": ("figure-interpolation", ["interpolation.png", "interpolation.csv"]),
-    "composition_figure": ("figure-composition", ["composition.png", "composition.csv"]),
+APP_FIGURES = {  # rule (= featinv verb) -> outputs
+    "concepts_figure": ["concepts.png", "concepts.csv"],
+    "interpolation_figure": ["interpolation.png", "interpolation.csv"],
+    "composition_figure": ["composition.png", "composition.csv"],
 }
 
 
 def application_figures():
-    return [f"{FIGURES}/{outs[0]}" for _, outs in APP_FIGURES.values()] + [f"{FIGURES}/qualitative.png"]
+    return [f"{FIGURES}/{outs[0]}" for outs in APP_FIGURES.values()] + [f"{FIGURES}/qualitative.png"]
 
 
 rule figures:
@@ -24,7 +24,7 @@ rule figures:
         application_figures(),
 
 
-for _rule, (_verb, _outs) in APP_FIGURES.items():
+for _rule, _outs in APP_FIGURES.items():
 
     rule:
         name:
@@ -41,11 +41,11 @@ for _rule, (_verb, _outs) in APP_FIGURES.items():
             png=report(f"{FIGURES}/{_outs[0]}", caption=f"../report/{_rule}.rst", category="Applications"),
             csv=f"{FIGURES}/{_outs[1]}",
         params:
-            verb=_verb,  # directives are evaluated here; shell/message later, so no loop variables there
+            verb=VERBS[_rule].command,  # directives are evaluated here; shell/message later, so no loop variables there
             backbone=APP_BACKBONE,
             base=BASE,
             train=f"--train-store {APP_TRAIN_STORE}" if _rule == "concepts_figure" else "",
-            cfg=section_json("diffusion", "sampling", "applications", "backbones"),
+            cfg=verb_config(_rule),
         log:
             f"results/logs/{_rule}/{DATASET}.log",
         benchmark:
@@ -82,7 +82,7 @@ rule qualitative_figure:
         base=BASE,
         samples=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(_models(), input.samples)),
         per_image=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(_models(), input.per_image)),
-        cfg=section_json("diffusion", "sampling", "applications", "backbones"),
+        cfg=verb_config("qualitative_figure"),
     log:
         f"results/logs/qualitative_figure/{DATASET}.log",
     benchmark:
@@ -91,7 +91,7 @@ rule qualitative_figure:
     resources:
         **job_resources("qualitative_figure", gpu="one"),
     shell:
-        "featinv --threads {threads} figure-qualitative --base {params.base:q} --model {input.model}"
+        "featinv --threads {threads} qualitative-figure --base {params.base:q} --model {input.model}"
         " --store {input.store} --shards {input.shards} --split {SAMPLING_SPLIT} --out-png {output.png}"
         " --out-csv {output.csv} --samples {params.samples} --per-image {params.per_image}"
         " --variability-png {output.variability} --variability-csv {output.variability_csv}"

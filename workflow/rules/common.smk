@@ -5,8 +5,10 @@
 # versions the contents, and `dvc checkout` / `dvc pull` restore outputs with fresh mtimes in
 # arbitrary order; with mtimes, Snakemake would then rerun everything.
 import json
+import os
 import shlex
 
+from featinv.cli import VERBS
 from featinv.config import forward_family, validate
 
 # Stop before any job when params (with any --configfile overlay) break the schema.
@@ -22,10 +24,11 @@ wildcard_constraints:
     variant=r"unpooled|pooled",
 
 
-def section_json(*names):
-    """The params sections a CLI verb takes (--config), as JSON; a function, so that Snakemake does
-    not read the JSON braces as wildcards. Snakemake reruns a job when these values change."""
-    text = json.dumps({name: config[name] for name in names}, sort_keys=True)
+def verb_config(rule):
+    """The params sections the verb of ``rule`` (the verb of the same name) declares, as the JSON its
+    --config takes; a function, so that Snakemake does not read the JSON braces as wildcards.
+    Snakemake reruns a job when these values change."""
+    text = json.dumps({name: config[name] for name in VERBS[rule].sections}, sort_keys=True)
     return lambda wildcards: text
 
 
@@ -89,8 +92,11 @@ def backbone_reports():
 
 
 def base_input(wildcards):
-    """The base model as a rule input: only when this pipeline trains it."""
-    return [ancient(TRAINED_BASE)] if BASE_TRAINED_HERE else []
+    """The base model as a rule input: the one this pipeline trains, or a local directory (the
+    shipped models/demo-base, a downloaded miniSD); a hub id names no file."""
+    if BASE_TRAINED_HERE:
+        return [ancient(TRAINED_BASE)]
+    return [ancient(BASE)] if os.path.isdir(BASE) else []
 
 
 def sample_stores():

@@ -7,7 +7,7 @@ rule build_shards:
     output:
         shards=directory(SHARDS),
     params:
-        cfg=section_json("data"),
+        cfg=verb_config("build_shards"),
     log:
         f"results/logs/build_shards/{DATASET}.log",
     benchmark:

@@ -9,7 +9,7 @@ rule encode_targets:
     output:
         targets=directory(TARGETS),
     params:
-        cfg=section_json("diffusion"),
+        cfg=verb_config("encode_targets"),
     log:
         f"results/logs/encode_targets/{DATASET}-{{split}}.log",
     benchmark:
@@ -31,7 +31,7 @@ rule train_base:
         model=directory(TRAINED_BASE),
         loss=f"results/training/{DATASET}/base-loss.csv",
     params:
-        cfg=section_json("diffusion"),
+        cfg=verb_config("train_base"),
     log:
         f"results/logs/train_base/{DATASET}.log",
     benchmark:
@@ -55,7 +55,7 @@ rule preview_base:
         grid=report(f"results/base/{DATASET}/samples.png", caption="../report/base.rst", category="Base model"),
     params:
         base=BASE,
-        cfg=section_json("diffusion", "sampling"),
+        cfg=verb_config("preview_base"),
     log:
         f"results/logs/preview_base/{DATASET}.log",
     benchmark:
@@ -80,7 +80,7 @@ rule train_controlnet:
         loss=f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv",
     params:
         base=BASE,
-        cfg=section_json("diffusion", "controlnet"),
+        cfg=verb_config("train_controlnet"),
     log:
         f"results/logs/train_controlnet/{DATASET}-{{backbone}}-{{variant}}.log",
     benchmark:
@@ -106,7 +106,7 @@ rule sample:
         samples=directory(SAMPLES),
     params:
         base=BASE,
-        cfg=section_json("diffusion", "sampling"),
+        cfg=verb_config("sample"),
     log:
         f"results/logs/sample/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
     benchmark:

@@ -11,7 +11,7 @@ rule extract_features:
         report=BACKBONE_REPORT,
     params:
         weights=weights_arg,
-        cfg=section_json("features"),
+        cfg=verb_config("extract_features"),
     log:
         f"results/logs/extract_features/{DATASET}-{{backbone}}-{{split}}.log",
     benchmark:
@@ -20,7 +20,7 @@ rule extract_features:
     resources:
         **job_resources("extract_features", gpu="all"),
     shell:
-        "featinv --threads {threads} --processes {resources.gpu} extract"
+        "featinv --threads {threads} --processes {resources.gpu} extract-features"
         " --backbone {wildcards.backbone} {params.weights}"
         " --shards {input.shards} --split {wildcards.split} --store {output.store}"
         " --report {output.report} --config {params.cfg:q} > {log} 2>&1"

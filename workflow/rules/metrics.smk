@@ -31,7 +31,7 @@ rule evaluate:
         metrics=METRICS,
         per_image=PER_IMAGE,
     params:
-        cfg=section_json("metrics", "backbones"),
+        cfg=verb_config("evaluate"),
         train_store=train_store_arg,
     log:
         f"results/logs/evaluate/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
@@ -58,7 +58,7 @@ rule tables:
         table2_md="results/table2.md",
         summary="results/metrics.json",
     params:
-        cfg=section_json("metrics", "data"),
+        cfg=verb_config("tables"),
     log:
         "results/logs/tables.log",
     benchmark:

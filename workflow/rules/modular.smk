@@ -36,7 +36,7 @@ rule train_modular:
         loss=f"{MODULAR}/training-loss.csv",
     params:
         backbone=config["modular"]["backbone"],
-        cfg=section_json("modular", "backbones"),
+        cfg=verb_config("train_modular"),
     log:
         f"results/logs/train_modular/{DATASET}.log",
     benchmark:
@@ -45,7 +45,7 @@ rule train_modular:
     resources:
         **job_resources("train_modular", gpu="one"),
     shell:
-        "featinv --threads {threads} modular-train --shards {input.shards} --model-dir {MODULAR_MODEL}"
+        "featinv --threads {threads} train-modular --shards {input.shards} --model-dir {MODULAR_MODEL}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -64,9 +64,9 @@ for _name, _outputs in MODULAR_ANALYSES.items():
             [report(f"{MODULAR}/{out}", caption=f"../report/{_name}.rst", category="Modular inversion")
              if out.endswith(".png") or out == _outputs[0] else f"{MODULAR}/{out}" for out in _outputs],
         params:
-            verb=_name.replace("_", "-"),  # directives are evaluated here; shell/message later, so no loop variables there
+            verb=VERBS[_name].command,  # directives are evaluated here; shell/message later, so no loop variables there
             backbone=config["modular"]["backbone"],
-            cfg=section_json("modular", "modular_analyses", "backbones"),
+            cfg=verb_config(_name),
         log:
             f"results/logs/{_name}/{DATASET}.log",
         benchmark:

@@ -7,6 +7,7 @@ file table is what :func:`verify` checks, so a changed or corrupted file is caug
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -83,3 +84,78 @@ def parameter_counts(directory: str | Path) -> dict[str, int]:
 
 def json_block(data: dict[str, Any]) -> str:
     return "```json\n" + json.dumps(data, indent=1, sort_keys=True) + "\n```"
+
+
+def ship_base(cfg: dict[str, Any], model: str | Path, loss_csv: str | Path, shards: str | Path, targets: str | Path,
+              out: str | Path, n: int = 256, history: str = "", backbone: str = "tf_efficientnet_lite0") -> Path:
+    """Ship the base model trained (rule ``train_base``) under params ``cfg`` at ``model`` to ``out``:
+    float16 weights, ``samples.png`` (64 of ``n`` samples) and the model card with the loss record, the
+    quality figures on ``backbone`` (FID and nearest-train cosine, samples vs real val crops) and the
+    remake command. Returns the card's path."""
+    from featinv.diffusion.quality import base_figures, sample_base
+    from featinv.diffusion.recipes import base_objective
+    from featinv.plots import hwc, image_grid
+
+    diffusion, sampling = cfg["diffusion"], cfg["sampling"]
+    base_cfg = diffusion["base"]
+    training = json.loads((Path(model) / "training.json").read_text())
+    with open(loss_csv) as fh:
+        losses = [float(row["loss"]) for row in csv.DictReader(fh)]
+    export_base(model, out)
+    objective = base_objective(out, base_cfg, diffusion["prompt"], targets)
+    samples = sample_base(out, n, diffusion["prompt"], sampling["scheduler"], sampling["steps"],
+                          sampling["guidance_scale"], sampling["seed"], device=diffusion["device"])
+    image_grid([[hwc(x) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
+               ).save(Path(out) / "samples.png")
+    figures = base_figures(samples, shards, backbone, cfg["backbones"]["weights"].get(backbone),
+                           device=diffusion["device"])
+    manifest = json.loads((Path(shards) / "manifest.json").read_text())
+    views = manifest["splits"]["train"].get("views")
+    tail = losses[-200:]
+    sections = [
+        ("# Demo base diffusion model (featinv embedded default)", (
+            "The frozen base model under the embedded default's FeatInv ControlNets, as miniSD is under the "
+            "paper's. Trained by the pipeline's own `train_base` rule; shipped here so that the main job "
+            "only trains ControlNets on it. Loaded by `featinv.diffusion.base.load_base` "
+            "(`diffusion.base.source` in params.yaml); float16 safetensors, computed in float32.")),
+        ("Data", (
+            f"The demo train split (`data/shards/{manifest['dataset']}`): {manifest['splits']['train']['count']} "
+            f"square crops of {len(manifest['classes'])} real photographs that ship in the scikit-image, "
+            f"scikit-learn, matplotlib and foolbox wheels, taken from the left {1 - cfg['data']['demo']['val_fraction']:.0%} "
+            f"of each photo (val crops come from the right-hand strip, so no val pixels were seen), each as "
+            f"{views['count'] if views else 1} cached views (view 0 the crop, the others random square crops of "
+            f"{views['scale'] if views else '-'} of its area, flipped with p = 0.5): "
+            f"{manifest['splits']['train']['count'] * (views['count'] if views else 1)} training images at "
+            f"{base_cfg['resolution']} px.")),
+        ("Model", json_block({
+            "unet": "diffusers UNet2DConditionModel", "parameters": parameter_counts(out),
+            "space": f"pixels folded by space-to-depth (patch {base_cfg['patch']}): "
+                     f"{base_cfg['resolution']} px RGB = {base_cfg['resolution'] // base_cfg['patch']}^2 x {3 * base_cfg['patch'] ** 2}",
+            **{k: base_cfg[k] for k in ("resolution", "patch", "block_out_channels", "layers_per_block",
+                                        "attention_heads", "text_hidden", "text_layers", "prediction_type",
+                                        "beta_schedule")},
+            "text_encoder": "small CLIP text model frozen at its seeded initialisation (fixed prompt vs empty prompt)"})),
+        ("Training", json_block({
+            **base_cfg["train"], "wall_time_s": round(training.get("total_seconds", training["seconds"])), "resumed_from": training["resumed_from"],
+            "loss_of_the_shipped_model_50_batches": objective,
+            **({f"mean_logged_loss_last_{len(tail)}_steps": sum(tail) / len(tail)} if tail else {}),
+            "logged_steps": len(losses),
+            "device": "2-core CPU"}) + (f"\n\n{history}" if history else "")),
+        ("Quality", (
+            f"{figures['n_samples']} samples ({sampling['scheduler']}, {sampling['steps']} steps, guidance "
+            f"{sampling['guidance_scale']}, seed {sampling['seed']}; `samples.png` shows the first 64), scored on "
+            f"{figures['backbone']} at {figures['resolution']} px against the {figures['n_train_views']} training views "
+            f"and the {figures['n_val_images']} held-out val crops:\n\n"
+            "| images | FID vs train views (pooled features) | mean nearest-train cosine per position |\n|---|---|---|\n"
+            f"| base-model samples | {figures['fid_samples_vs_train']:.1f} | {figures['nearest_train_cosine_samples']:.3f} |\n"
+            f"| real val crops | {figures['fid_val_vs_train']:.1f} | {figures['nearest_train_cosine_val']:.3f} |\n\n"
+            + json_block(figures))),
+        ("Remake", (
+            "```bash\n"
+            "snakemake data/models/demo-base/base --cores all --configfile config/demo-base.yaml\n"
+            f"featinv export-base --params params.yaml config/demo-base.yaml --model {model} "
+            f"--loss-csv {loss_csv} --shards {shards} --targets {targets} --out {out}\n```\n"
+            "Training is deterministic given the seeds on one machine type; CPU kernels differ across machines in "
+            "the last bits, so a remade model matches in quality, not byte for byte.")),
+    ]
+    return write_card(out, sections)

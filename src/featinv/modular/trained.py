@@ -149,13 +149,13 @@ def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None
     model_dir = Path(model_dir)
     path = model_dir / "inverses.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: train the inverses first (featinv modular-train)")
+        raise FileNotFoundError(f"{path} does not exist: train the inverses first (featinv train-modular)")
     meta = json.loads((model_dir / "meta.json").read_text())
     wanted = {k: cfg.get(k) for k in INVERSE_KEYS}
     changed = sorted(k for k in INVERSE_KEYS if meta["params"].get(k) != wanted[k])
     if changed:
         raise ValueError(f"inverses in {model_dir} were trained with other modular params ({', '.join(changed)}): "
-                         f"retrain them (featinv modular-train)")
+                         f"retrain them (featinv train-modular)")
     forward = load_forward(cfg, weights)
     bundle = _bundle(forward, cfg)
     bundle.load_state_dict(load_file(str(path)), strict=True)

@@ -1,0 +1,49 @@
+"""Verbs of the metrics stage: per-model scores, the tables, the loss curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from featinv.verbs import Arg, verb
+
+
+@verb("cosine-sim, top-k match and FID of one model's reconstructions", sections=("metrics", "backbones"), args=(
+    Arg("--samples", "sample store (zarr)", required=True),
+    Arg("--stores", "feature stores of the originals, one per evaluating backbone (the conditioning one first)",
+        required=True, nargs="+"),
+    Arg("--shards", "shards holding the originals (for FID and the oracles)", required=True),
+    Arg("--train-store", "the conditioning backbone's train feature store (nearest-train oracle)"),
+    Arg("--out", "metrics JSON", required=True),
+    Arg("--per-image", "per-image CSV (conditioning backbone)", default="")))
+def evaluate(args, cfg) -> None:
+    from featinv.features.store import stores_by_backbone
+    from featinv.fileio import write_json
+    from featinv.metrics.evaluate import evaluate_samples
+
+    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg["metrics"],
+                              cfg["backbones"]["weights"], per_image_csv=args.per_image, train_store=args.train_store)
+    write_json(args.out, result)
+    print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))
+
+
+@verb("assemble Table 1, Table 2 and the DVC metrics file", sections=("metrics", "data"), args=(
+    Arg("--metrics", "metrics JSONs written by `featinv evaluate`", required=True, nargs="+"),
+    Arg("--out-dir", "directory for table1/table2 .csv and .md", required=True),
+    Arg("--metrics-json", "summary for `dvc metrics show`", required=True)))
+def tables(args, cfg) -> None:
+    from featinv.metrics.tables import write_tables
+
+    metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
+    write_tables(metrics, args.out_dir, cfg["data"]["dataset"], cfg["metrics"]["cross_model_variant"], args.metrics_json)
+    print((Path(args.out_dir) / "table1.md").read_text())
+    print((Path(args.out_dir) / "table2.md").read_text())
+
+
+@verb("training-loss curves of the base model and the ControlNets", args=(
+    Arg("--csv", "loss CSVs (step,loss,...)", required=True, nargs="+"),
+    Arg("--out", "PNG", required=True)))
+def plot_losses(args, cfg) -> None:
+    from featinv.plots import plot_losses as plot
+
+    plot(args.csv, args.out)

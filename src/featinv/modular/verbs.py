@@ -1,0 +1,77 @@
+"""Verbs of modular inversion: train every stage's inverses once, then one verb per analysis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from featinv.verbs import Arg, verb
+
+ANALYSIS_SECTIONS = ("modular", "modular_analyses", "backbones")
+ANALYSIS_ARGS = (
+    Arg("--shards", required=True),
+    Arg("--model-dir", "where train-modular saved the inverses", required=True),
+    Arg("--out-dir", "directory for the tables and figures", required=True))
+
+
+def _modular(cfg: dict[str, Any]) -> tuple[dict, str | None]:
+    """The ``modular`` section (with ``modular_analyses``' keys where given) and the forward model's weights file."""
+    modular = {**cfg["modular"], **cfg.get("modular_analyses", {})}
+    return modular, cfg["backbones"]["weights"].get(modular["backbone"])
+
+
+def _analysis(args, cfg, analysis) -> None:
+    from featinv.modular.trained import load_trained
+
+    modular, weights = _modular(cfg)
+    trained = load_trained(modular, args.model_dir, weights)
+    print(json.dumps(analysis(trained, modular, args.shards, args.out_dir), indent=1, default=str))
+
+
+@verb("train modular and classic inverses of every stage", sections=("modular", "backbones"), args=(
+    Arg("--shards", required=True),
+    Arg("--model-dir", "directory for inverses.safetensors and meta.json", required=True),
+    Arg("--loss-csv", required=True)))
+def train_modular(args, cfg) -> None:
+    from featinv.modular.trained import train_inverses
+
+    modular, weights = _modular(cfg)
+    print(json.dumps(train_inverses(modular, args.shards, args.model_dir, args.loss_csv, weights), indent=1))
+
+
+@verb("modular vs classic inversion: reconstruction MSE by stage, parameter counts, grid",
+      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_mse(args, cfg) -> None:
+    from featinv.modular.analysis import mse_by_stage
+
+    _analysis(args, cfg, mse_by_stage)
+
+
+@verb("colour perturbations: pairwise MSE of recoloured versions by stage, accuracy per filter",
+      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_colour(args, cfg) -> None:
+    from featinv.modular.colour import colour_analysis
+
+    _analysis(args, cfg, colour_analysis)
+
+
+@verb("token noise: reconstructions of manipulated tokens", sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_noise(args, cfg) -> None:
+    from featinv.modular.noise import token_noise
+
+    _analysis(args, cfg, token_noise)
+
+
+@verb("intermediate layers fed to the trained inverses", sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_layers(args, cfg) -> None:
+    from featinv.modular.layers import intermediate_layers
+
+    _analysis(args, cfg, intermediate_layers)
+
+
+@verb("forward model fine-tuned with a reconstruction loss (eq. 3), per lambda",
+      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_finetune(args, cfg) -> None:
+    from featinv.modular.finetune import finetune
+
+    _analysis(args, cfg, finetune)

@@ -1,0 +1,73 @@
+"""One registry of verbs: the CLI parser, the rules' --config sections and the multi-process verbs
+all come from the stage packages' declarations (featinv.verbs)."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from featinv import cli
+from featinv.cli import VERBS, build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_parser_offers_exactly_the_declared_verbs_under_their_dashed_names():
+    sub = next(a for a in build_parser()._actions if a.dest == "verb")
+    assert list(sub.choices) == [v.command for v in VERBS.values()]
+    assert VERBS["extract_features"].command == "extract-features"
+    assert all(name.isidentifier() and v.run.__name__ == name for name, v in VERBS.items())
+    # declared where their stage lives
+    assert VERBS["train_modular"].run.__module__ == "featinv.modular.verbs"
+    assert VERBS["concepts_figure"].run.__module__ == "featinv.applications.verbs"
+
+
+def test_declared_sections_are_params_sections_and_only_verbs_with_sections_take_config():
+    schema = yaml.safe_load((REPO / "workflow/schemas/params.schema.yaml").read_text())
+    for v in VERBS.values():
+        assert set(v.sections) <= set(schema["properties"]), v.name
+    sub = next(a for a in build_parser()._actions if a.dest == "verb")
+    takes_config = {name for name, p in sub.choices.items() if any(a.dest == "config" for a in p._actions)}
+    assert takes_config == {v.command for v in VERBS.values() if v.sections}
+    assert VERBS["evaluate"].sections == ("metrics", "backbones")
+
+
+def test_the_verbs_that_split_their_work_are_declared_so():
+    # (tests/test_distributed.py runs one that does not, under --processes 2)
+    assert {n for n, v in VERBS.items() if v.processes} == {"extract_features", "train_base", "train_controlnet", "sample"}
+
+
+def test_a_verb_gets_its_sections_validated_and_a_missing_one_is_named(capsys):
+    assert main(["tables", "--metrics", "m.json", "--out-dir", "x", "--metrics-json", "y",
+                 "--config", json.dumps({"metrics": {}})]) == 2
+    assert "featinv tables: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a verb without sections has no --config
+        build_parser().parse_args(["plot-losses", "--csv", "a.csv", "--out", "b.png", "--config", "{}"])
+
+
+def test_each_rule_passes_exactly_its_verbs_sections_from_params():
+    plan = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1", "all"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    seen = set()
+    for line in plan.splitlines():
+        if "Shell command: featinv" not in line or "--config" not in line:
+            continue
+        words = shlex.split(line.split("Shell command: ", 1)[1].split(" > ")[0])
+        command = next(w for w in words[1:] if not w.startswith("-") and not w.isdigit())
+        verb = next(v for v in VERBS.values() if v.command == command)
+        sections = json.loads(words[words.index("--config") + 1])
+        assert list(sections) == sorted(verb.sections), command
+        assert all(sections[name] == params[name] for name in verb.sections), command
+        seen.add(verb.name)
+    assert {"build_shards", "extract_features", "train_controlnet", "sample", "evaluate", "tables",
+            "train_modular", "modular_colour", "composition_figure"} <= seen
+
+
+def test_the_validate_verb_is_declared_in_cli_like_the_others():
+    assert VERBS["validate"].run is cli.validate.run
+    assert main(["validate", str(REPO / "params.yaml")]) == 0
