@@ -38,24 +38,25 @@ def concepts_figure(args, cfg) -> None:
     print(Path(args.out_csv).read_text())
 
 
+def _map_figure(args, cfg, figure, section: str) -> None:
+    """A figure of reconstructed (combined) feature maps of the store, scored on the backbone."""
+    gen, score = _setup(args, cfg)
+    figure(gen, score, args.store, args.shards, args.split, cfg["applications"][section], args.out_png, args.out_csv)
+    print(Path(args.out_csv).read_text())
+
+
 @verb("reconstructions of interpolated feature maps (Fig 5)", sections=SECTIONS, args=FIGURE_ARGS)
 def interpolation_figure(args, cfg) -> None:
     from featinv.applications.figures import interpolation_figure as figure
 
-    gen, score = _setup(args, cfg)
-    figure(gen, score, args.store, args.shards, args.split, cfg["applications"]["interpolation"],
-           args.out_png, args.out_csv)
-    print(Path(args.out_csv).read_text())
+    _map_figure(args, cfg, figure, "interpolation")
 
 
 @verb("reconstructions of spatially composed feature maps (Fig 6)", sections=SECTIONS, args=FIGURE_ARGS)
 def composition_figure(args, cfg) -> None:
     from featinv.applications.figures import composition_figure as figure
 
-    gen, score = _setup(args, cfg)
-    figure(gen, score, args.store, args.shards, args.split, cfg["applications"]["composition"],
-           args.out_png, args.out_csv)
-    print(Path(args.out_csv).read_text())
+    _map_figure(args, cfg, figure, "composition")
 
 
 @verb("every trained model's reconstructions side by side, and samples per map (Fig 3)", sections=SECTIONS, args=(
