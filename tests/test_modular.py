@@ -283,8 +283,8 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     from featinv.modular.training import train_modular
 
     torch.manual_seed(0)
-    cfg = {"backbone": "vit_tiny_patch16_224", "groups": [], "image_size": 32, "hidden": 16, "depth": 1, "heads": 3,
-           "examples": 2, "token_noise": {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}}
+    cfg = {"backbone": "vit_tiny_patch16_224", "groups": [], "image_size": 32, "hidden": 16, "depth": 1, "heads": 3}
+    analyses = {"examples": 2, "token_noise": {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}}
     from featinv.modular.forward import load_forward
 
     fwd = load_forward(cfg, pretrained=False)
@@ -294,20 +294,20 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     assert train.pixels.shape == (36, 3, 32, 32) and train.masks is None and train.label_space == "demo-photo"
     train_modular(bundle["modular"], representations(fwd, train.pixels), steps=3, batch_size=8, lr=1e-3)
     trained = Trained(fwd, bundle["modular"].eval(), bundle["classic"].eval(),
-                      {"final_loss": {"modular": [0.0] * 3, "classic": [0.0] * 3}})
+                      {"final_loss": {"modular": [0.0] * 3, "classic": [0.0] * 3}}, cfg)
 
-    colour = colour_analysis(trained, cfg, demo_shards, tmp_path)
+    colour = colour_analysis(trained, analyses, demo_shards, tmp_path)
     assert [r[0] for r in colour["pairwise_mse"]] == ["input", "bb", "enc", "pred"]
     assert [r[0] for r in colour["accuracy"]] == ["none", *FILTERS] and colour["accuracy"][0][1] == 1.0
     assert all(r[2] <= r[1] <= r[3] for r in colour["pairwise_mse"])
-    noise = token_noise(trained, cfg, demo_shards, tmp_path)
-    backwards = {**cfg, "token_noise": {**cfg["token_noise"], "stages": ["enc", "bb"]}}
+    noise = token_noise(trained, analyses, demo_shards, tmp_path)
+    backwards = {**analyses, "token_noise": {**analyses["token_noise"], "stages": ["enc", "bb"]}}
     with pytest.raises(ValueError, match=r"^modular_analyses\.token_noise\.stages: 'enc' must come before 'bb'"):
         token_noise(trained, backwards, demo_shards, tmp_path)
     assert [r[0] for r in noise["rows"]] == ["bb_man", "enc_man", "enc_man+"]
     assert noise["rows"][0][3] == 2 * 16 * 16  # 2 of the 4 patches, 16x16 pixels each
     assert all(r[4] > 0 for r in noise["rows"])  # manipulation changes the reconstruction
-    layers = intermediate_layers(trained, cfg, demo_shards, tmp_path)
+    layers = intermediate_layers(trained, analyses, demo_shards, tmp_path)
     # enc's input (x_bb) and its 12 blocks' outputs have the shape of both bb and enc outputs
     assert {(r[1], r[3]) for r in layers["rows"]} == {(k, s) for k in range(13) for s in ("bb", "enc")}
     with open(tmp_path / "colour_pairwise_mse.csv") as fh:

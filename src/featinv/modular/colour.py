@@ -50,7 +50,7 @@ def recolour(pixels: torch.Tensor, name: str, mask: torch.Tensor | None = None) 
     return out if mask is None else torch.where(mask, out, pixels)
 
 
-def colour_analysis(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def colour_analysis(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``colour_pairwise_mse.csv``, ``colour_accuracy.csv``, ``colour.png`` (examples) and
     ``colour_plot.png`` (Fig 7) under ``out_dir``."""
     fwd = trained.forward

@@ -36,9 +36,10 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, train_y: torch.Tensor,
-                 cfg: dict[str, Any], progress: bool = False) -> tuple[Any, nn.ModuleList, list[float]]:
-    """A copy of the forward model and a fresh inverse path from stage j, trained on eq. 3."""
-    ft = cfg["finetune"]
+                 ft: dict[str, Any], progress: bool = False) -> tuple[Any, nn.ModuleList, list[float]]:
+    """A copy of the forward model and a fresh inverse path from stage j, trained on eq. 3 (``ft``:
+    ``modular_analyses.finetune``; the inverse's size and optimiser as the trained inverses')."""
+    cfg = trained.params
     torch.manual_seed(cfg["seed"])
     staged = trained.forward.copy().staged
     staged.eval()
@@ -63,14 +64,14 @@ def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, tr
     return staged, path.eval(), losses
 
 
-def finetune(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir: str | Path,
+def finetune(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path,
              progress: bool = True) -> dict[str, Any]:
     """``finetune.csv``, ``finetune.png`` (reconstructions) and ``finetune_plot.png`` (MSE vs
     accuracy) under ``out_dir``."""
     fwd = trained.forward
     if not fwd.classifier:
         raise ValueError(f"fine-tuning (eq. 3) is implemented for classifiers; {fwd.name} is not one")
-    ft = cfg["finetune"]
+    ft = analyses["finetune"]
     j = fwd.staged.index(ft["stage"])
     train = load_split(shards, "train", fwd.image_size)
     val = load_split(shards, "val", fwd.image_size)
@@ -78,7 +79,7 @@ def finetune(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir:
     val_reps = representations(fwd, val.pixels)
     train_y, target = task_targets(train, train_reps[-1])
     val_y, _ = task_targets(val, val_reps[-1])
-    pick = example_rows(len(val.pixels), min(cfg["examples"], 6))
+    pick = example_rows(len(val.pixels), min(analyses["examples"], 6))
     rows, columns = [], [val.pixels[pick]]
 
     def score(variant, lam, recon, logits, final_loss):
@@ -88,7 +89,7 @@ def finetune(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir:
         columns.append(px[pick])
 
     for lam in ft["lambdas"]:
-        staged, path, losses = finetune_one(trained, float(lam), j, train_reps[0], train_y, cfg, progress)
+        staged, path, losses = finetune_one(trained, float(lam), j, train_reps[0], train_y, ft, progress)
         with torch.no_grad():
             xj = staged.run(val_reps[0], 0, j)
             score("fine-tuned", float(lam), chain(path, xj, j), staged.run(xj, j), float(np.mean(losses[-5:])))

@@ -31,7 +31,7 @@ def layer_inputs(staged, reps: list[torch.Tensor]) -> dict[int, list[torch.Tenso
     return out
 
 
-def intermediate_layers(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def intermediate_layers(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``layers_mse.csv`` and ``layers.png`` (one val image; a row per (stage, inverse), a column per
     layer, blank where the shapes differ) under ``out_dir``."""
     fwd = trained.forward

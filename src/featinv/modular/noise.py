@@ -73,9 +73,9 @@ def pixel_mask(positions: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
     return up > 0.5
 
 
-def token_noise(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def token_noise(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``token_noise.csv`` and ``token_noise.png`` under ``out_dir`` (params: ``modular_analyses.token_noise``)."""
-    tn = cfg["token_noise"]
+    tn = analyses["token_noise"]
     fwd = trained.forward
     staged = fwd.staged
     early, late = (staged.index(s) for s in tn["stages"])
@@ -118,7 +118,7 @@ def token_noise(trained: Trained, cfg: dict[str, Any], shards: str | Path, out_d
               "mse_vs_image_ci95_high", "change_inside", "change_outside", "inside_outside_ratio"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "token_noise.csv", csv_text(header, rows, ".6g"))
-    pick = example_rows(len(val.pixels), min(cfg["examples"], 4))
+    pick = example_rows(len(val.pixels), min(analyses["examples"], 4))
     grid_rows = [[val.pixels[i], default[early][i], settings[f"{e_name}_man"][2][i], default[late][i],
                   settings[f"{l_name}_man"][2][i], settings[f"{l_name}_man+"][2][i]] for i in pick.tolist()]
     save_grid(grid_rows, out_dir / "token_noise.png")

@@ -140,6 +140,7 @@ class Trained:
     modular: nn.ModuleList  # inverse j at index j-1
     classic: nn.ModuleList  # full-path inverse from stage j at index j-1
     meta: dict[str, Any]
+    params: dict[str, Any]  # the modular params section they were loaded under (= trained with)
 
 
 def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None = None) -> Trained:
@@ -160,4 +161,4 @@ def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None
     bundle = _bundle(forward, cfg)
     bundle.load_state_dict(load_file(str(path)), strict=True)
     bundle.eval()
-    return Trained(forward, bundle["modular"], bundle["classic"], meta)
+    return Trained(forward, bundle["modular"], bundle["classic"], meta, dict(cfg))

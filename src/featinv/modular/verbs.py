@@ -14,18 +14,17 @@ ANALYSIS_ARGS = (
     Arg("--out-dir", "directory for the tables and figures", required=True))
 
 
-def _modular(cfg: dict[str, Any]) -> tuple[dict, str | None]:
-    """The ``modular`` section (with ``modular_analyses``' keys where given) and the forward model's weights file."""
-    modular = {**cfg["modular"], **cfg.get("modular_analyses", {})}
-    return modular, cfg["backbones"]["weights"].get(modular["backbone"])
+def _weights(cfg: dict[str, Any]) -> str | None:
+    """The forward model's local weights file, where params name one."""
+    return cfg["backbones"]["weights"].get(cfg["modular"]["backbone"])
 
 
 def _analysis(args, cfg, analysis) -> None:
+    """Run ``analysis(trained, modular_analyses, shards, out_dir)`` on the saved inverses."""
     from featinv.modular.trained import load_trained
 
-    modular, weights = _modular(cfg)
-    trained = load_trained(modular, args.model_dir, weights)
-    print(json.dumps(analysis(trained, modular, args.shards, args.out_dir), indent=1, default=str))
+    trained = load_trained(cfg["modular"], args.model_dir, _weights(cfg))
+    print(json.dumps(analysis(trained, cfg["modular_analyses"], args.shards, args.out_dir), indent=1, default=str))
 
 
 @verb("train modular and classic inverses of every stage", sections=("modular", "backbones"), args=(
@@ -35,8 +34,7 @@ def _analysis(args, cfg, analysis) -> None:
 def train_modular(args, cfg) -> None:
     from featinv.modular.trained import train_inverses
 
-    modular, weights = _modular(cfg)
-    print(json.dumps(train_inverses(modular, args.shards, args.model_dir, args.loss_csv, weights), indent=1))
+    print(json.dumps(train_inverses(cfg["modular"], args.shards, args.model_dir, args.loss_csv, _weights(cfg)), indent=1))
 
 
 @verb("modular vs classic inversion: reconstruction MSE by stage, parameter counts, grid",
