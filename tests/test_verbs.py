@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from featinv import cli
 from featinv.cli import VERBS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +67,9 @@ def test_each_rule_passes_exactly_its_verbs_sections_from_params():
             "train_modular", "modular_colour", "composition_figure"} <= seen
 
 
-def test_the_validate_verb_is_declared_in_cli_like_the_others():
-    assert VERBS["validate"].run is cli.validate.run
+def test_the_validate_verb_names_a_mistyped_key(tmp_path, capsys):
     assert main(["validate", str(REPO / "params.yaml")]) == 0
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("sampling:\n  stpes: 3\n")
+    assert main(["validate", str(REPO / "params.yaml"), str(typo)]) == 2
+    assert "sampling.stpes: unknown key" in capsys.readouterr().err
