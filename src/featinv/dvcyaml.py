@@ -109,17 +109,20 @@ def _matrix(jobs: list[Job]) -> tuple[dict[str, list[str]], dict] | None:
     return matrix, {"deps": list(deps), "outs": list(outs), "metrics": list(metrics)}
 
 
-def _groups(jobs: list[Job]) -> list[tuple[str, list[Job]]]:
-    """The rule's jobs as one group, else split by the first wildcard whose values make uniform groups."""
-    if _matrix(jobs) is not None:
-        return [("", jobs)]
+def _groups(jobs: list[Job]) -> list[tuple[str, tuple[dict[str, list[str]], dict]]]:
+    """(name suffix, matrix stage) for the rule's jobs: one stage, else one per value of the first
+    wildcard that splits them into stages, else one per job."""
+    whole = _matrix(jobs)
+    if whole is not None:
+        return [("", whole)]
     for key in sorted(jobs[0].wildcards):
-        split = {}
+        split: dict[str, list[Job]] = {}
         for job in jobs:
             split.setdefault(job.wildcards[key], []).append(job)
-        if all(_matrix(group) is not None for group in split.values()):
-            return [(f"_{value}", group) for value, group in sorted(split.items())]
-    return [(f"_{'_'.join(j.wildcards.values())}", [j]) for j in jobs]
+        parts = {value: _matrix(group) for value, group in sorted(split.items())}
+        if all(part is not None for part in parts.values()):
+            return [(f"_{value}", part) for value, part in parts.items()]
+    return [(f"_{'_'.join(j.wildcards.values())}", _matrix([j])) for j in jobs]
 
 
 def stages(jobs: list[Job], code: dict[str, list[str]], sections: dict[str, tuple[str, ...]]) -> dict:
@@ -129,11 +132,10 @@ def stages(jobs: list[Job], code: dict[str, list[str]], sections: dict[str, tupl
     for job in jobs:
         by_rule.setdefault(job.rule, []).append(job)
     for rule, rule_jobs in by_rule.items():
-        for suffix, group in _groups(rule_jobs):
-            matrix, files = _matrix(group)
+        for suffix, (matrix, files) in _groups(rule_jobs):
             stage: dict = {"matrix": matrix} if matrix else {}
             stage["cmd"] = f"snakemake --cores all --allowed-rules {rule} -- {(files['outs'] + files['metrics'])[0]}"
-            stage["deps"] = files["deps"] + code.get(rule, []) + [group[0].rule_file]
+            stage["deps"] = files["deps"] + code.get(rule, []) + [rule_jobs[0].rule_file]
             if sections.get(rule):
                 stage["params"] = list(sections[rule])
             stage["outs"] = files["outs"]
