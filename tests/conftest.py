@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featinv.config import section
+
 # No hub at test time: a missing weight file must fail at once, not after network retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,7 +25,8 @@ TEST_PHOTOS = ["astronaut", "brick", "chelsea", "china", "coffee", "flower", "gr
                "hubble_deep_field", "motorcycle", "rocket"]
 
 
-def demo_data_params(**demo) -> dict:
+def demo_data_params(**demo):
+    """The ``data`` params section of a small demo (typed), with ``demo`` keys replaced."""
     params = {
         "dataset": "demo",
         "source": "demo",
@@ -37,7 +40,7 @@ def demo_data_params(**demo) -> dict:
         "coco": {"annotations": "annotations/instances_{split}2017.json", "images": "{split}2017"},
     }
     params["demo"].update(demo)
-    return params
+    return section("data", params)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,7 @@ def demo_shards(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("shards") / "demo"
     p = demo_data_params()
-    build(make_source(p), out, "demo", p["splits"], p["per_class"], p["shard_maxcount"])
+    build(make_source(p), out, "demo", p.splits, p.per_class, p.shard_maxcount)
     return out
 
 

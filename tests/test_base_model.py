@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from conftest import REPO
+from featinv.config import section
 from featinv.diffusion.base import create_demo_base, load_base
 from featinv.diffusion.export import card_files, export_base, file_table, verify, write_card
 
@@ -56,7 +57,7 @@ def test_shipped_base_samples_look_like_the_training_photographs(demo_shards):
 
     train = view_images(demo_shards, "train", 64).transpose(0, 3, 1, 2).astype(np.float64)
     distance = {}
-    for name, base in (("trained", load_base(SHIPPED)), ("untrained", create_demo_base(PARAMS["diffusion"]["base"]))):
+    for name, base in (("trained", load_base(SHIPPED)), ("untrained", create_demo_base(section("diffusion.base", PARAMS["diffusion"]["base"])))):
         images = sample_unconditional(base, 8, PARAMS["diffusion"]["prompt"], "ddim", 10, 1.0, 0, key="test")
         distance[name] = float(np.mean([((train - x) ** 2).mean((1, 2, 3)).min() for x in images.astype(np.float64)]))
     assert distance["trained"] < 0.7 * distance["untrained"], distance
@@ -66,7 +67,7 @@ def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_
     from featinv.diffusion.recipes import train_base
     from test_diffusion import PROMPT, TINY_BASE, TRAIN
 
-    train_base({**TINY_BASE, "train": {**TRAIN, "steps": 3}}, PROMPT, demo_targets, tmp_path / "trained",
+    train_base(section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 3}}), PROMPT, demo_targets, tmp_path / "trained",
                tmp_path / "loss.csv", device="cpu", progress=False)
     files = export_base(tmp_path / "trained", tmp_path / "shipped")
     assert all(not f.name.endswith(".bin") for f in files)
@@ -89,11 +90,11 @@ def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_
 
     from featinv.diffusion.recipes import base_objective
 
-    cfg = {**TINY_BASE, "train": {**TRAIN, "steps": 3}}
+    cfg = section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 3}})
     shipped_loss = base_objective(tmp_path / "shipped", cfg, PROMPT, demo_targets, batches=4)
     assert shipped_loss == pytest.approx(base_objective(tmp_path / "trained", cfg, PROMPT, demo_targets, batches=4),
                                          rel=2e-2)
     assert shipped_loss == base_objective(tmp_path / "shipped", cfg, PROMPT, demo_targets, batches=4)  # same draws
     untrained = tmp_path / "untrained"
-    create_demo_base(TINY_BASE).save(untrained)
+    create_demo_base(section("diffusion.base", TINY_BASE)).save(untrained)
     assert shipped_loss < base_objective(untrained, cfg, PROMPT, demo_targets, batches=4)

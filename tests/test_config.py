@@ -100,4 +100,85 @@ def test_forward_family_names_how_a_modular_backbone_is_staged():
     assert config.forward_family("detr:facebook/detr-resnet-50") == "detr"
     assert config.forward_family("vit_base_patch16_224.augreg_in21k_ft_in1k") == "vit"
     assert config.forward_family("tf_efficientnet_lite0") == "cnn"
-    assert config.modular_stage_names({"backbone": "detr:x"}) == ["bb", "enc", "dec", "pred"]
+    assert config.modular_stage_names("detr:x") == ["bb", "enc", "dec", "pred"]
+
+
+def test_typed_sections_are_frozen_dataclasses_of_the_schema_keys():
+    typed = config.typed(shipped())
+    assert isinstance(typed.controlnet, config.Controlnet) and isinstance(typed.controlnet.train, config.Train)
+    assert isinstance(typed.diffusion.base.train, config.Train)  # one class per $defs entry
+    assert typed.controlnet.train.steps == shipped()["controlnet"]["train"]["steps"]
+    assert typed.modular.groups == ((0, 1), (2, 3), (4, 5, 6))  # lists become tuples
+    assert typed.modular.detr_prediction == "distribution"  # an optional key takes the schema's default
+    schema = config.schema()
+    for name, node in schema["properties"].items():
+        section = getattr(typed, name)
+        assert [f for f in section.__dataclass_fields__] == sorted(node["properties"], key=lambda k: k not in
+                                                                   node.get("required", node["properties"]))
+    with pytest.raises(Exception, match="cannot assign"):
+        typed.controlnet.train.steps = 1
+    with pytest.raises(TypeError):
+        typed.sampling.control_strength["x"] = 1.0  # free-keyed maps are read-only
+    assert config.plain(typed) == {**shipped(), "modular": {**shipped()["modular"], "detr_prediction": "distribution"}}
+
+
+def test_a_verb_gets_only_its_sections_validated_and_typed():
+    params = shipped()
+    cfg = config.sections({"sampling": params["sampling"], "diffusion": params["diffusion"]}, "sampling", "diffusion")
+    assert cfg.sampling.steps == params["sampling"]["steps"] and cfg.diffusion.base.resolution == 64
+    assert not hasattr(cfg, "controlnet")
+    with pytest.raises(config.ParamsError, match=r"--config lacks the params section\(s\) \['controlnet'\]"):
+        config.sections({"sampling": params["sampling"]}, "sampling", "controlnet")
+    bad = copy.deepcopy(params["diffusion"])
+    bad["base"]["train"]["stepz"] = 3
+    with pytest.raises(config.ParamsError, match=r"diffusion\.base\.train\.stepz: unknown key"):
+        config.sections({"diffusion": bad}, "diffusion")
+    assert config.section("diffusion.base", params["diffusion"]["base"]).train.lr == params["diffusion"]["base"]["train"]["lr"]
+    with pytest.raises(config.ParamsError, match="unknown params section 'diffusion.nope'"):
+        config.section("diffusion.nope", {})
+
+
+def _schema_has(path: list[str]) -> bool:
+    node = config.schema()
+    for key in path:
+        if "properties" in node:
+            if key not in node["properties"]:
+                return False
+            node = config._resolve(node["properties"][key])[0]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]  # a free-keyed map: any key
+        else:
+            return False
+    return True
+
+
+def _strings(path):
+    """The string literals of a Python file (docstrings and f-string parts too), or a rule file's text."""
+    import ast
+
+    if path.suffix != ".py":
+        return [path.read_text()]
+    return [n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_every_key_path_a_message_names_exists():
+    """Error messages and docs in the code name params by key path (``modular_analyses.token_noise.stages``):
+    each such path in a string of the package or the rule files is a real path of the schema."""
+    import re
+
+    sections = "|".join(config.schema()["properties"])
+    # not a module (featinv.metrics.fid), a Snakemake placeholder ({resources.gpu}) or a file (metrics.json)
+    pattern = re.compile(rf"(?<![\w./{{])({sections})((?:\.[a-z_][a-z_0-9]*)+)(?!\w)")
+    a_file = re.compile(r"\.(json|csv|md|png|zarr|yaml|tsv|html)$")
+    paths = sorted((REPO / "src" / "featinv").rglob("*.py")) + sorted((REPO / "workflow").rglob("*.smk"))
+    found, wrong = 0, []
+    for path in paths:
+        for text in _strings(path):
+            for m in pattern.finditer(text):
+                if a_file.search(m.group(0)):
+                    continue
+                found += 1
+                keys = [m.group(1), *m.group(2).strip(".").split(".")]
+                if not _schema_has(keys):
+                    wrong.append(f"{path.relative_to(REPO)}: {'.'.join(keys)}")
+    assert found > 40 and not wrong, wrong

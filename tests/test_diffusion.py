@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from featinv.config import section
 from featinv import rowstore
 from featinv.diffusion.base import BaseModelError, create_demo_base, load_base
 from featinv.diffusion.codec import PatchCodec, VaeCodec
@@ -26,7 +27,7 @@ PROMPT = "a high-quality, detailed, and professional image"
 
 @pytest.fixture(scope="module")
 def base():
-    return create_demo_base(TINY_BASE)
+    return create_demo_base(section("diffusion.base", TINY_BASE))
 
 
 def make_net(base, channels=24, fmap=(3, 3), pooled=False, seed=0):
@@ -136,7 +137,7 @@ def test_sampling_is_batch_size_invariant_and_survives_save_and_reload(base, tmp
     write_features(tmp_path / "f.zarr")
     outs = {}
     for bs in (1, 3, 10):
-        cfg = {**SAMPLING, "batch_size": bs}
+        cfg = section("sampling", {**SAMPLING, "batch_size": bs})
         sample_store(base, net, tmp_path / "f.zarr", tmp_path / f"s{bs}.zarr", cfg, 1.0, PROMPT, device="cpu", progress=False)
         outs[bs] = rowstore.open_complete(tmp_path / f"s{bs}.zarr")["images"][:]
     assert outs[1].shape == (10, 2, 3, 16, 16)
@@ -150,7 +151,7 @@ def test_sampling_is_batch_size_invariant_and_survives_save_and_reload(base, tmp
     assert isinstance(plain, ControlNetModel)
     assert not list((tmp_path / "model").rglob("*.bin")) and list((tmp_path / "model").rglob("*.safetensors"))
     reloaded = FeatureControlNet.from_pretrained(tmp_path / "model")
-    sample_store(base, reloaded, tmp_path / "f.zarr", tmp_path / "r.zarr", {**SAMPLING, "batch_size": 4}, 1.0, PROMPT,
+    sample_store(base, reloaded, tmp_path / "f.zarr", tmp_path / "r.zarr", section("sampling", {**SAMPLING, "batch_size": 4}), 1.0, PROMPT,
                  device="cpu", progress=False)
     assert np.array_equal(rowstore.open_complete(tmp_path / "r.zarr")["images"][:], outs[1])
 
@@ -165,11 +166,11 @@ def test_base_model_saves_and_loads_in_the_diffusers_layout(base, tmp_path):
 
 
 def test_attention_heads_set_the_head_count_and_must_divide_the_widths():
-    two = create_demo_base({**TINY_BASE, "attention_heads": 2})
+    two = create_demo_base(section("diffusion.base", {**TINY_BASE, "attention_heads": 2}))
     attn = [m for m in two.unet.modules() if type(m).__name__ == "Attention"]
     assert attn and all(m.heads == 2 for m in attn)  # diffusers' attention_head_dim is the head count
     with pytest.raises(ValueError, match=r"attention_heads=3 must divide every attention block's width \[32\]"):
-        create_demo_base({**TINY_BASE, "attention_heads": 3})
+        create_demo_base(section("diffusion.base", {**TINY_BASE, "attention_heads": 3}))
 
 
 def test_paper_layout_with_a_vae_loads(tmp_path, base):
@@ -207,7 +208,7 @@ def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, bet
     """A denoiser that knows x0 makes deterministic DDIM return x0 from any starting noise."""
     from types import SimpleNamespace
 
-    base = create_demo_base({**TINY_BASE, "prediction_type": prediction_type, "beta_schedule": beta_schedule})
+    base = create_demo_base(section("diffusion.base", {**TINY_BASE, "prediction_type": prediction_type, "beta_schedule": beta_schedule}))
     x0 = torch.rand(3, *base.latent_shape) * 2 - 1
     alphas = base.noise_scheduler.alphas_cumprod
 
@@ -229,6 +230,6 @@ def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, bet
 def test_control_strength_is_per_backbone_with_one_as_the_default():
     from featinv.diffusion.sample import control_strength
 
-    sampling = {**SAMPLING, "control_strength": {"resnet50": 0.8}}
+    sampling = section("sampling", {**SAMPLING, "control_strength": {"resnet50": 0.8}})
     assert control_strength(sampling, "resnet50") == 0.8
     assert control_strength(sampling, "convnext_base") == 1.0

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import featinv, finish
 from featinv import rowstore
+from featinv.config import section
 from featinv.diffusion.base import create_demo_base
 from test_diffusion import PROMPT, SAMPLING, TINY_BASE, TRAIN, make_net, randomise
 
@@ -51,7 +52,7 @@ def test_two_process_extraction_writes_the_same_store(stores):
 
 
 def test_two_process_sampling_writes_the_same_images(stores, tmp_path):
-    base = create_demo_base(TINY_BASE)
+    base = create_demo_base(section("diffusion.base", TINY_BASE))
     base.save(tmp_path / "base")
     net = make_net(base, channels=1280, fmap=(7, 7))
     randomise(net)  # a ControlNet whose residuals are not zero

@@ -155,7 +155,7 @@ def test_accuracy_on_the_demo_photos_with_a_known_imagenet_class(tmp_path, lite0
     from featinv.data.sources import make_source
 
     p = demo_data_params(photos=["brick", "imagenet_00_243", "imagenet_15_99"], image_size=128)
-    shard_io.build(make_source(p), tmp_path / "sh", "demo", p["splits"], p["per_class"], 100)
+    shard_io.build(make_source(p), tmp_path / "sh", "demo", p.splits, p.per_class, 100)
     extract(lite0, tmp_path / "sh", "train", tmp_path / "t.zarr", **KW)
     report = accuracy_report(tmp_path / "t.zarr")
     assert report["label_space"] == "demo-photo" and report["n_images"] == 9

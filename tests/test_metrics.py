@@ -10,6 +10,7 @@ import torch
 
 from featinv import rowstore
 from featinv.backbones.registry import WeightsError
+from featinv.config import section
 from featinv.metrics import fid
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.metrics.similarity import cosine_per_position, topk_match
@@ -177,9 +178,10 @@ def _sample_store(path, images, keys):
     return path
 
 
-METRICS_CFG = {"batch_size": 8, "device": "cpu", "bootstrap": 200, "confidence": 0.95, "seed": 0,
-               "cross_model_variant": "unpooled", "oracles": {"nearest_train": False},
-               "fid": {"features": "tf_efficientnet_lite0", "inception_weights": ""}}
+METRICS = {"batch_size": 8, "device": "cpu", "bootstrap": 200, "confidence": 0.95, "seed": 0,
+           "cross_model_variant": "unpooled", "oracles": {"nearest_train": False},
+           "fid": {"features": "tf_efficientnet_lite0", "inception_weights": ""}}
+METRICS_CFG = section("metrics", METRICS)
 
 
 def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shards, lite0_val_store):
@@ -214,7 +216,7 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
                          METRICS_CFG)
 
     # Nearest-train oracle with the originals themselves as the "training set": each finds itself.
-    with_bank = {**METRICS_CFG, "oracles": {"nearest_train": True}}
+    with_bank = section("metrics", {**METRICS, "oracles": {"nearest_train": True}})
     recalled = evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards, with_bank, train_store=lite0_val_store)
     assert recalled["oracle_nearest_train"]["cosine_sim"]["mean"] == pytest.approx(
         recalled["oracle_copy"]["cosine_sim"]["mean"], abs=1e-6)

@@ -5,7 +5,23 @@ import pytest
 import timm
 import torch
 
+import yaml
+
+from conftest import REPO
+from featinv.config import section
 from featinv.modular.stages import cnn_stages, encoder_layers, vit_stages
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def modular_params(**keys):
+    """params.yaml's ``modular`` section (typed) with ``keys`` replaced."""
+    return section("modular", {**PARAMS["modular"], **keys})
+
+
+def analyses_params(**keys):
+    """params.yaml's ``modular_analyses`` section (typed) with ``keys`` replaced."""
+    return section("modular_analyses", {**PARAMS["modular_analyses"], **keys})
 
 
 def tiny_detr(num_labels: int = 10, d_model: int = 32, queries: int = 5, layers: int = 1) -> torch.nn.Module:
@@ -245,9 +261,9 @@ def test_params_stage_names_match_the_adapters(tiny_vit, detr):
     from featinv.config import modular_stage_names
 
     cnn = cnn_stages(timm.create_model("tf_efficientnet_lite0", pretrained=False), [[0, 1], [2, 3], [4, 5, 6]])
-    assert modular_stage_names({"backbone": "tf_efficientnet_lite0", "groups": [[0, 1], [2, 3], [4, 5, 6]]}) == cnn.names
-    assert modular_stage_names({"backbone": "vit_tiny_patch16_224", "groups": []}) == vit_stages(tiny_vit).names
-    assert modular_stage_names({"backbone": "detr:facebook/detr-resnet-50", "groups": []}) == detr[1].names
+    assert modular_stage_names("tf_efficientnet_lite0", [[0, 1], [2, 3], [4, 5, 6]]) == cnn.names
+    assert modular_stage_names("vit_tiny_patch16_224") == vit_stages(tiny_vit).names
+    assert modular_stage_names("detr:facebook/detr-resnet-50") == detr[1].names
 
 
 def test_gradient_scaling_keeps_the_value_and_scales_the_gradient():
@@ -266,9 +282,9 @@ def test_forward_model_loader_names_missing_weights(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="detr-resnet-50"):
-        load_forward({"backbone": "detr:facebook/detr-resnet-50", "image_size": [480, 640], "groups": []})
+        load_forward(modular_params(backbone="detr:facebook/detr-resnet-50", image_size=[480, 640], groups=[]))
     with pytest.raises(WeightsError, match="vit_base_patch16_224"):
-        load_forward({"backbone": "vit_base_patch16_224.augreg_in1k", "image_size": 224, "groups": []})
+        load_forward(modular_params(backbone="vit_base_patch16_224.augreg_in1k", image_size=224, groups=[]))
 
 
 def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
@@ -283,8 +299,9 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     from featinv.modular.training import train_modular
 
     torch.manual_seed(0)
-    cfg = {"backbone": "vit_tiny_patch16_224", "groups": [], "image_size": 32, "hidden": 16, "depth": 1, "heads": 3}
-    analyses = {"examples": 2, "token_noise": {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}}
+    cfg = modular_params(backbone="vit_tiny_patch16_224", groups=[], image_size=32, hidden=16, depth=1, heads=3)
+    token = {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}
+    analyses = analyses_params(examples=2, token_noise=token)
     from featinv.modular.forward import load_forward
 
     fwd = load_forward(cfg, pretrained=False)
@@ -301,7 +318,7 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     assert [r[0] for r in colour["accuracy"]] == ["none", *FILTERS] and colour["accuracy"][0][1] == 1.0
     assert all(r[2] <= r[1] <= r[3] for r in colour["pairwise_mse"])
     noise = token_noise(trained, analyses, demo_shards, tmp_path)
-    backwards = {**analyses, "token_noise": {**analyses["token_noise"], "stages": ["enc", "bb"]}}
+    backwards = analyses_params(examples=2, token_noise={**token, "stages": ["enc", "bb"]})
     with pytest.raises(ValueError, match=r"^modular_analyses\.token_noise\.stages: 'enc' must come before 'bb'"):
         token_noise(trained, backwards, demo_shards, tmp_path)
     assert [r[0] for r in noise["rows"]] == ["bb_man", "enc_man", "enc_man+"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featinv.config import section
 from conftest import demo_data_params, encode, photo_array
 from featinv.data import shards as shard_io
 from featinv.fileio import sha256_file
@@ -230,7 +231,7 @@ VIEWS = {"splits": ["train"], "count": 3, "scale": [0.25, 0.5], "flip": True, "s
 def test_views_are_cached_crops_named_after_their_image(tmp_path):
     p = demo_data_params(photos=["chelsea", "rocket"], image_size=96)
     out = tmp_path / "demo"
-    manifest = shard_io.build(make_source(p), out, "demo", p["splits"], p["per_class"], p["shard_maxcount"], VIEWS)
+    manifest = shard_io.build(make_source(p), out, "demo", p.splits, p.per_class, p.shard_maxcount, section("data.views", VIEWS))
     assert manifest["splits"]["train"]["views"] == {k: VIEWS[k] for k in ("count", "scale", "flip", "seed")}
     assert "views" not in manifest["splits"]["val"]
     plain = shard_io.index_split(out, "train", views=False)
@@ -263,11 +264,11 @@ def test_views_are_cached_crops_named_after_their_image(tmp_path):
 def test_views_params_are_checked(tmp_path):
     p = demo_data_params(photos=["chelsea"])
     with pytest.raises(ValueError, match="data.views.scale"):
-        shard_io.build(make_source(p), tmp_path / "a", "demo", p["splits"], p["per_class"], 10,
-                       {**VIEWS, "scale": [0.6, 0.3]})
+        shard_io.build(make_source(p), tmp_path / "a", "demo", p.splits, p.per_class, 10,
+                       section("data.views", {**VIEWS, "scale": [0.6, 0.3]}))
     with pytest.raises(ValueError, match=r"data.views.splits \['test'\]"):
-        shard_io.build(make_source(p), tmp_path / "b", "demo", p["splits"], p["per_class"], 10,
-                       {**VIEWS, "splits": ["test"]})
+        shard_io.build(make_source(p), tmp_path / "b", "demo", p.splits, p.per_class, 10,
+                       section("data.views", {**VIEWS, "splits": ["test"]}))
 
 
 def test_demo_photos_carry_their_imagenet_class():

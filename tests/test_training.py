@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import featinv, finish
+from featinv.config import section
 from featinv import rowstore
 from featinv.backbones import create_backbone
 from featinv.diffusion.codec import PatchCodec
@@ -40,7 +41,7 @@ def test_targets_are_the_central_square_in_pixel_space(demo_targets, demo_shards
 
 
 def test_base_training_lowers_the_loss(demo_targets, tmp_path):
-    cfg = {**TINY_BASE, "train": {**TRAIN, "steps": 200, "checkpoint_every": 1000}}
+    cfg = section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 200, "checkpoint_every": 1000}})
     summary = train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
     curve = losses(tmp_path / "loss.csv")
     assert len(curve) == 200 and summary["steps"] == 200
@@ -50,8 +51,8 @@ def test_base_training_lowers_the_loss(demo_targets, tmp_path):
 
 
 def test_cosine_lr_schedule_decays_to_zero_at_the_last_step(demo_targets, tmp_path):
-    cfg = {**TINY_BASE, "train": {**TRAIN, "steps": 20, "lr": 2e-3, "lr_warmup_steps": 4, "lr_schedule": "cosine",
-                                  "checkpoint_every": 1000}}
+    cfg = section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 20, "lr": 2e-3, "lr_warmup_steps": 4, "lr_schedule": "cosine",
+                                  "checkpoint_every": 1000}})
     train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
     rows = Path(tmp_path / "loss.csv").read_text().splitlines()[1:]
     lr = {int(r.split(",")[0]): float(r.split(",")[2]) for r in rows}  # the LR after each step
@@ -79,12 +80,12 @@ def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path
     from featinv.diffusion.base import load_base
     from featinv.diffusion.controlnet import FeatureControlNet
 
-    train_base({**TINY_BASE, "train": {**TRAIN, "steps": 100}}, PROMPT, demo_targets, tmp_path / "base",
+    train_base(section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 100}}), PROMPT, demo_targets, tmp_path / "base",
                tmp_path / "bl.csv", device="cpu", progress=False)
     lite0 = create_backbone("tf_efficientnet_lite0")
     extract(lite0, demo_shards, "train", tmp_path / "f.zarr", batch_size=16, num_workers=0, device="cpu",
             rows_per_shard=16, rows_per_chunk=8, progress=False)
-    train_controlnet(tmp_path / "base", tmp_path / "f.zarr", demo_targets, "unpooled", CN, PROMPT,
+    train_controlnet(tmp_path / "base", tmp_path / "f.zarr", demo_targets, "unpooled", section("controlnet", CN), PROMPT,
                      tmp_path / "cn", tmp_path / "cn.csv", device="cpu", progress=False)
     base = load_base(tmp_path / "base")
     trained = FeatureControlNet.from_pretrained(tmp_path / "cn")

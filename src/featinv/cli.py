@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         v = args.verb_
-        v(args, params.validate_sections(args.config, *v.sections) if v.sections else {})
+        v(args, params.sections(args.config if v.sections else {}, *v.sections))
     except (params.ParamsError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"featinv {args.verb}: error: {exc}", file=sys.stderr)
         return 2

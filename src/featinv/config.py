@@ -1,14 +1,22 @@
-"""params.yaml: loading, overlays and validation against the JSON schema.
+"""params.yaml: loading, overlays, validation against the JSON schema, and typed sections.
 
 The schema lives in ``workflow/schemas/params.schema.yaml``; the Snakefile validates the merged
-config with :func:`validate` before any job runs.
+config with :func:`validate` before any job runs. The code reads params as typed, frozen sections
+(:func:`sections`, :func:`typed`): one dataclass per object of the schema, made from the schema
+itself, so that its fields are the schema's keys and nothing lists them a second time.
+``config.Train`` is the ``train`` section of the base model and of the ControlNets,
+``config.Controlnet`` the ``controlnet`` section, and so on (the class name is the key path in
+CamelCase). Lists become tuples and free-keyed maps read-only mappings.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import types
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -19,6 +27,12 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 class ParamsError(ValueError):
     """A params file is invalid; the message names every offending key path."""
+
+
+@functools.cache
+def schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The params schema (parsed once)."""
+    return yaml.safe_load(Path(schema_path).read_text())
 
 
 def _key_path(path) -> str:
@@ -42,8 +56,7 @@ def _describe(error) -> str:
 
 def validate(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH, source: str = "params") -> None:
     """Raise :class:`ParamsError` listing every schema violation and cross-key inconsistency."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = Draft202012Validator(schema)
+    validator = Draft202012Validator(schema(schema_path))
     problems = [_describe(e) for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
     if not problems:
         problems = _cross_checks(config)
@@ -51,66 +64,159 @@ def validate(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH, source:
         raise ParamsError(f"invalid {source}:\n  " + "\n  ".join(problems))
 
 
-def validate_section(name: str, value: Any, schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    """Validate one top-level section (as a CLI verb receives it) against its part of the schema."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    if name not in schema["properties"]:
-        raise ParamsError(f"unknown params section '{name}'")
-    validator = Draft202012Validator({**schema["properties"][name], "$defs": schema.get("$defs", {})})
+def section(name: str, value: Any) -> Any:
+    """A section (as a CLI verb receives it) validated against its part of the schema and typed:
+    ``section("controlnet", {...}).train.steps``. ``name`` is a key path: ``diffusion.base`` works too."""
+    full = schema()
+    node: Mapping[str, Any] = full
+    for key in name.split("."):
+        if key not in node.get("properties", {}):
+            raise ParamsError(f"unknown params section '{name}'")
+        node = _resolve(node["properties"][key])[0]
+    validator = Draft202012Validator({**node, "$defs": full.get("$defs", {})})
     problems = [_describe(e) for e in validator.iter_errors(value)]
     if problems:
         raise ParamsError(f"invalid {name} section:\n  " + "\n  ".join(f"{name}.{p}" for p in problems))
-    return dict(value)
+    return _typed(node, value, tuple(name.split(".")))
 
 
-def validate_sections(value: Any, *names: str) -> dict[str, Any]:
-    """Validate the params sections a CLI verb takes (a JSON object keyed by section name)."""
+def sections(value: Any, *names: str) -> Any:
+    """The params sections a CLI verb takes (``--config``: a JSON object keyed by section name),
+    validated and typed: one frozen object whose attributes are the sections."""
     if not isinstance(value, dict):
         raise ParamsError(f"--config must be a JSON object of params sections {list(names)}")
     missing = [n for n in names if n not in value]
     if missing:
         raise ParamsError(f"--config lacks the params section(s) {missing}")
-    return {n: validate_section(n, value[n]) for n in names}
+    return _sections_class(names)(**{n: section(n, value[n]) for n in names})
+
+
+def typed(config: Mapping[str, Any]) -> Any:
+    """A whole validated config (every section), typed: ``typed(load()).diffusion.base.resolution``."""
+    return _typed(schema(), config, ())
+
+
+def plain(value: Any) -> Any:
+    """A typed section (or any part of one) back as plain JSON data: dicts and lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def _resolve(node: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]:
+    """A schema node with its ``$ref`` followed, and the name of the definition it refers to."""
+    ref = node.get("$ref")
+    if ref is None:
+        return node, None
+    name = ref.rsplit("/", 1)[-1]
+    return schema()["$defs"][name], name
+
+
+def _node_at(path: tuple[str, ...]) -> Mapping[str, Any]:
+    if path[:1] == ("$defs",):
+        return schema()["$defs"][path[1]]
+    node: Mapping[str, Any] = schema()
+    for key in path:
+        node = _resolve(node["properties"][key])[0]
+    return node
+
+
+@functools.cache
+def _object_class(path: tuple[str, ...]) -> type:
+    """The frozen dataclass of the schema object at ``path`` (a key path, or ``("$defs", name)``)."""
+    node = _node_at(path)
+    name = _class_name(path[1:] if path[:1] == ("$defs",) else path) or "Params"
+    required = set(node.get("required", ()))
+    specs = [(key, Any) if key in required else (key, Any, dataclasses.field(default=prop.get("default")))
+             for key, prop in node["properties"].items()]
+    specs.sort(key=len)  # fields with a default come last
+    cls = dataclasses.make_dataclass(name, specs, frozen=True, namespace={"__module__": __name__})
+    where = path[1] if path[:1] == ("$defs",) else ".".join(path)
+    cls.__doc__ = " ".join(node.get("description", f"The {where or 'whole'} section of params.yaml.").split())
+    return cls
+
+
+@functools.cache
+def _sections_class(names: tuple[str, ...]) -> type:
+    return dataclasses.make_dataclass("Sections", [(n, Any) for n in names], frozen=True,
+                                      namespace={"__module__": __name__})
+
+
+def _typed(node: Mapping[str, Any], value: Any, path: tuple[str, ...]) -> Any:
+    """``value`` (valid under ``node``) with objects as frozen dataclasses, lists as tuples and
+    free-keyed maps as read-only mappings."""
+    node, ref = _resolve(node)
+    if isinstance(value, Mapping) and "properties" in node:
+        cls = _object_class(("$defs", ref) if ref else path)
+        props = node["properties"]
+        return cls(**{k: _typed(props[k], v, (*path, k)) for k, v in value.items()})
+    if isinstance(value, Mapping):
+        items = node.get("additionalProperties")
+        items = items if isinstance(items, Mapping) else {}
+        return types.MappingProxyType({k: _typed(items, v, (*path, k)) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        items = node.get("items", {})
+        return tuple(_typed(items, v, path) for v in value)
+    return value
+
+
+def _class_name(path: tuple[str, ...]) -> str:
+    return "".join(part.title().replace("_", "") for part in path)
+
+
+def _object_paths(node: Mapping[str, Any], path: tuple[str, ...]):
+    """Key paths of every schema object with fixed keys below ``node`` (``$ref`` targets once)."""
+    for key, prop in node.get("properties", {}).items():
+        if "$ref" not in prop and "properties" in prop:
+            yield (*path, key)
+            yield from _object_paths(prop, (*path, key))
+
+
+# Every section class by name (config.Train, config.Controlnet, config.ControlnetEncoder, ...).
+for _path in [("$defs", name) for name in schema().get("$defs", {})] + [(), *_object_paths(schema(), ())]:
+    globals()[_object_class(_path).__name__] = _object_class(_path)
+del _path
 
 
 def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     """Constraints between keys that JSON schema cannot express."""
     problems = []
-    splits = config["data"]["splits"]
-    for split in config["data"]["per_class"]:
+    c = typed(config)
+    splits = list(c.data.splits)
+    for split in c.data.per_class:
         if split not in splits:
             problems.append(f"data.per_class.{split}: not one of data.splits {splits}")
-    for split in config["features"]["splits"]:
+    for split in c.features.splits:
         if split not in splits:
             problems.append(f"features.splits: '{split}' is not one of data.splits {splits}")
-    feats = config["features"]
-    if feats["rows_per_shard"] % feats["rows_per_chunk"]:
-        problems.append(
-            f"features.rows_per_chunk: {feats['rows_per_chunk']} must divide "
-            f"features.rows_per_shard ({feats['rows_per_shard']})"
-        )
-    if config["sampling"]["split"] not in config["features"]["splits"]:
-        problems.append(f"sampling.split: '{config['sampling']['split']}' is not one of features.splits")
-    for name in config["sampling"]["control_strength"]:
-        if name not in config["backbones"]["names"]:
+    if c.features.rows_per_shard % c.features.rows_per_chunk:
+        problems.append(f"features.rows_per_chunk: {c.features.rows_per_chunk} must divide "
+                        f"features.rows_per_shard ({c.features.rows_per_shard})")
+    if c.sampling.split not in c.features.splits:
+        problems.append(f"sampling.split: '{c.sampling.split}' is not one of features.splits")
+    for name in c.sampling.control_strength:
+        if name not in c.backbones.names:
             problems.append(f"sampling.control_strength.{name}: not one of backbones.names")
-    for name in config["backbones"]["weights"]:
-        if name not in config["backbones"]["names"]:
+    for name in c.backbones.weights:
+        if name not in c.backbones.names:
             problems.append(f"backbones.weights.{name}: not one of backbones.names")
-    if config["applications"]["backbone"] not in config["backbones"]["names"]:
-        problems.append(f"applications.backbone: '{config['applications']['backbone']}' is not one of backbones.names")
-    if "unpooled" not in config["controlnet"]["variants"]:
+    if c.applications.backbone not in c.backbones.names:
+        problems.append(f"applications.backbone: '{c.applications.backbone}' is not one of backbones.names")
+    if "unpooled" not in c.controlnet.variants:
         problems.append("applications: need the unpooled variant in controlnet.variants")
-    names = modular_stage_names(config["modular"])
-    analyses = config["modular_analyses"]
-    for key, wanted in [("token_noise.stages", analyses["token_noise"]["stages"]),
-                        ("finetune.stage", [analyses["finetune"]["stage"]])]:
+    names = modular_stage_names(c.modular.backbone, c.modular.groups)
+    for key, wanted in [("token_noise.stages", c.modular_analyses.token_noise.stages),
+                        ("finetune.stage", [c.modular_analyses.finetune.stage])]:
         for name in wanted:
             if name not in names:
-                problems.append(f"modular_analyses.{key}: '{name}' is not a stage of {config['modular']['backbone']} "
+                problems.append(f"modular_analyses.{key}: '{name}' is not a stage of {c.modular.backbone} "
                                 f"({', '.join(names)})")
-    fid_features = config["metrics"]["fid"]["features"]
-    if fid_features != "inception" and fid_features not in config["backbones"]["names"]:
+    fid_features = c.metrics.fid.features
+    if fid_features != "inception" and fid_features not in c.backbones.names:
         problems.append(f"metrics.fid.features: '{fid_features}' is neither 'inception' nor one of backbones.names")
     return problems
 
@@ -123,14 +229,15 @@ def forward_family(backbone: str) -> str:
     return "vit" if "vit" in backbone.split(".")[0] else "cnn"
 
 
-def modular_stage_names(modular: Mapping[str, Any]) -> list[str]:
-    """The stage names ``featinv.modular`` gives the forward model (without building it)."""
-    family = forward_family(modular["backbone"])
+def modular_stage_names(backbone: str, groups: Sequence[Sequence[int]] = ()) -> list[str]:
+    """The stage names ``featinv.modular`` gives the forward model ``modular.backbone`` with the block
+    ``modular.groups`` (CNNs), without building it."""
+    family = forward_family(backbone)
     if family == "detr":
         return ["bb", "enc", "dec", "pred"]
     if family == "vit":
         return ["bb", "enc", "pred"]
-    return ["stem", *(f"blocks{k}" for k in range(1, len(modular["groups"]) + 1)), "head", "pred"]
+    return ["stem", *(f"blocks{k}" for k in range(1, len(groups) + 1)), "head", "pred"]
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,10 +33,11 @@ class Arg:
 
 @dataclass(frozen=True)
 class Verb:
-    """A verb: ``run(args, cfg)`` with ``cfg`` the validated params ``sections`` (``--config``)."""
+    """A verb: ``run(args, cfg)`` with ``cfg`` the params ``sections`` it reads (``--config``), validated
+    and typed by ``featinv.config.sections``: ``cfg.controlnet.train.steps``."""
 
     name: str
-    run: Callable[[argparse.Namespace, dict[str, Any]], None]
+    run: Callable[[argparse.Namespace, Any], None]
     help: str
     sections: tuple[str, ...] = ()
     args: tuple[Arg, ...] = ()
@@ -47,7 +48,7 @@ class Verb:
         """The CLI spelling: ``train_base`` -> ``train-base``."""
         return self.name.replace("_", "-")
 
-    def __call__(self, args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    def __call__(self, args: argparse.Namespace, cfg: Any) -> None:
         self.run(args, cfg)
 
 

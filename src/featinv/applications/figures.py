@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,9 @@ from featinv.applications.arithmetic import (
 )
 from featinv.applications.concepts import SubspaceConcepts
 from featinv.applications.steering import concept_mask, featinv_viz
+from featinv.config import (
+    ApplicationsComposition, ApplicationsConcepts, ApplicationsInterpolation, ApplicationsQualitative, Diffusion, Sampling,
+)
 from featinv.fileio import atomic_write_text, csv_text
 
 
@@ -34,7 +36,7 @@ class FeatInvGenerator:
     """FeatInv as a function: (feature maps (B, C, h, w), seeds) -> images (B, 3, R, R) in [0, 1]; the
     starting noise of a row depends only on its seed, so equal seeds give comparable images."""
 
-    def __init__(self, base_source: str, model_dir: str | Path, diffusion: dict[str, Any], sampling: dict[str, Any]):
+    def __init__(self, base_source: str, model_dir: str | Path, diffusion: Diffusion, sampling: Sampling):
         from featinv.devices import resolve_device
         from featinv.diffusion.base import load_base
         from featinv.diffusion.controlnet import FeatureControlNet
@@ -44,13 +46,13 @@ class FeatInvGenerator:
         if self.net.meta["variant"] != "unpooled":
             raise ValueError(f"{model_dir} is a {self.net.meta['variant']} model: the applications edit spatial "
                              f"feature maps and need an unpooled one")
-        self.device = resolve_device(diffusion["device"])
-        self.base = load_base(base_source, diffusion["base"]["resolution"]).to(self.device)
+        self.device = resolve_device(diffusion.device)
+        self.base = load_base(base_source, diffusion.base.resolution).to(self.device)
         self.net.to(self.device)
         self.sampling = sampling
         self.strength = control_strength(sampling, self.net.meta["backbone"])
-        self.text = self.base.prompt_embeddings(diffusion["prompt"]).to(self.device)
-        self.batch_size = sampling["batch_size"] or 32
+        self.text = self.base.prompt_embeddings(diffusion.prompt).to(self.device)
+        self.batch_size = sampling.batch_size or 32
 
     def __call__(self, fmaps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         from featinv.diffusion.sample import denoise, make_scheduler
@@ -62,8 +64,8 @@ class FeatInvGenerator:
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
                                  for s in seeds[rows]]).to(self.device)
             images = denoise(self.base, self.net, fmaps[rows].float().to(self.device), noise, self.text,
-                             make_scheduler(self.sampling["scheduler"], self.base), self.sampling["steps"],
-                             self.sampling["guidance_scale"], self.strength)
+                             make_scheduler(self.sampling.scheduler, self.base), self.sampling.steps,
+                             self.sampling.guidance_scale, self.strength)
             out.append(((images.float().clamp(-1, 1) + 1) / 2).cpu())
         return torch.cat(out)
 
@@ -135,24 +137,24 @@ def _paint(img: torch.Tensor, mask: torch.Tensor, colour=(1.0, 0.0, 0.0)) -> tor
 
 
 def concepts_figure(gen: FeatInvGenerator, train_store: str | Path, val_store: str | Path, shards: str | Path,
-                    split: str, cfg: dict[str, Any], out_png: str | Path, out_csv: str | Path) -> list[list]:
+                    split: str, cfg: ApplicationsConcepts, out_png: str | Path, out_csv: str | Path) -> list[list]:
     """FeatInv-Viz (Fig 4): MCD concepts of one class from the train maps, steered on its val maps."""
     from featinv.data.shards import load_manifest
 
     classes = load_manifest(shards)["classes"]
-    if cfg["class_name"] not in classes:
-        raise ValueError(f"applications.concepts.class_name: '{cfg['class_name']}' is not a class of the dataset "
+    if cfg.class_name not in classes:
+        raise ValueError(f"applications.concepts.class_name: '{cfg.class_name}' is not a class of the dataset "
                          f"({', '.join(classes[:12])}{', ...' if len(classes) > 12 else ''})")
-    cls = classes.index(cfg["class_name"])
+    cls = classes.index(cfg.class_name)
     train, _ = _store(train_store)
     val, val_keys = _store(val_store)
     train_rows = np.flatnonzero(train["labels"][:] == cls)
-    val_rows = np.flatnonzero(val["labels"][:] == cls)[: cfg["images"]]
+    val_rows = np.flatnonzero(val["labels"][:] == cls)[: cfg.images]
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError(f"class '{cfg['class_name']}' has {len(train_rows)} train and {len(val_rows)} {split} maps")
-    bank = SubspaceConcepts.discover(_maps(train, train_rows), cfg["k"], cfg["variance"], seed=cfg["seed"],
-                                     clustering=cfg["clustering"])
-    seeds = [cfg["seed"] + i for i in range(cfg["seeds"])]
+        raise ValueError(f"class '{cfg.class_name}' has {len(train_rows)} train and {len(val_rows)} {split} maps")
+    bank = SubspaceConcepts.discover(_maps(train, train_rows), cfg.k, cfg.variance, seed=cfg.seed,
+                                     clustering=cfg.clustering)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
     keys = [val_keys[r] for r in val_rows]
     maps = _maps(val, val_rows)
     originals = _originals(shards, split, keys, gen.base.resolution)
@@ -163,8 +165,8 @@ def concepts_figure(gen: FeatInvGenerator, train_store: str | Path, val_store: s
         norm = float(maps[i].norm())
         row = [(originals[i], key), (recon[i], "reconstruction")]
         for c, name in enumerate(tqdm(bank.names, desc=f"FeatInv-Viz {key}", unit="concept")):
-            distance = featinv_viz(gen, parts, c, seeds, cfg["factor"])
-            mask = concept_mask(distance, cfg["threshold"])
+            distance = featinv_viz(gen, parts, c, seeds, cfg.factor)
+            mask = concept_mask(distance, cfg.threshold)
             shaded = originals[i] * (0.25 + 0.75 * mask.float())  # unaffected pixels dimmed
             row.append((shaded, f"{name} ({bank.sizes[c]}d)"))
             rows.append([key, name, bank.sizes[c], float(parts[c].norm()) / norm, float(mask.float().mean()),
@@ -177,20 +179,20 @@ def concepts_figure(gen: FeatInvGenerator, train_store: str | Path, val_store: s
 
 
 def interpolation_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Path, shards: str | Path, split: str,
-                         cfg: dict[str, Any], out_png: str | Path, out_csv: str | Path) -> list[list]:
+                         cfg: ApplicationsInterpolation, out_png: str | Path, out_csv: str | Path) -> list[list]:
     """Fig 5: reconstructions of (1 - alpha) phi_a + alpha phi_b, each labelled with the cosine between
     its backbone map and the combined map."""
     group, keys = _store(store)
     rows, panels = [], []
-    for a, b in cfg["pairs"]:
+    for a, b in cfg.pairs:
         _check_rows([a, b], len(keys), "applications.interpolation.pairs")
         phi = _maps(group, [a, b])
-        combined = interpolate(phi[0], phi[1], cfg["alphas"])
-        recon = gen(combined, [cfg["seed"]] * len(combined))
+        combined = interpolate(phi[0], phi[1], cfg.alphas)
+        recon = gen(combined, [cfg.seed] * len(combined))
         cos = scorer(recon, combined)
         originals = _originals(shards, split, [keys[a], keys[b]], gen.base.resolution)
         row = [(originals[0], keys[a])]
-        for alpha, img, c in zip(cfg["alphas"], recon, cos):
+        for alpha, img, c in zip(cfg.alphas, recon, cos):
             row.append((img, f"alpha={alpha:g} cos={c:.3f}"))
             rows.append([keys[a], keys[b], alpha, float(c)])
         panels.append(row + [(originals[1], keys[b])])
@@ -200,17 +202,17 @@ def interpolation_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | 
 
 
 def composition_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Path, shards: str | Path, split: str,
-                       cfg: dict[str, Any], out_png: str | Path, out_csv: str | Path) -> list[list]:
+                       cfg: ApplicationsComposition, out_png: str | Path, out_csv: str | Path) -> list[list]:
     """Fig 6: phi_a with the region ``box`` of its grid taken from phi_b; the region outlined on the
     reconstruction at image scale."""
     group, keys = _store(store)
     rows, panels = [], []
-    for a, b in cfg["pairs"]:
+    for a, b in cfg.pairs:
         _check_rows([a, b], len(keys), "applications.composition.pairs")
         phi = _maps(group, [a, b])
-        mask = region_mask(tuple(phi.shape[-2:]), cfg["box"])
+        mask = region_mask(tuple(phi.shape[-2:]), cfg.box)
         maps = torch.stack([phi[0], phi[1], compose(phi[0], phi[1], mask)])
-        recon = gen(maps, [cfg["seed"]] * 3)
+        recon = gen(maps, [cfg.seed] * 3)
         cos = scorer(recon, maps)
         originals = _originals(shards, split, [keys[a], keys[b]], gen.base.resolution)
         edge = outline(image_mask(mask, tuple(recon.shape[-2:])))
@@ -224,7 +226,7 @@ def composition_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Pa
 
 
 def qualitative_figure(sample_stores: dict[str, str | Path], per_image: dict[str, str | Path], shards: str | Path,
-                       split: str, cfg: dict[str, Any], out_png: str | Path, out_csv: str | Path) -> list[list]:
+                       split: str, cfg: ApplicationsQualitative, out_png: str | Path, out_csv: str | Path) -> list[list]:
     """Fig 3: seeded random evaluation maps; originals next to every trained model's reconstruction,
     each labelled with its cosine-sim (from the evaluation's per-image CSV)."""
     import csv
@@ -232,8 +234,8 @@ def qualitative_figure(sample_stores: dict[str, str | Path], per_image: dict[str
     names = list(sample_stores)
     groups = {m: _store(p) for m, p in sample_stores.items()}
     keys = groups[names[0]][1]
-    rng = np.random.default_rng(cfg["seed"])
-    rows_idx = np.sort(rng.choice(len(keys), size=min(cfg["images"], len(keys)), replace=False))
+    rng = np.random.default_rng(cfg.seed)
+    rows_idx = np.sort(rng.choice(len(keys), size=min(cfg.images, len(keys)), replace=False))
     pick = [keys[r] for r in rows_idx]
     cos: dict[str, dict[str, float]] = {}
     for m, path in per_image.items():
@@ -257,22 +259,22 @@ def qualitative_figure(sample_stores: dict[str, str | Path], per_image: dict[str
 
 
 def variability_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Path, shards: str | Path, split: str,
-                       cfg: dict[str, Any], out_png: str | Path, out_csv: str | Path) -> list[list]:
+                       cfg: ApplicationsQualitative, out_png: str | Path, out_csv: str | Path) -> list[list]:
     """Several samples (seeds) per feature map: the variability the supplement shows."""
     group, keys = _store(store)
-    rng = np.random.default_rng(cfg["seed"])
-    pick = np.sort(rng.choice(len(keys), size=min(cfg["images"], len(keys)), replace=False))
+    rng = np.random.default_rng(cfg.seed)
+    pick = np.sort(rng.choice(len(keys), size=min(cfg.images, len(keys)), replace=False))
     maps = _maps(group, pick)
-    n = cfg["samples"]
-    recon = gen(maps.repeat_interleave(n, 0), [cfg["seed"] + s for _ in pick for s in range(n)])
+    n = cfg.samples
+    recon = gen(maps.repeat_interleave(n, 0), [cfg.seed + s for _ in pick for s in range(n)])
     cos = scorer(recon, maps.repeat_interleave(n, 0))
     originals = _originals(shards, split, [keys[r] for r in pick], gen.base.resolution)
     panels, rows = [], []
     for i, r in enumerate(pick):
         row = [(originals[i], keys[r])]
         for s in range(n):
-            row.append((recon[i * n + s], f"seed {cfg['seed'] + s} cos={cos[i * n + s]:.3f}"))
-            rows.append([keys[r], cfg["seed"] + s, float(cos[i * n + s])])
+            row.append((recon[i * n + s], f"seed {cfg.seed + s} cos={cos[i * n + s]:.3f}"))
+            rows.append([keys[r], cfg.seed + s, float(cos[i * n + s])])
         panels.append(row)
     _figure(panels, Path(out_png))
     atomic_write_text(out_csv, csv_text(["key", "seed", "cosine_sim"], rows, ".6g"))

@@ -21,9 +21,9 @@ def _setup(args, cfg, scorer: bool = True):
     """The FeatInv generator of ``args.model`` and, with ``scorer``, its backbone's map scorer."""
     from featinv.applications.figures import FeatInvGenerator, MapScorer
 
-    gen = FeatInvGenerator(args.base, args.model, cfg["diffusion"], cfg["sampling"])
+    gen = FeatInvGenerator(args.base, args.model, cfg.diffusion, cfg.sampling)
     name = gen.net.meta["backbone"]
-    score = MapScorer(name, cfg["backbones"]["weights"].get(name), gen.device) if scorer else None
+    score = MapScorer(name, cfg.backbones.weights.get(name), gen.device) if scorer else None
     return gen, score
 
 
@@ -33,15 +33,15 @@ def concepts_figure(args, cfg) -> None:
     from featinv.applications.figures import concepts_figure as figure
 
     gen, _ = _setup(args, cfg, scorer=False)
-    figure(gen, args.train_store, args.store, args.shards, args.split, cfg["applications"]["concepts"],
+    figure(gen, args.train_store, args.store, args.shards, args.split, cfg.applications.concepts,
            args.out_png, args.out_csv)
     print(Path(args.out_csv).read_text())
 
 
-def _map_figure(args, cfg, figure, section: str) -> None:
+def _map_figure(args, cfg, figure, section) -> None:
     """A figure of reconstructed (combined) feature maps of the store, scored on the backbone."""
     gen, score = _setup(args, cfg)
-    figure(gen, score, args.store, args.shards, args.split, cfg["applications"][section], args.out_png, args.out_csv)
+    figure(gen, score, args.store, args.shards, args.split, section, args.out_png, args.out_csv)
     print(Path(args.out_csv).read_text())
 
 
@@ -49,14 +49,14 @@ def _map_figure(args, cfg, figure, section: str) -> None:
 def interpolation_figure(args, cfg) -> None:
     from featinv.applications.figures import interpolation_figure as figure
 
-    _map_figure(args, cfg, figure, "interpolation")
+    _map_figure(args, cfg, figure, cfg.applications.interpolation)
 
 
 @verb("reconstructions of spatially composed feature maps (Fig 6)", sections=SECTIONS, args=FIGURE_ARGS)
 def composition_figure(args, cfg) -> None:
     from featinv.applications.figures import composition_figure as figure
 
-    _map_figure(args, cfg, figure, "composition")
+    _map_figure(args, cfg, figure, cfg.applications.composition)
 
 
 @verb("every trained model's reconstructions side by side, and samples per map (Fig 3)", sections=SECTIONS, args=(
@@ -70,7 +70,7 @@ def qualitative_figure(args, cfg) -> None:
     from featinv.applications.figures import variability_figure
 
     gen, score = _setup(args, cfg)
-    q = cfg["applications"]["qualitative"]
+    q = cfg.applications.qualitative
     stores = dict(item.split("=", 1) for item in args.samples)
     per_image = dict(item.split("=", 1) for item in args.per_image)
     figure(stores, per_image, args.shards, args.split, q, args.out_png, args.out_csv)

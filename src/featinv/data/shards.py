@@ -24,6 +24,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from featinv.config import DataViews
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
 from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_images, tar_samples
 from featinv.data.views import View, check_views, views_of
@@ -130,12 +131,12 @@ def index_in_place(source: WebDatasetSource, split: str, rejected: list) -> dict
 
 
 def build(source, out_dir: str | Path, dataset: str, splits: list[str], per_class: dict[str, int | None],
-          maxcount: int, views: dict[str, Any] | None = None) -> dict[str, Any]:
+          maxcount: int, views: DataViews | None = None) -> dict[str, Any]:
     """Write every split of ``source`` to shards under ``out_dir``; return the manifest. ``views``
     (``data.views``) is recorded for the splits it names: their index lists every view of every image."""
     if views is not None:
         check_views(views)
-        unknown = sorted(set(views["splits"]) - set(splits))
+        unknown = sorted(set(views.splits) - set(splits))
         if unknown:
             raise ValueError(f"data.views.splits {unknown} are not among data.splits {splits}")
     out_dir = Path(out_dir)
@@ -162,8 +163,8 @@ def build(source, out_dir: str | Path, dataset: str, splits: list[str], per_clas
                 f"dataset '{dataset}', split '{split}': no images left ({n_rejected} rejected, see {out_dir / 'rejected.tsv'})"
             )
         log.info("split %s: %d images in %d shards, %d rejected", split, entry["count"], len(entry["shards"]), n_rejected)
-        if views is not None and split in views["splits"] and views["count"] > 1:
-            entry["views"] = {k: views[k] for k in ("count", "scale", "flip", "seed")}
+        if views is not None and split in views.splits and views.count > 1:
+            entry["views"] = {"count": views.count, "scale": list(views.scale), "flip": views.flip, "seed": views.seed}
         result[split] = entry
     lines = ["split\tkey\treason"] + [f"{s}\t{k}\t{r}" for s, k, r in rejected]
     atomic_write_text(out_dir / "rejected.tsv", "\n".join(lines) + "\n")
@@ -234,7 +235,7 @@ def index_split(manifest_path: str | Path, split: str, verify: bool = False, vie
         index.extend(rows)
     spec = entry.get("views")
     if views and spec:
-        index = [IndexEntry(v.key, e.cls, e.shard, e.offset, e.size, v) for e in index for v in views_of(e.key, spec)]
+        index = [IndexEntry(v.key, e.cls, e.shard, e.offset, e.size, v) for e in index for v in views_of(e.key, **spec)]
     return index
 
 

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from featinv.config import Data, plain
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 SYNSET = re.compile(r"^n\d{8}$")
 
@@ -403,17 +405,17 @@ class CocoSource:
             yield Record(key, cls, (image_dir / img["file_name"]).read_bytes, extras)
 
 
-SOURCES: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "demo": lambda p: DemoSource(**p["demo"]),
-    "imagefolder": lambda p: ImageFolderSource(p["root"], p["splits"]),
-    "webdataset": lambda p: WebDatasetSource(p["root"]),
-    "coco": lambda p: CocoSource(p["root"], **p["coco"]),
+SOURCES: dict[str, Callable[[Data], Any]] = {
+    "demo": lambda p: DemoSource(**plain(p.demo)),
+    "imagefolder": lambda p: ImageFolderSource(p.root, p.splits),
+    "webdataset": lambda p: WebDatasetSource(p.root),
+    "coco": lambda p: CocoSource(p.root, **plain(p.coco)),
 }
 
 
-def make_source(data_params: dict[str, Any]) -> Any:
+def make_source(data_params: Data) -> Any:
     """Build the source named by ``data.source`` from the ``data`` params section."""
-    kind = data_params["source"]
+    kind = data_params.source
     if kind not in SOURCES:
         raise ValueError(f"data.source: unknown source '{kind}' (one of {', '.join(SOURCES)})")
     return SOURCES[kind](data_params)

@@ -13,9 +13,9 @@ def build_shards(args, cfg) -> None:
     from featinv.data.shards import build
     from featinv.data.sources import make_source
 
-    data = cfg["data"]
-    manifest = build(make_source(data), args.out, data["dataset"], data["splits"], data["per_class"],
-                     data["shard_maxcount"], data["views"])
+    data = cfg.data
+    manifest = build(make_source(data), args.out, data.dataset, data.splits, data.per_class, data.shard_maxcount,
+                     data.views)
     for split, entry in manifest["splits"].items():
         print(f"{split}: {entry['count']} images in {len(entry['shards'])} shards")
     print(f"rejected: {manifest['rejected']} (see {Path(args.out) / 'rejected.tsv'})")

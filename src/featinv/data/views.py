@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 from PIL import Image
+
+from featinv.config import DataViews
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,14 @@ class View:
         return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else img
 
 
-def views_of(key: str, cfg: dict[str, Any]) -> list[View]:
-    """The ``cfg["count"]`` views of one image (``data.views`` params)."""
-    return [View(key, k, tuple(cfg["scale"]), bool(cfg["flip"]), int(cfg["seed"])) for k in range(cfg["count"])]
+def views_of(key: str, count: int, scale: tuple[float, float], flip: bool, seed: int) -> list[View]:
+    """The ``count`` views of one image (the keys of ``data.views``, as the manifest records them)."""
+    return [View(key, k, tuple(scale), bool(flip), int(seed)) for k in range(count)]
 
 
-def check_views(cfg: dict[str, Any]) -> None:
-    lo, hi = cfg["scale"]
+def check_views(views: DataViews) -> None:
+    lo, hi = views.scale
     if not (0 < lo <= hi <= 1):
-        raise ValueError(f"data.views.scale must be 0 < low <= high <= 1, got {list(cfg['scale'])}")
-    if cfg["count"] < 1:
-        raise ValueError(f"data.views.count must be at least 1, got {cfg['count']}")
+        raise ValueError(f"data.views.scale must be 0 < low <= high <= 1, got {list(views.scale)}")
+    if views.count < 1:
+        raise ValueError(f"data.views.count must be at least 1, got {views.count}")

@@ -13,12 +13,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from featinv.config import DiffusionBase
 from featinv.diffusion.codec import PatchCodec, VaeCodec
 from featinv.diffusion.text import char_tokenizer, encode_prompts, small_text_encoder
 from featinv.hub import offline
@@ -70,17 +70,17 @@ def _groups(channels: tuple[int, ...]) -> int:
     return max(d for d in range(1, min(32, g) + 1) if g % d == 0)
 
 
-def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
+def create_demo_base(cfg: DiffusionBase) -> BaseModel:
     """A fresh embedded base model from the ``diffusion.base`` params (random init, seeded)."""
-    codec = PatchCodec(cfg["patch"])
-    grid = codec.grid(cfg["resolution"])
+    codec = PatchCodec(cfg.patch)
+    grid = codec.grid(cfg.resolution)
     tokenizer = char_tokenizer()
-    text_encoder = small_text_encoder(len(tokenizer), cfg["text_hidden"], cfg["text_layers"], cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    channels = tuple(cfg["block_out_channels"])
+    text_encoder = small_text_encoder(len(tokenizer), cfg.text_hidden, cfg.text_layers, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    channels = tuple(cfg.block_out_channels)
     n = len(channels)
-    if any(c % cfg["attention_heads"] for c in channels[1:]):
-        raise ValueError(f"diffusion.base.attention_heads={cfg['attention_heads']} must divide every attention block's "
+    if any(c % cfg.attention_heads for c in channels[1:]):
+        raise ValueError(f"diffusion.base.attention_heads={cfg.attention_heads} must divide every attention block's "
                          f"width {list(channels[1:])}")
     # diffusers' `attention_head_dim` is the number of heads (a historical misnomer).
     # Attention in every block but the first (highest resolution), as SD does at its coarser levels.
@@ -88,12 +88,12 @@ def create_demo_base(cfg: dict[str, Any]) -> BaseModel:
     up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
     unet = UNet2DConditionModel(
         sample_size=grid, in_channels=codec.channels(), out_channels=codec.channels(),
-        layers_per_block=cfg["layers_per_block"], block_out_channels=channels,
-        down_block_types=down, up_block_types=up, cross_attention_dim=cfg["text_hidden"],
-        attention_head_dim=cfg["attention_heads"], norm_num_groups=_groups(channels),
+        layers_per_block=cfg.layers_per_block, block_out_channels=channels,
+        down_block_types=down, up_block_types=up, cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=cfg.attention_heads, norm_num_groups=_groups(channels),
     )
-    scheduler = ddpm_scheduler(cfg["beta_schedule"], cfg["prediction_type"])
-    return BaseModel(unet, text_encoder, tokenizer, scheduler, codec, cfg["resolution"], "trained:featinv")
+    scheduler = ddpm_scheduler(cfg.beta_schedule, cfg.prediction_type)
+    return BaseModel(unet, text_encoder, tokenizer, scheduler, codec, cfg.resolution, "trained:featinv")
 
 
 def ddpm_scheduler(beta_schedule: str = "scaled_linear", prediction_type: str = "epsilon") -> DDPMScheduler:

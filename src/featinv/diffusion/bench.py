@@ -49,13 +49,11 @@ def _paper_base():
 
 
 def _demo_base():
-    import yaml
-
-    from featinv.config import REPO_ROOT
+    from featinv import config
     from featinv.diffusion.base import create_demo_base
 
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    return create_demo_base(params["diffusion"]["base"]), (1280, 7, 7), params["controlnet"]["encoder"]["hidden"]
+    params = config.typed(config.load())
+    return create_demo_base(params.diffusion.base), (1280, 7, 7), params.controlnet.encoder.hidden
 
 
 def _flops(fn) -> float:

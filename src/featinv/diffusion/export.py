@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from featinv.config import Params, plain
 from featinv.diffusion.base import load_base
 from featinv.fileio import atomic_write_text, sha256_file
 
@@ -86,7 +87,7 @@ def json_block(data: dict[str, Any]) -> str:
     return "```json\n" + json.dumps(data, indent=1, sort_keys=True) + "\n```"
 
 
-def ship_base(cfg: dict[str, Any], model: str | Path, loss_csv: str | Path, shards: str | Path, targets: str | Path,
+def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str | Path, targets: str | Path,
               out: str | Path, n: int = 256, history: str = "", backbone: str = "tf_efficientnet_lite0") -> Path:
     """Ship the base model trained (rule ``train_base``) under params ``cfg`` at ``model`` to ``out``:
     float16 weights, ``samples.png`` (64 of ``n`` samples) and the model card with the loss record, the
@@ -96,19 +97,19 @@ def ship_base(cfg: dict[str, Any], model: str | Path, loss_csv: str | Path, shar
     from featinv.diffusion.recipes import base_objective
     from featinv.plots import hwc, image_grid
 
-    diffusion, sampling = cfg["diffusion"], cfg["sampling"]
-    base_cfg = diffusion["base"]
+    diffusion, sampling = cfg.diffusion, cfg.sampling
+    base_cfg = diffusion.base
     training = json.loads((Path(model) / "training.json").read_text())
     with open(loss_csv) as fh:
         losses = [float(row["loss"]) for row in csv.DictReader(fh)]
     export_base(model, out)
-    objective = base_objective(out, base_cfg, diffusion["prompt"], targets)
-    samples = sample_base(out, n, diffusion["prompt"], sampling["scheduler"], sampling["steps"],
-                          sampling["guidance_scale"], sampling["seed"], device=diffusion["device"])
+    objective = base_objective(out, base_cfg, diffusion.prompt, targets)
+    samples = sample_base(out, n, diffusion.prompt, sampling.scheduler, sampling.steps,
+                          sampling.guidance_scale, sampling.seed, device=diffusion.device)
     image_grid([[hwc(x) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
                ).save(Path(out) / "samples.png")
-    figures = base_figures(samples, shards, backbone, cfg["backbones"]["weights"].get(backbone),
-                           device=diffusion["device"])
+    figures = base_figures(samples, shards, backbone, cfg.backbones.weights.get(backbone),
+                           device=diffusion.device)
     manifest = json.loads((Path(shards) / "manifest.json").read_text())
     views = manifest["splits"]["train"].get("views")
     tail = losses[-200:]
@@ -121,29 +122,29 @@ def ship_base(cfg: dict[str, Any], model: str | Path, loss_csv: str | Path, shar
         ("Data", (
             f"The demo train split (`data/shards/{manifest['dataset']}`): {manifest['splits']['train']['count']} "
             f"square crops of {len(manifest['classes'])} real photographs that ship in the scikit-image, "
-            f"scikit-learn, matplotlib and foolbox wheels, taken from the left {1 - cfg['data']['demo']['val_fraction']:.0%} "
+            f"scikit-learn, matplotlib and foolbox wheels, taken from the left {1 - cfg.data.demo.val_fraction:.0%} "
             f"of each photo (val crops come from the right-hand strip, so no val pixels were seen), each as "
             f"{views['count'] if views else 1} cached views (view 0 the crop, the others random square crops of "
             f"{views['scale'] if views else '-'} of its area, flipped with p = 0.5): "
             f"{manifest['splits']['train']['count'] * (views['count'] if views else 1)} training images at "
-            f"{base_cfg['resolution']} px.")),
+            f"{base_cfg.resolution} px.")),
         ("Model", json_block({
             "unet": "diffusers UNet2DConditionModel", "parameters": parameter_counts(out),
-            "space": f"pixels folded by space-to-depth (patch {base_cfg['patch']}): "
-                     f"{base_cfg['resolution']} px RGB = {base_cfg['resolution'] // base_cfg['patch']}^2 x {3 * base_cfg['patch'] ** 2}",
-            **{k: base_cfg[k] for k in ("resolution", "patch", "block_out_channels", "layers_per_block",
-                                        "attention_heads", "text_hidden", "text_layers", "prediction_type",
-                                        "beta_schedule")},
+            "space": f"pixels folded by space-to-depth (patch {base_cfg.patch}): "
+                     f"{base_cfg.resolution} px RGB = {base_cfg.resolution // base_cfg.patch}^2 x {3 * base_cfg.patch ** 2}",
+            **{k: plain(getattr(base_cfg, k)) for k in ("resolution", "patch", "block_out_channels",
+                                                        "layers_per_block", "attention_heads", "text_hidden",
+                                                        "text_layers", "prediction_type", "beta_schedule")},
             "text_encoder": "small CLIP text model frozen at its seeded initialisation (fixed prompt vs empty prompt)"})),
         ("Training", json_block({
-            **base_cfg["train"], "wall_time_s": round(training.get("total_seconds", training["seconds"])), "resumed_from": training["resumed_from"],
+            **plain(base_cfg.train), "wall_time_s": round(training.get("total_seconds", training["seconds"])), "resumed_from": training["resumed_from"],
             "loss_of_the_shipped_model_50_batches": objective,
             **({f"mean_logged_loss_last_{len(tail)}_steps": sum(tail) / len(tail)} if tail else {}),
             "logged_steps": len(losses),
             "device": "2-core CPU"}) + (f"\n\n{history}" if history else "")),
         ("Quality", (
-            f"{figures['n_samples']} samples ({sampling['scheduler']}, {sampling['steps']} steps, guidance "
-            f"{sampling['guidance_scale']}, seed {sampling['seed']}; `samples.png` shows the first 64), scored on "
+            f"{figures['n_samples']} samples ({sampling.scheduler}, {sampling.steps} steps, guidance "
+            f"{sampling.guidance_scale}, seed {sampling.seed}; `samples.png` shows the first 64), scored on "
             f"{figures['backbone']} at {figures['resolution']} px against the {figures['n_train_views']} training views "
             f"and the {figures['n_val_images']} held-out val crops:\n\n"
             "| images | FID vs train views (pooled features) | mean nearest-train cosine per position |\n|---|---|---|\n"

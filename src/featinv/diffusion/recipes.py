@@ -11,15 +11,17 @@ from typing import Any, Callable
 import torch
 
 from featinv import rowstore
+from featinv.config import Controlnet, DiffusionBase, plain
 from featinv.diffusion.base import create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
-from featinv.diffusion.train import RowData, TrainSettings, batch_rows, diffusion_loss, run, step_generator
+from featinv.diffusion.train import RowData, batch_rows, diffusion_loss, run, step_generator
 from featinv.features.store import conditioning
 from featinv.fileio import write_json
 
 
-def params_hash(*sections: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
+def params_hash(*sections: Any) -> str:
+    """A short hash of params sections (typed or plain), recorded with what they made."""
+    return hashlib.sha256(json.dumps(plain(sections), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def draw_timesteps(gen: torch.Generator, n: int, timesteps: int, how: str) -> torch.Tensor:
@@ -49,7 +51,7 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
 
-def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: str | Path, loss_csv: str | Path,
+def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: str | Path, loss_csv: str | Path,
                device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train the embedded base model on the cached targets of the demo train split; save it to ``out``."""
     base = create_demo_base(base_cfg)
@@ -58,7 +60,7 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
         raise ValueError(f"targets {targets} have shape {store['latents'].shape[1:]}, the base model expects {base.latent_shape}")
     data = RowData({"latents": store["latents"]})
     emb = base.prompt_embeddings(prompt)
-    settings = TrainSettings.from_params(base_cfg["train"], device)
+    settings = base_cfg.train
     sched = base.noise_scheduler
     shape = base.latent_shape
 
@@ -71,20 +73,20 @@ def train_base(base_cfg: dict[str, Any], prompt: str, targets: str | Path, out: 
         base.unet = unet.requires_grad_(False)
         base.save(out)
 
-    result = run(base.unet, [base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
+    result = run(base.unet, [base.text_encoder], loss_fn, data, settings, device, checkpoint_dir(out), loss_csv,
                  desc="base model", progress=progress)
     return _finish(result, base_cfg, out, save)
 
 
 @torch.no_grad()
-def base_objective(base_dir: str | Path, base_cfg: dict[str, Any], prompt: str, targets: str | Path,
+def base_objective(base_dir: str | Path, base_cfg: DiffusionBase, prompt: str, targets: str | Path,
                    batches: int = 50) -> float:
     """The training objective of a base model, measured on it: the mean loss over ``batches`` batches
     drawn as training would draw the steps after its last (same rows, noise, timesteps and drops)."""
     base = load_base(base_dir)
     store = rowstore.open_complete(targets)
     data = RowData({"latents": store["latents"]})
-    settings = TrainSettings.from_params(base_cfg["train"])
+    settings = base_cfg.train
     emb, sched = base.prompt_embeddings(prompt), base.noise_scheduler
     n = settings.batch_size
     losses = []
@@ -97,7 +99,7 @@ def base_objective(base_dir: str | Path, base_cfg: dict[str, Any], prompt: str, 
 
 
 def train_controlnet(base_source: str | Path, features: str | Path, targets: str | Path, variant: str,
-                     cn_cfg: dict[str, Any], prompt: str, out: str | Path, loss_csv: str | Path,
+                     cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path,
                      device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train one FeatInv ControlNet on (feature map or pooled vector -> target) pairs; save to ``out``."""
     feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
@@ -111,13 +113,13 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
             "fmap_shape": list(fmap_shape), "variant": variant, "base_model": str(base_source),
             "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt})}
-    torch.manual_seed(cn_cfg["train"]["seed"])
+    torch.manual_seed(cn_cfg.train.seed)
     net = FeatureControlNet.from_unet(base.unet, in_channels=fmap_shape[0], fmap_size=fmap_shape[1:],
-                                      hidden=cn_cfg["encoder"]["hidden"], depth=cn_cfg["encoder"]["depth"],
+                                      hidden=cn_cfg.encoder.hidden, depth=cn_cfg.encoder.depth,
                                       pooled=pooled, meta=meta)
     data = RowData({"latents": tgts["latents"], "cond": cond_array})
     emb = base.prompt_embeddings(prompt)
-    settings = TrainSettings.from_params(cn_cfg["train"], device)
+    settings = cn_cfg.train
     sched, unet = base.noise_scheduler, base.unet
     shape = base.latent_shape
 
@@ -130,7 +132,7 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
         return diffusion_loss(unet, sched, batch["latents"], text, noise, t,
                               residuals=lambda noisy, tt, txt: model(noisy, tt, txt, cond), snr_gamma=settings.snr_gamma)
 
-    result = run(net, [unet, base.text_encoder], loss_fn, data, settings, checkpoint_dir(out), loss_csv,
+    result = run(net, [unet, base.text_encoder], loss_fn, data, settings, device, checkpoint_dir(out), loss_csv,
                  desc=f"controlnet {attrs['backbone']} {variant}", progress=progress)
 
     def save(trained: FeatureControlNet) -> None:
@@ -140,7 +142,7 @@ def train_controlnet(base_source: str | Path, features: str | Path, targets: str
     return _finish(result, cn_cfg, out, save)
 
 
-def _finish(result: dict[str, Any], cfg: dict[str, Any], out: str | Path, save: Callable[[torch.nn.Module], None]):
+def _finish(result: dict[str, Any], cfg: Any, out: str | Path, save: Callable[[torch.nn.Module], None]):
     """On the main process: save the trained module (``save``) and ``training.json``, then drop the
     checkpoints. Returns the training summary."""
     summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(cfg)}

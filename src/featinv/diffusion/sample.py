@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from featinv import rowstore
+from featinv.config import Sampling
 from featinv.diffusion.base import BaseModel
 from featinv.diffusion.controlnet import FeatureControlNet
 from featinv.devices import resolve_device
@@ -51,10 +52,10 @@ def make_scheduler(name: str, base: BaseModel):
     return table[name](base.noise_scheduler.config)
 
 
-def control_strength(sampling: dict[str, Any], backbone: str) -> float:
+def control_strength(sampling: Sampling, backbone: str) -> float:
     """The ControlNet conditioning scale for a backbone's model: ``sampling.control_strength[backbone]``,
     1.0 (the residuals as trained) where the backbone is not named."""
-    return float(sampling["control_strength"].get(backbone, 1.0))
+    return float(sampling.control_strength.get(backbone, 1.0))
 
 
 def noise_seed(key: str, sample: int, seed: int) -> int:
@@ -143,7 +144,7 @@ def sample_unconditional(base: BaseModel, n: int, prompt: str, scheduler: str, s
     return np.concatenate(out)
 
 
-def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, out: str | Path, cfg: dict[str, Any],
+def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, out: str | Path, cfg: Sampling,
                  strength: float, prompt: str, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Reconstruct every feature map of a feature store into ``out`` (a rowstore):
     ``images`` (N, S, 3, R, R) uint8 for S samples per map, and ``keys``. Launched as several
@@ -152,24 +153,24 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
     variant = net.meta["variant"]
     cond_array = conditioning(feats, variant)
     keys = list(feats["keys"][:])
-    n, samples = len(keys), cfg["samples_per_map"]
+    n, samples = len(keys), cfg.samples_per_map
     dev = resolve_device(device)
     procs = processes(dev)
     base.to(dev)
     net.to(dev)
     text = base.prompt_embeddings(prompt).to(dev)
-    batch_size = cfg["batch_size"] or auto_batch_size(dev, base.latent_shape)
+    batch_size = cfg.batch_size or auto_batch_size(dev, base.latent_shape)
     res = base.resolution
-    attrs = {"model": net.meta, "features": str(features), "scheduler": cfg["scheduler"], "steps": cfg["steps"],
-             "guidance_scale": cfg["guidance_scale"], "control_strength": strength, "seed": cfg["seed"],
+    attrs = {"model": net.meta, "features": str(features), "scheduler": cfg.scheduler, "steps": cfg.steps,
+             "guidance_scale": cfg.guidance_scale, "control_strength": strength, "seed": cfg.seed,
              "samples_per_map": samples, "resolution": res, "prompt": prompt}
     arrays = {"images": ((samples, 3, res, res), "uint8", 0), "keys": ((), "str", None)}
-    group, resumed = rowstore.open_shared(out, n, arrays, cfg["rows_per_shard"], cfg["rows_per_shard"], attrs, procs)
+    group, resumed = rowstore.open_shared(out, n, arrays, cfg.rows_per_shard, cfg.rows_per_shard, attrs, procs)
     if not resumed:
         group["keys"][:] = np.array(keys, dtype=object)
     batches = rowstore.pending_batches(group, batch_size, procs)
     writer = rowstore.BlockWriter(group)
-    precision = torch.bfloat16 if dev.type == "cuda" and cfg["precision"] == "auto" else None
+    precision = torch.bfloat16 if dev.type == "cuda" and cfg.precision == "auto" else None
     started = time.perf_counter()
     for rows in tqdm(batches, desc=f"sample {net.meta['backbone']} {variant}", unit="batch",
                      disable=not (progress and procs.is_main), mininterval=2.0):
@@ -177,10 +178,10 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
         cond = cond.repeat_interleave(samples, 0).to(dev)
         item_keys = [keys[r] for r in rows for _ in range(samples)]
         item_samples = [s for _ in rows for s in range(samples)]
-        noise = initial_noise(item_keys, item_samples, cfg["seed"], base.latent_shape).to(dev)
+        noise = initial_noise(item_keys, item_samples, cfg.seed, base.latent_shape).to(dev)
         with torch.autocast(dev.type, dtype=precision, enabled=precision is not None):
-            images = denoise(base, net, cond, noise, text, make_scheduler(cfg["scheduler"], base), cfg["steps"],
-                             cfg["guidance_scale"], strength)
+            images = denoise(base, net, cond, noise, text, make_scheduler(cfg.scheduler, base), cfg.steps,
+                             cfg.guidance_scale, strength)
         writer.add(rows, {"images": to_uint8(images).reshape(len(rows), samples, 3, res, res)})
     seconds = time.perf_counter() - started
     rowstore.finish_shared(out, procs)

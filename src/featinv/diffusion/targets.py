@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from featinv import rowstore
+from featinv.config import Diffusion
 from featinv.data.batches import shard_batches
 from featinv.data.shards import index_split
 from featinv.data.target_view import TargetView
@@ -32,16 +33,16 @@ from featinv.devices import resolve_device
 log = logging.getLogger(__name__)
 
 
-def target_codec(diffusion: dict[str, Any]):
+def target_codec(diffusion: Diffusion):
     """(codec, name) the targets are encoded with: the embedded base model's pixel space (``patch<p>``)
     when the base is trained here, else the VAE of the pretrained base (``vae:<source>``)."""
     from featinv.diffusion.base import load_base
     from featinv.diffusion.codec import PatchCodec
 
-    base = diffusion["base"]
-    if base["source"] == "train":
-        return PatchCodec(base["patch"]), f"patch{base['patch']}"
-    return load_base(base["source"], base["resolution"]).codec, f"vae:{base['source']}"
+    base = diffusion.base
+    if base.source == "train":
+        return PatchCodec(base.patch), f"patch{base.patch}"
+    return load_base(base.source, base.resolution).codec, f"vae:{base.source}"
 
 
 @torch.inference_mode()

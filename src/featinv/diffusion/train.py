@@ -17,7 +17,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,34 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from featinv.config import Train
 from featinv.devices import resolve_device
 
 log = logging.getLogger(__name__)
 ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved beside it
 LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    max_grad_norm: float
-    drop_prob: float
-    lr_warmup_steps: int
-    checkpoint_every: int
-    seed: int
-    mixed_precision: str = "fp32"  # fp32 (none), fp16 or bf16
-    timesteps: str = "uniform"
-    snr_gamma: float = 0.0
-    lr_schedule: str = "constant"  # after the warm-up: constant, or cosine decay to 0
-    device: str = "auto"
-
-    @classmethod
-    def from_params(cls, section: dict[str, Any], device: str = "auto") -> "TrainSettings":
-        """From a validated ``train`` section (every field but ``device`` is one of its keys)."""
-        return cls(**{f.name: section[f.name] for f in fields(cls) if f.name != "device"}, device=device)
 
 
 class RowData:
@@ -149,7 +126,7 @@ def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
-def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: RowData, settings: TrainSettings,
+def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: RowData, settings: Train, device: str,
         ckpt_dir: str | Path, loss_csv: str | Path, desc: str = "train", progress: bool = True) -> dict[str, Any]:
     """Train ``trainable``; ``loss_fn(model, batch, generator, n_global, rank_slice)`` returns the loss of
     this process's slice of the global batch."""
@@ -157,7 +134,7 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    device = resolve_device(settings.device)
+    device = resolve_device(device)
     # bf16 autocast runs on CPUs too (fast with AMX/AVX512-BF16); fp16 only on GPUs.
     mp = settings.mixed_precision
     precision = "no" if mp == "fp32" or (mp == "fp16" and device.type != "cuda") else mp

@@ -15,11 +15,11 @@ def encode_targets(args, cfg) -> None:
     from featinv.diffusion.targets import encode_targets as encode
     from featinv.diffusion.targets import target_codec
 
-    diffusion = cfg["diffusion"]
+    diffusion = cfg.diffusion
     codec, name = target_codec(diffusion)
-    summary = encode(codec, name, args.shards, args.split, args.out, diffusion["base"]["resolution"],
-                     batch_size=diffusion["targets"]["batch_size"], num_workers=diffusion["targets"]["num_workers"],
-                     device=diffusion["device"])
+    summary = encode(codec, name, args.shards, args.split, args.out, diffusion.base.resolution,
+                     batch_size=diffusion.targets.batch_size, num_workers=diffusion.targets.num_workers,
+                     device=diffusion.device)
     print(json.dumps(summary, indent=1))
 
 
@@ -30,11 +30,11 @@ def encode_targets(args, cfg) -> None:
 def train_base(args, cfg) -> None:
     from featinv.diffusion.recipes import train_base as train
 
-    diffusion = cfg["diffusion"]
-    if diffusion["base"]["source"] != "train":
-        raise ValueError(f"diffusion.base.source is '{diffusion['base']['source']}': a pretrained base model is loaded, not trained")
-    summary = train(diffusion["base"], diffusion["prompt"], args.targets, args.out, args.loss_csv,
-                    device=diffusion["device"])
+    diffusion = cfg.diffusion
+    if diffusion.base.source != "train":
+        raise ValueError(f"diffusion.base.source is '{diffusion.base.source}': a pretrained base model is loaded, not trained")
+    summary = train(diffusion.base, diffusion.prompt, args.targets, args.out, args.loss_csv,
+                    device=diffusion.device)
     print(json.dumps(summary, indent=1))
 
 
@@ -43,7 +43,7 @@ def train_base(args, cfg) -> None:
 def preview_base(args, cfg) -> None:
     from featinv.diffusion.preview import preview_base as preview
 
-    preview(args.base, args.targets, args.out, cfg["diffusion"], cfg["sampling"])
+    preview(args.base, args.targets, args.out, cfg.diffusion, cfg.sampling)
 
 
 @verb("ship a trained embedded base model: float16 weights and a model card", args=(
@@ -60,7 +60,7 @@ def export_base(args, cfg) -> None:
     from featinv import config
     from featinv.diffusion.export import ship_base
 
-    card = ship_base(config.load(*args.params), args.model, args.loss_csv, args.shards, args.targets, args.out,
+    card = ship_base(config.typed(config.load(*args.params)), args.model, args.loss_csv, args.shards, args.targets, args.out,
                      n=args.n, history=args.history, backbone=args.backbone)
     print(card.read_text())
 
@@ -75,8 +75,8 @@ def export_base(args, cfg) -> None:
 def train_controlnet(args, cfg) -> None:
     from featinv.diffusion.recipes import train_controlnet as train
 
-    summary = train(args.base, args.features, args.targets, args.variant, cfg["controlnet"],
-                    cfg["diffusion"]["prompt"], args.out, args.loss_csv, device=cfg["diffusion"]["device"])
+    summary = train(args.base, args.features, args.targets, args.variant, cfg.controlnet,
+                    cfg.diffusion.prompt, args.out, args.loss_csv, device=cfg.diffusion.device)
     print(json.dumps(summary, indent=1))
 
 
@@ -91,12 +91,12 @@ def sample(args, cfg) -> None:
     from featinv.diffusion.controlnet import FeatureControlNet
     from featinv.diffusion.sample import control_strength, sample_store
 
-    sampling = cfg["sampling"]
+    sampling = cfg.sampling
     net = FeatureControlNet.from_pretrained(args.model)
-    base = load_base(args.base, cfg["diffusion"]["base"]["resolution"])
+    base = load_base(args.base, cfg.diffusion.base.resolution)
     strength = control_strength(sampling, net.meta["backbone"])
-    summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg["diffusion"]["prompt"],
-                           device=cfg["diffusion"]["device"])
+    summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg.diffusion.prompt,
+                           device=cfg.diffusion.device)
     print(json.dumps(summary, indent=1))
 
 

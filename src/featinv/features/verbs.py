@@ -19,12 +19,11 @@ def extract_features(args, cfg) -> None:
     from featinv.features.extract import accuracy_report, extract
     from featinv.fileio import write_json
 
-    feats = cfg["features"]
+    feats = cfg.features
     backbone = create_backbone(args.backbone, weights=args.weights or None)
-    summary = extract(backbone, args.shards, args.split, args.store, batch_size=feats["batch_size"],
-                      num_workers=feats["num_workers"], device=feats["device"],
-                      rows_per_shard=feats["rows_per_shard"], rows_per_chunk=feats["rows_per_chunk"],
-                      topk=feats["topk"])
+    summary = extract(backbone, args.shards, args.split, args.store, batch_size=feats.batch_size,
+                      num_workers=feats.num_workers, device=feats.device, rows_per_shard=feats.rows_per_shard,
+                      rows_per_chunk=feats.rows_per_chunk, topk=feats.topk)
     if summary["process"]:
         return  # the main process reports, once the store is complete
     report = {**accuracy_report(args.store), "extraction": summary}

@@ -23,7 +23,7 @@ intervals over maps.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.backbones import Backbone, create_backbone
+from featinv.config import Metrics
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device
 from featinv.fileio import atomic_write_text, csv_text
@@ -115,9 +116,9 @@ def nearest_by_cosine(queries: np.ndarray, bank, block: int = 512) -> tuple[np.n
 
 
 def _oracle(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
-            cfg: dict[str, Any], device, boot: dict[str, Any]) -> dict[str, Any]:
+            cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
     """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps."""
-    out = backbone_outputs(backbone, images, cfg["batch_size"], device)
+    out = backbone_outputs(backbone, images, cfg.batch_size, device)
     cos = cosine_per_position(ref_maps, out["features"])
     return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
             "top5": summarise(topk_match(reference_top1, out["topk"], 5).astype(np.float64), **boot),
@@ -128,8 +129,8 @@ def _per_map(values: np.ndarray, n_maps: int) -> np.ndarray:
     return values.reshape(n_maps, -1).astype(np.float64).mean(axis=1)
 
 
-def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards: str | Path, cfg: dict[str, Any],
-                     weights: dict[str, str] | None = None, per_image_csv: str | Path | None = None,
+def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards: str | Path, cfg: Metrics,
+                     weights: Mapping[str, str] | None = None, per_image_csv: str | Path | None = None,
                      train_store: str | Path | None = None) -> dict[str, Any]:
     """Metrics of one sample store. ``stores`` maps each evaluating backbone to its feature store of
     the originals (same split, same rows); the conditioning backbone must be among them.
@@ -145,13 +146,13 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
     images = group["images"][:]  # (N, S, 3, R, R)
     n, s = images.shape[:2]
     flat = images.reshape(n * s, *images.shape[2:])
-    device = resolve_device(cfg["device"])
-    boot = {"n_boot": cfg["bootstrap"], "level": cfg["confidence"], "seed": cfg["seed"]}
+    device = resolve_device(cfg.device)
+    boot = {"n_boot": cfg.bootstrap, "level": cfg.confidence, "seed": cfg.seed}
 
     split = dict(rowstore.open_complete(stores[conditioning]).attrs)["split"]
     result: dict[str, Any] = {"model": model, "samples": str(samples), "split": split,
                               "n_images": n, "samples_per_map": s, "resolution": int(images.shape[-1]),
-                              "confidence": cfg["confidence"], "match": {}}
+                              "confidence": cfg.confidence, "match": {}}
     per_image: dict[str, np.ndarray] = {}
     resolution = int(images.shape[-1])
     real_views = original_views(shards, split, keys, resolution)
@@ -161,7 +162,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
         if stored_keys != keys:
             raise ValueError(f"feature store {store_path} holds other images than {samples} (keys differ)")
         backbone = create_backbone(name, weights=weights.get(name) or None)
-        recon = backbone_outputs(backbone, flat, cfg["batch_size"], device)
+        recon = backbone_outputs(backbone, flat, cfg.batch_size, device)
         reference = np.repeat(originals["topk_indices"][:, 0], s)
         top5 = topk_match(reference, recon["topk"], 5)
         top1 = topk_match(reference, recon["topk"], 1)
@@ -178,9 +179,9 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             result["oracle_nearest_train"] = _nearest_train_oracle(backbone, maps, top1_ref, train_store, shards,
                                                                    resolution, cfg, device, boot)
 
-    fid_name = cfg["fid"]["features"]
-    extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg["fid"]["inception_weights"]},
-                            cfg["batch_size"], device)
+    fid_name = cfg.fid.features
+    extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg.fid.inception_weights},
+                            cfg.batch_size, device)
     real = extract(real_views)
     fake = extract(flat)
     result["fid"] = {"features": fid_name, "dim": int(real.shape[1]), "n_real": len(real), "n_fake": len(fake),
@@ -191,8 +192,8 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
 
 
 def _nearest_train_oracle(backbone: Backbone, maps: np.ndarray, top1_ref: np.ndarray, train_store, shards,
-                          resolution: int, cfg: dict[str, Any], device, boot: dict[str, Any]) -> dict[str, Any] | None:
-    if not cfg["oracles"]["nearest_train"]:
+                          resolution: int, cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any] | None:
+    if not cfg.oracles.nearest_train:
         return None
     if train_store is None:
         raise ValueError("metrics.oracles.nearest_train is on but no train feature store was given (--train-store)")

@@ -21,8 +21,8 @@ def evaluate(args, cfg) -> None:
     from featinv.fileio import write_json
     from featinv.metrics.evaluate import evaluate_samples
 
-    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg["metrics"],
-                              cfg["backbones"]["weights"], per_image_csv=args.per_image, train_store=args.train_store)
+    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg.metrics,
+                              cfg.backbones.weights, per_image_csv=args.per_image, train_store=args.train_store)
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))
 
@@ -35,7 +35,7 @@ def tables(args, cfg) -> None:
     from featinv.metrics.tables import write_tables
 
     metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
-    write_tables(metrics, args.out_dir, cfg["data"]["dataset"], cfg["metrics"]["cross_model_variant"], args.metrics_json)
+    write_tables(metrics, args.out_dir, cfg.data.dataset, cfg.metrics.cross_model_variant, args.metrics_json)
     print((Path(args.out_dir) / "table1.md").read_text())
     print((Path(args.out_dir) / "table2.md").read_text())
 

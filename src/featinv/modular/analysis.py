@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.stats import summarise
 from featinv.plots import image_grid, spread_rows, unit_to_uint8
@@ -43,14 +44,14 @@ def ci_row(values: np.ndarray) -> list[float]:
     return [s["mean"], s["ci_low"], s["ci_high"]]
 
 
-def mse_by_stage(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def mse_by_stage(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``mse_by_stage.csv``, ``params.csv`` and ``reconstructions.png`` under ``out_dir``."""
     fwd = trained.forward
     train_px = load_split(shards, "train", fwd.image_size).pixels
     val_px = load_split(shards, "val", fwd.image_size).pixels
     reps = representations(fwd, val_px)
     baseline = per_image_mse(train_px.mean(0, keepdim=True).expand_as(val_px), val_px)
-    pick = example_rows(len(val_px), analyses["examples"])
+    pick = example_rows(len(val_px), analyses.examples)
     rows, grid = [], [list(val_px[pick])]
     final = trained.meta["final_loss"]
     with torch.no_grad():

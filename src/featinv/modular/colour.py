@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.modular.analysis import ci_row, save_grid
@@ -50,7 +51,7 @@ def recolour(pixels: torch.Tensor, name: str, mask: torch.Tensor | None = None) 
     return out if mask is None else torch.where(mask, out, pixels)
 
 
-def colour_analysis(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``colour_pairwise_mse.csv``, ``colour_accuracy.csv``, ``colour.png`` (examples) and
     ``colour_plot.png`` (Fig 7) under ``out_dir``."""
     fwd = trained.forward

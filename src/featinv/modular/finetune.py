@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featinv.config import ModularAnalyses, ModularAnalysesFinetune
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
 from featinv.modular.inverses import build_inverses, chain
@@ -36,18 +37,18 @@ def scale_gradient(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, train_y: torch.Tensor,
-                 ft: dict[str, Any], progress: bool = False) -> tuple[Any, nn.ModuleList, list[float]]:
+                 ft: ModularAnalysesFinetune, progress: bool = False) -> tuple[Any, nn.ModuleList, list[float]]:
     """A copy of the forward model and a fresh inverse path from stage j, trained on eq. 3 (``ft``:
     ``modular_analyses.finetune``; the inverse's size and optimiser as the trained inverses')."""
     cfg = trained.params
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     staged = trained.forward.copy().staged
     staged.eval()
     for p in staged.parameters():
         p.requires_grad_(True)
     with torch.no_grad():
         probe = staged.representations(train_x[:1])
-    path = build_inverses(staged, probe, hidden=cfg["hidden"], depth=cfg["depth"], heads=cfg["heads"])[:j]
+    path = build_inverses(staged, probe, hidden=cfg.hidden, depth=cfg.depth, heads=cfg.heads)[:j]
 
     def loss_of(idx: torch.Tensor) -> torch.Tensor:
         x0 = train_x[idx]
@@ -57,29 +58,29 @@ def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, tr
             loss = loss + (1.0 - lam) * nn.functional.cross_entropy(staged.run(xj, j), train_y[idx])
         return loss
 
-    groups = [{"params": staged.parameters(), "lr": ft["lr"]}, {"params": path.parameters(), "lr": cfg["lr"]}]
-    losses = fit(groups, loss_of, len(train_x), ft["steps"], cfg["batch_size"], cfg["lr"], cfg["seed"],
+    groups = [{"params": staged.parameters(), "lr": ft.lr}, {"params": path.parameters(), "lr": cfg.lr}]
+    losses = fit(groups, loss_of, len(train_x), ft.steps, cfg.batch_size, cfg.lr, cfg.seed,
                  desc=f"fine-tune lambda={lam}", progress=progress)
     staged.requires_grad_(False)
     return staged, path.eval(), losses
 
 
-def finetune(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path,
+def finetune(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path,
              progress: bool = True) -> dict[str, Any]:
     """``finetune.csv``, ``finetune.png`` (reconstructions) and ``finetune_plot.png`` (MSE vs
     accuracy) under ``out_dir``."""
     fwd = trained.forward
     if not fwd.classifier:
         raise ValueError(f"fine-tuning (eq. 3) is implemented for classifiers; {fwd.name} is not one")
-    ft = analyses["finetune"]
-    j = fwd.staged.index(ft["stage"])
+    ft = analyses.finetune
+    j = fwd.staged.index(ft.stage)
     train = load_split(shards, "train", fwd.image_size)
     val = load_split(shards, "val", fwd.image_size)
     train_reps = representations(fwd, train.pixels)
     val_reps = representations(fwd, val.pixels)
     train_y, target = task_targets(train, train_reps[-1])
     val_y, _ = task_targets(val, val_reps[-1])
-    pick = example_rows(len(val.pixels), min(analyses["examples"], 6))
+    pick = example_rows(len(val.pixels), min(analyses.examples, 6))
     rows, columns = [], [val.pixels[pick]]
 
     def score(variant, lam, recon, logits, final_loss):
@@ -88,7 +89,7 @@ def finetune(trained: Trained, analyses: dict[str, Any], shards: str | Path, out
         rows.append([variant, lam, *ci_row(per_image_mse(px, val.pixels)), *ci_row(acc), target, final_loss])
         columns.append(px[pick])
 
-    for lam in ft["lambdas"]:
+    for lam in ft.lambdas:
         staged, path, losses = finetune_one(trained, float(lam), j, train_reps[0], train_y, ft, progress)
         with torch.no_grad():
             xj = staged.run(val_reps[0], 0, j)

@@ -12,13 +12,12 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from featinv.backbones.registry import WeightsError
-from featinv.config import forward_family
+from featinv.config import Modular, forward_family
 from featinv.hub import offline
 from featinv.modular.stages import StagedModel
 
@@ -51,8 +50,8 @@ class ForwardModel:
         return (x * self.std + self.mean).clamp(0, 1)
 
 
-def image_size(cfg: dict[str, Any]) -> tuple[int, int]:
-    size = cfg["image_size"]
+def image_size(cfg: Modular) -> tuple[int, int]:
+    size = cfg.image_size
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
@@ -76,9 +75,9 @@ def load_detr(source: str) -> nn.Module:
         ) from None
 
 
-def load_forward(cfg: dict[str, Any], weights: str | None = None, pretrained: bool = True) -> ForwardModel:
-    """The forward model named by ``cfg['backbone']`` (``pretrained=False``: random weights, for tests)."""
-    name = cfg["backbone"]
+def load_forward(cfg: Modular, weights: str | None = None, pretrained: bool = True) -> ForwardModel:
+    """The forward model named by ``cfg.backbone`` (``pretrained=False``: random weights, for tests)."""
+    name = cfg.backbone
     size = image_size(cfg)
     family = forward_family(name)
     if family == "detr":
@@ -91,7 +90,7 @@ def load_forward(cfg: dict[str, Any], weights: str | None = None, pretrained: bo
             from transformers import DetrConfig, DetrForObjectDetection
 
             model = DetrForObjectDetection(DetrConfig.from_pretrained(source)).eval()
-        restage = lambda m: detr_stages(m, size, prediction=cfg.get("detr_prediction", "distribution"))
+        restage = lambda m: detr_stages(m, size, prediction=cfg.detr_prediction)
         return ForwardModel(name, restage(model), _stats(IMAGENET_MEAN), _stats(IMAGENET_STD), size, False, restage)
 
     from featinv.backbones import create_backbone
@@ -100,6 +99,6 @@ def load_forward(cfg: dict[str, Any], weights: str | None = None, pretrained: bo
     kwargs = {"img_size": size} if family == "vit" else {}
     backbone = create_backbone(name, weights=weights, pretrained=pretrained, **kwargs)
     model = backbone.model.eval()
-    restage = vit_stages if kwargs else (lambda m: cnn_stages(m, cfg["groups"]))
+    restage = vit_stages if kwargs else (lambda m: cnn_stages(m, cfg.groups))
     pre = backbone.preprocessing
     return ForwardModel(name, restage(model), _stats(pre.mean), _stats(pre.std), size, True, restage)

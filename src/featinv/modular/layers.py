@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, per_image_mse, save_grid
 from featinv.modular.inverses import chain
@@ -31,7 +32,7 @@ def layer_inputs(staged, reps: list[torch.Tensor]) -> dict[int, list[torch.Tenso
     return out
 
 
-def intermediate_layers(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def intermediate_layers(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``layers_mse.csv`` and ``layers.png`` (one val image; a row per (stage, inverse), a column per
     layer, blank where the shapes differ) under ``out_dir``."""
     fwd = trained.forward

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
 from featinv.modular.inverses import chain, square_layouts
@@ -73,24 +74,24 @@ def pixel_mask(positions: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
     return up > 0.5
 
 
-def token_noise(trained: Trained, analyses: dict[str, Any], shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``token_noise.csv`` and ``token_noise.png`` under ``out_dir`` (params: ``modular_analyses.token_noise``)."""
-    tn = analyses["token_noise"]
+    tn = analyses.token_noise
     fwd = trained.forward
     staged = fwd.staged
-    early, late = (staged.index(s) for s in tn["stages"])
+    early, late = (staged.index(s) for s in tn.stages)
     if not early < late:
-        raise ValueError(f"modular_analyses.token_noise.stages: '{tn['stages'][0]}' must come before '{tn['stages'][1]}'")
+        raise ValueError(f"modular_analyses.token_noise.stages: '{tn.stages[0]}' must come before '{tn.stages[1]}'")
     val = load_split(shards, "val", fwd.image_size)
     reps = representations(fwd, val.pixels)
-    gen = torch.Generator().manual_seed(tn["seed"])
+    gen = torch.Generator().manual_seed(tn.seed)
     grid_hint = getattr(staged, "grid", None)
     manipulated, masks = {}, {}
     for j in (early, late):
         prefix, grid = layout(reps[j], grid_hint)
-        positions = pick_positions(grid, tn["fraction"], gen)
+        positions = pick_positions(grid, tn.fraction, gen)
         width = reps[j].shape[1] if reps[j].ndim == 4 else reps[j].shape[-1]
-        noise = tn["low"] + (tn["high"] - tn["low"]) * torch.rand(width, generator=gen)
+        noise = tn.low + (tn.high - tn.low) * torch.rand(width, generator=gen)
         pos_fn = staged.stages[j - 1].position
         with torch.no_grad():
             manipulated[j] = replace_positions(reps[j], positions, noise, prefix, pos_fn() if pos_fn else None)
@@ -118,7 +119,7 @@ def token_noise(trained: Trained, analyses: dict[str, Any], shards: str | Path, 
               "mse_vs_image_ci95_high", "change_inside", "change_outside", "inside_outside_ratio"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "token_noise.csv", csv_text(header, rows, ".6g"))
-    pick = example_rows(len(val.pixels), min(analyses["examples"], 4))
+    pick = example_rows(len(val.pixels), min(analyses.examples, 4))
     grid_rows = [[val.pixels[i], default[early][i], settings[f"{e_name}_man"][2][i], default[late][i],
                   settings[f"{l_name}_man"][2][i], settings[f"{l_name}_man+"][2][i]] for i in pick.tolist()]
     save_grid(grid_rows, out_dir / "token_noise.png")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from featinv.config import Modular, plain
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.modular.forward import ForwardModel, load_forward
 from featinv.modular.inverses import build_inverses
@@ -91,26 +92,31 @@ def representations(forward: ForwardModel, pixels: torch.Tensor, batch: int = 64
     return [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
 
 
-def _inverse_kw(cfg: dict[str, Any]) -> dict[str, int]:
-    return {"hidden": cfg["hidden"], "depth": cfg["depth"], "heads": cfg["heads"]}
+def _inverse_params(cfg: Modular) -> dict[str, Any]:
+    """The values of ``INVERSE_KEYS``, as ``meta.json`` records them."""
+    return {k: plain(getattr(cfg, k)) for k in INVERSE_KEYS}
 
 
-def _bundle(forward: ForwardModel, cfg: dict[str, Any]) -> nn.ModuleDict:
+def _inverse_kw(cfg: Modular) -> dict[str, int]:
+    return {"hidden": cfg.hidden, "depth": cfg.depth, "heads": cfg.heads}
+
+
+def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
     with torch.no_grad():
         probe = forward.staged.representations(forward.normalise(torch.zeros(1, 3, *forward.image_size)))
     return nn.ModuleDict({"modular": build_inverses(forward.staged, probe, **_inverse_kw(cfg)),
                           "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg))})
 
 
-def train_inverses(cfg: dict[str, Any], shards: str | Path, model_dir: str | Path, loss_csv: str | Path,
+def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss_csv: str | Path,
                    weights: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train modular (eq. 1) and classic inverses of every stage on the train split; save them."""
-    torch.manual_seed(cfg["seed"])
+    torch.manual_seed(cfg.seed)
     forward = load_forward(cfg, weights)
     train = load_split(shards, "train", forward.image_size)
     reps = representations(forward, train.pixels)
     bundle = _bundle(forward, cfg)
-    args = {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "seed": cfg["seed"],
+    args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "progress": progress}
     losses = {"modular": train_modular(bundle["modular"], reps, **args),
               "classic": train_classic(bundle["classic"], reps, **args)}
@@ -122,7 +128,7 @@ def train_inverses(cfg: dict[str, Any], shards: str | Path, model_dir: str | Pat
     save_file({k: v.contiguous() for k, v in bundle.state_dict().items()}, str(tmp))
     tmp.replace(model_dir / "inverses.safetensors")
     names = forward.staged.names
-    meta = {"params": {k: cfg.get(k) for k in INVERSE_KEYS}, "stages": names,
+    meta = {"params": _inverse_params(cfg), "stages": names,
             "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(train.pixels),
             "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
                            "classic": [count_parameters(c) for c in bundle["classic"]]},
@@ -140,10 +146,10 @@ class Trained:
     modular: nn.ModuleList  # inverse j at index j-1
     classic: nn.ModuleList  # full-path inverse from stage j at index j-1
     meta: dict[str, Any]
-    params: dict[str, Any]  # the modular params section they were loaded under (= trained with)
+    params: Modular  # the params section they were loaded under (= trained with)
 
 
-def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None = None) -> Trained:
+def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None) -> Trained:
     """The forward model and the inverses ``train_inverses`` saved under ``model_dir``."""
     from safetensors.torch import load_file
 
@@ -152,7 +158,7 @@ def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: train the inverses first (featinv train-modular)")
     meta = json.loads((model_dir / "meta.json").read_text())
-    wanted = {k: cfg.get(k) for k in INVERSE_KEYS}
+    wanted = _inverse_params(cfg)
     changed = sorted(k for k in INVERSE_KEYS if meta["params"].get(k) != wanted[k])
     if changed:
         raise ValueError(f"inverses in {model_dir} were trained with other modular params ({', '.join(changed)}): "
@@ -161,4 +167,4 @@ def load_trained(cfg: dict[str, Any], model_dir: str | Path, weights: str | None
     bundle = _bundle(forward, cfg)
     bundle.load_state_dict(load_file(str(path)), strict=True)
     bundle.eval()
-    return Trained(forward, bundle["modular"], bundle["classic"], meta, dict(cfg))
+    return Trained(forward, bundle["modular"], bundle["classic"], meta, cfg)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from featinv.verbs import Arg, verb
 
@@ -14,17 +13,17 @@ ANALYSIS_ARGS = (
     Arg("--out-dir", "directory for the tables and figures", required=True))
 
 
-def _weights(cfg: dict[str, Any]) -> str | None:
+def _weights(cfg) -> str | None:
     """The forward model's local weights file, where params name one."""
-    return cfg["backbones"]["weights"].get(cfg["modular"]["backbone"])
+    return cfg.backbones.weights.get(cfg.modular.backbone)
 
 
 def _analysis(args, cfg, analysis) -> None:
     """Run ``analysis(trained, modular_analyses, shards, out_dir)`` on the saved inverses."""
     from featinv.modular.trained import load_trained
 
-    trained = load_trained(cfg["modular"], args.model_dir, _weights(cfg))
-    print(json.dumps(analysis(trained, cfg["modular_analyses"], args.shards, args.out_dir), indent=1, default=str))
+    trained = load_trained(cfg.modular, args.model_dir, _weights(cfg))
+    print(json.dumps(analysis(trained, cfg.modular_analyses, args.shards, args.out_dir), indent=1, default=str))
 
 
 @verb("train modular and classic inverses of every stage", sections=("modular", "backbones"), args=(
@@ -34,7 +33,7 @@ def _analysis(args, cfg, analysis) -> None:
 def train_modular(args, cfg) -> None:
     from featinv.modular.trained import train_inverses
 
-    print(json.dumps(train_inverses(cfg["modular"], args.shards, args.model_dir, args.loss_csv, _weights(cfg)), indent=1))
+    print(json.dumps(train_inverses(cfg.modular, args.shards, args.model_dir, args.loss_csv, _weights(cfg)), indent=1))
 
 
 @verb("modular vs classic inversion: reconstruction MSE by stage, parameter counts, grid",
