@@ -182,3 +182,18 @@ def test_every_key_path_a_message_names_exists():
                 if not _schema_has(keys):
                     wrong.append(f"{path.relative_to(REPO)}: {'.'.join(keys)}")
     assert found > 40 and not wrong, wrong
+
+
+def test_an_overlay_that_selects_fewer_splits_validates(tmp_path):
+    """A val-only dataset: overlays merge mappings, so the default's per_class.train stays; as null
+    (no limit) it is accepted, with a number it is named."""
+    overlay = tmp_path / "val-only.yaml"
+    overlay.write_text(yaml.safe_dump({
+        "data": {"source": "imagefolder", "root": "/data/imagenet", "splits": ["val"], "views": {"splits": []}},
+        "features": {"splits": ["val"]}}))
+    merged = config.load(REPO / "params.yaml", overlay)
+    assert merged["data"]["per_class"] == {"train": None, "val": 4}
+    overlay.write_text(yaml.safe_dump({"data": {"splits": ["val"], "per_class": {"train": 5}, "views": {"splits": []}},
+                                       "features": {"splits": ["val"]}}))
+    with pytest.raises(config.ParamsError, match=r"data\.per_class\.train: 5 for a split that is not one of data\.splits \['val'\]"):
+        config.load(REPO / "params.yaml", overlay)

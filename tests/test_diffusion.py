@@ -181,10 +181,15 @@ def test_paper_layout_with_a_vae_loads(tmp_path, base):
     for part, module in (("unet", base.unet), ("text_encoder", base.text_encoder), ("tokenizer", base.tokenizer),
                          ("scheduler", base.noise_scheduler), ("vae", vae)):
         module.save_pretrained(tmp_path / "sd" / part)
-    loaded = load_base(tmp_path / "sd", resolution=32)
-    assert isinstance(loaded.codec, VaeCodec)
-    z = loaded.codec.encode(torch.rand(1, 3, 32, 32) * 2 - 1)
-    assert tuple(z.shape) == (1, 4, 16, 16) and tuple(loaded.codec.decode(z).shape) == (1, 3, 32, 32)
+    loaded = load_base(tmp_path / "sd", resolution=16)
+    assert isinstance(loaded.codec, VaeCodec) and loaded.codec.factor == 2
+    z = loaded.codec.encode(torch.rand(1, 3, 16, 16) * 2 - 1)
+    assert tuple(z.shape) == (1, 4, 8, 8) and tuple(loaded.codec.decode(z).shape) == (1, 3, 16, 16)
+    assert load_base(tmp_path / "sd").resolution == 16  # sample_size x VAE factor
+    # A resolution whose latent grid is not the UNet's: stopped at load time, naming both numbers.
+    with pytest.raises(BaseModelError, match=r"resolution 32 px / 2 px per latent = a 16\^2 latent grid, but its UNet "
+                                             r"was built for 8\^2 \(sample_size\): set diffusion.base.resolution to 16"):
+        load_base(tmp_path / "sd", resolution=32)
 
 
 def test_missing_base_model_offline_names_what_to_supply(monkeypatch):
@@ -192,6 +197,7 @@ def test_missing_base_model_offline_names_what_to_supply(monkeypatch):
     with pytest.raises(BaseModelError) as err:
         load_base("lambdalabs/miniSD-diffusers")
     assert "lambdalabs/miniSD-diffusers" in str(err.value) and "diffusion.base.source" in str(err.value)
+    assert "`hf download lambdalabs/miniSD-diffusers`" in str(err.value)  # today's Hugging Face CLI
 
 
 def test_patch_codec_is_lossless():

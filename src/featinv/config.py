@@ -187,9 +187,9 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     problems = []
     c = typed(config)
     splits = list(c.data.splits)
-    for split in c.data.per_class:
-        if split not in splits:
-            problems.append(f"data.per_class.{split}: not one of data.splits {splits}")
+    for split, limit in c.data.per_class.items():
+        if split not in splits and limit is not None:  # null: an overlay cannot remove the default's key
+            problems.append(f"data.per_class.{split}: {limit} for a split that is not one of data.splits {splits}")
     for split in c.features.splits:
         if split not in splits:
             problems.append(f"features.splits: '{split}' is not one of data.splits {splits}")

@@ -110,7 +110,7 @@ def _resolve(source: str) -> Path:
     from huggingface_hub import snapshot_download
 
     hint = (f"base diffusion model '{source}' is neither a local directory nor in the Hugging Face cache. "
-            f"On a machine with internet run `huggingface-cli download {source}` (then copy $HF_HOME over), "
+            f"On a machine with internet run `hf download {source}` (then copy $HF_HOME over), "
             f"or download it and set diffusion.base.source to its local directory "
             f"(diffusers layout: unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     try:
@@ -143,9 +143,16 @@ def load_base(source: str | Path, resolution: int | None = None) -> BaseModel:
 
         codec = VaeCodec(AutoencoderKL.from_pretrained(path / "vae"))
     meta = path / "featinv_base.json"
+    factor = codec.factor
     if resolution is None:
         if meta.exists():
             resolution = json.loads(meta.read_text())["resolution"]
         else:
-            resolution = unet.config.sample_size * (2 ** (len(codec.vae.config.block_out_channels) - 1))
+            resolution = unet.config.sample_size * factor
+    grid = codec.grid(int(resolution))
+    if grid != unet.config.sample_size:
+        raise BaseModelError(
+            f"base model {source}: diffusion.base.resolution {resolution} px / {factor} px per latent = a {grid}^2 "
+            f"latent grid, but its UNet was built for {unet.config.sample_size}^2 (sample_size): set "
+            f"diffusion.base.resolution to {unet.config.sample_size * factor}")
     return BaseModel(unet, text_encoder, tokenizer, scheduler, codec, int(resolution), str(source))

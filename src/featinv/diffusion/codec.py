@@ -27,8 +27,13 @@ class PatchCodec:
     def channels(self) -> int:
         return 3 * self.patch * self.patch
 
+    @property
+    def factor(self) -> int:
+        """Pixels per latent position along each side."""
+        return self.patch
+
     def grid(self, resolution: int) -> int:
-        return resolution // self.patch
+        return resolution // self.factor
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(images, self.patch)
@@ -53,8 +58,13 @@ class VaeCodec:
     def channels(self) -> int:
         return int(self.vae.config.latent_channels)
 
+    @property
+    def factor(self) -> int:
+        """Pixels per latent position along each side (8 for Stable Diffusion's VAE)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def grid(self, resolution: int) -> int:
-        return resolution // 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return resolution // self.factor
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

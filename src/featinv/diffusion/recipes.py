@@ -100,11 +100,12 @@ def base_objective(base_dir: str | Path, base_cfg: DiffusionBase, prompt: str, t
 
 def train_controlnet(base_source: str | Path, features: str | Path, targets: str | Path, variant: str,
                      cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path,
-                     device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Train one FeatInv ControlNet on (feature map or pooled vector -> target) pairs; save to ``out``."""
+                     device: str = "auto", progress: bool = True, resolution: int | None = None) -> dict[str, Any]:
+    """Train one FeatInv ControlNet on (feature map or pooled vector -> target) pairs; save to ``out``.
+    ``resolution``: ``diffusion.base.resolution``, checked against the base model (None = its own)."""
     feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
     cond_array = conditioning(feats, variant)
-    base = load_base(base_source)
+    base = load_base(base_source, resolution)
     if list(feats["keys"][:]) != list(tgts["keys"][:]):
         raise ValueError(f"{features} and {targets} do not hold the same samples in the same order")
     attrs = dict(feats.attrs)

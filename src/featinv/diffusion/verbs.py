@@ -76,7 +76,8 @@ def train_controlnet(args, cfg) -> None:
     from featinv.diffusion.recipes import train_controlnet as train
 
     summary = train(args.base, args.features, args.targets, args.variant, cfg.controlnet,
-                    cfg.diffusion.prompt, args.out, args.loss_csv, device=cfg.diffusion.device)
+                    cfg.diffusion.prompt, args.out, args.loss_csv, device=cfg.diffusion.device,
+                    resolution=cfg.diffusion.base.resolution)
     print(json.dumps(summary, indent=1))
 
 
