@@ -1,7 +1,9 @@
 """One interface for every family; real EfficientNet-Lite weights; clear errors without weights."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from featinv.backbones import WeightsError, create_backbone
 from featinv.backbones.efficientnet_lite import PACKAGES, convert, weights_file
@@ -124,3 +126,48 @@ def test_local_weights_file_is_loaded_without_unpickling(tmp_path):
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown timm model 'resnet5O'"):
         create_backbone("resnet5O")
+
+
+@pytest.mark.parametrize("name, default_grid, size, grid", [("resnet18", 7, 288, 9), ("vit_tiny_patch16_224", 14, 288, 18)])
+def test_input_size_sets_the_preprocessing_and_the_map_grid(name, default_grid, size, grid):
+    """backbones.input_size: the official FeatInv ConvNeXt runs at 288 px (9x9 maps); a patch-embedding
+    model is built for the new grid."""
+    default = create_backbone(name, pretrained=False)
+    assert default.preprocessing.input_size == (3, 224, 224) and default.fmap_shape[1:] == (default_grid, default_grid)
+    bb = create_backbone(name, pretrained=False, input_size=size)
+    assert bb.preprocessing.input_size == (3, size, size) and bb.fmap_shape[1:] == (grid, grid)
+    assert bb.describe()["preprocessing"]["input_size"] == (3, size, size)
+    assert tuple(bb.preprocessing.transform()(Image.new("RGB", (500, 375))).shape) == (3, size, size)
+
+
+def _framed_photo() -> Image.Image:
+    """200 x 120: blue outside the central 120 x 120 square, which is grey inside a 6 px red frame."""
+    img = np.zeros((120, 200, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[:, 40:160] = (255, 0, 0)
+    img[6:114, 46:154] = (128, 128, 128)
+    return Image.fromarray(img)
+
+
+def test_resize_view_is_the_target_region_and_the_eval_transform_cuts_its_border():
+    """features.view / metrics.scoring: ``resize`` shows the backbone exactly the region the diffusion
+    target shows (the largest central square, frame included, nothing outside it); timm's eval transform
+    (crop_pct 0.875) cuts the 6 px frame away."""
+    from featinv.data.target_view import TargetView
+
+    bb = create_backbone("resnet50.tv_in1k", pretrained=False)  # the paper's ResNet50: timm crops 87.5%
+    assert bb.preprocessing.crop_pct == 0.875
+    mean, std = torch.tensor(bb.preprocessing.mean).view(3, 1, 1), torch.tensor(bb.preprocessing.std).view(3, 1, 1)
+    img = _framed_photo()
+    assert TargetView(64).box(*img.size) == (40, 0, 160, 120)
+    seen = {v: (bb.preprocessing.transform(v)(img) * std + mean).clamp(0, 1) for v in ("eval_transform", "resize")}
+    red = lambda x: (x[0] > 0.9) & (x[1] < 0.1) & (x[2] < 0.1)  # noqa: E731
+    blue = lambda x: (x[2] > 0.9) & (x[0] < 0.1)  # noqa: E731
+    resized = seen["resize"]
+    assert red(resized[:, :8, :]).all() and red(resized[:, -8:, :]).all()  # the frame, at the edges (6/120 of 224)
+    assert red(resized[:, :, :8]).all() and not blue(resized).any()
+    assert abs(float(resized[:, 112, 112].mean()) - 128 / 255) < 0.01
+    cut = seen["eval_transform"]
+    assert not red(cut).any() and not blue(cut).any()  # only the grey centre is left
+    with pytest.raises(ValueError, match="unknown view 'centre'"):
+        bb.preprocessing.transform("centre")

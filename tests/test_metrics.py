@@ -126,13 +126,15 @@ def test_table_assembly(tmp_path):
     assert "fid[bb_a pooled, N=10]" in header
     assert header[12:15] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
     assert header[15:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
-                           "oracle_nearest_train_top5_match"]
+                           "oracle_nearest_train_top5_match", "scoring"]
+    assert t1.scoring == "eval_transform"  # metrics without a scoring key: scored as before it existed
     assert [(r.backbone, r.variant) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
                                                        ("bb_a", "pooled"), ("bb_b", "pooled")]
     first = rows[0]
     assert first.measures["cosine_sim"] == Interval(0.6, 0.5, 0.7)
     assert first.measures["top5_match"].mean == 0.8 and first.measures["top1_match"].mean == 0.5
-    assert first.cells()[2:5] == [0.6, 0.5, 0.7] and len(first.cells()) == len(header)
+    assert first.cells()[2:5] == [0.6, 0.5, 0.7] and len(t1.csv_rows()[0]) == len(header)
+    assert t1.csv_rows()[0][-1] == "eval_transform"
     assert first.oracles == {"oracle_copy_cosine_sim": 0.9, "oracle_copy_top5_match": 1.0,
                              "oracle_nearest_train_cosine_sim": 0.45, "oracle_nearest_train_top5_match": 0.6}
     assert rows[1].oracles["oracle_copy_cosine_sim"] == 0.9  # bb_b: no nearest-train oracle
@@ -145,6 +147,11 @@ def test_table_assembly(tmp_path):
         assert len(list(csv.reader(fh))) == 5
     md = (tmp_path / "table1.md").read_text()
     assert "| bb_a | unpooled | 0.600 [0.500, 0.700] |" in md and "| 0.900 / 1.000 | 0.450 / 0.600 |" in md
+    assert md.startswith("# Table 1: reconstruction quality (demo, scoring: eval_transform)")
+    resized = table1([{**m, "scoring": "resize"} for m in metrics])
+    assert resized.scoring == "resize" and resized.csv_rows()[0][-1] == "resize"
+    with pytest.raises(ValueError, match=r"scored in different ways: \['eval_transform', 'resize'\]"):
+        table1(metrics[:1] + [{**metrics[1], "scoring": "resize"}])
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["table1"]["bb_b/pooled"]["cosine_sim"] == 0.2
     assert summary["table1"]["bb_a/pooled"]["oracle_nearest_train_cosine_sim"] == 0.45
@@ -179,7 +186,7 @@ def _sample_store(path, images, keys):
 
 
 METRICS = {"batch_size": 8, "device": "cpu", "bootstrap": 200, "confidence": 0.95, "seed": 0,
-           "cross_model_variant": "unpooled", "oracles": {"nearest_train": False},
+           "cross_model_variant": "unpooled", "scoring": "eval_transform", "oracles": {"nearest_train": False},
            "fid": {"features": "tf_efficientnet_lite0", "inception_weights": ""}}
 METRICS_CFG = section("metrics", METRICS)
 
@@ -259,3 +266,27 @@ def test_fid_warns_below_the_feature_dimension(caplog):
     with caplog.at_level("WARNING"):
         fid.frechet_distance(rng.normal(size=(10, 16)), rng.normal(size=(10, 16)))
     assert "FID on 10 images with 16-d features" in caplog.text
+
+
+def test_scoring_choice_decides_whether_a_reconstructions_border_counts(demo_shards):
+    """metrics.scoring: a reconstruction that is the original except for a noisy 3 px border (of 64)
+    scores nearly perfectly through the eval transform (its centre crop cuts 1/16 of each side) and
+    clearly lower when the whole image is resized, as the paper scores."""
+    from featinv.backbones import create_backbone
+    from featinv.data.target_view import view_images
+    from featinv.metrics.evaluate import backbone_outputs
+    from featinv.metrics.similarity import cosine_per_position
+
+    lite0 = create_backbone("tf_efficientnet_lite0")
+    originals = view_images(demo_shards, "val", 64)[:8].transpose(0, 3, 1, 2).copy()
+    framed = originals.copy()
+    noise = np.random.default_rng(0).integers(0, 256, framed.shape, dtype=np.uint8)
+    border = np.ones((64, 64), bool)
+    border[3:-3, 3:-3] = False
+    framed[:, :, border] = noise[:, :, border]
+    cos = {}
+    for view in ("eval_transform", "resize"):
+        ref = backbone_outputs(lite0, originals, 8, torch.device("cpu"), view=view)["features"]
+        cos[view] = float(cosine_per_position(ref, backbone_outputs(lite0, framed, 8, torch.device("cpu"),
+                                                                    view=view)["features"]).mean())
+    assert cos["eval_transform"] > 0.9 and cos["resize"] < cos["eval_transform"] - 0.1, cos

@@ -201,9 +201,10 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     for name in c.sampling.control_strength:
         if name not in c.backbones.names:
             problems.append(f"sampling.control_strength.{name}: not one of backbones.names")
-    for name in c.backbones.weights:
-        if name not in c.backbones.names:
-            problems.append(f"backbones.weights.{name}: not one of backbones.names")
+    for key in ("weights", "input_size"):
+        for name in getattr(c.backbones, key):
+            if name not in c.backbones.names:
+                problems.append(f"backbones.{key}.{name}: not one of backbones.names")
     if c.applications.backbone not in c.backbones.names:
         problems.append(f"applications.backbone: '{c.applications.backbone}' is not one of backbones.names")
     if "unpooled" not in c.controlnet.variants:

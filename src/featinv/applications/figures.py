@@ -71,12 +71,15 @@ class FeatInvGenerator:
 
 
 class MapScorer:
-    """Cosine per position between a backbone's map of images and given maps."""
+    """Cosine per position between a backbone's map of images and given maps of a feature store: the
+    images go through the store's backbone, at its input size, seen as the store's images were seen."""
 
-    def __init__(self, backbone: str, weights: str | None, device: torch.device, batch_size: int = 32):
-        from featinv.backbones import create_backbone
+    def __init__(self, store: str | Path, weights: str | None, device: torch.device, batch_size: int = 32):
+        from featinv.features.store import store_backbone, store_view
 
-        self.backbone = create_backbone(backbone, weights=weights)
+        attrs = rowstore.open_complete(store).attrs
+        self.backbone = store_backbone(attrs, weights)
+        self.view = store_view(attrs)
         self.device = device
         self.batch_size = batch_size
 
@@ -85,7 +88,7 @@ class MapScorer:
         from featinv.metrics.similarity import cosine_per_position
 
         uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        feats = backbone_outputs(self.backbone, uint8, self.batch_size, self.device)["features"]
+        feats = backbone_outputs(self.backbone, uint8, self.batch_size, self.device, view=self.view)["features"]
         return cosine_per_position(feats, maps.float())
 
 

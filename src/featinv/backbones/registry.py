@@ -20,11 +20,15 @@ from torch import nn
 
 from featinv.backbones import efficientnet_lite
 from featinv.backbones.families import family_for
+from featinv.data.target_view import TargetView
 from featinv.hub import offline
 
 
 class WeightsError(FileNotFoundError):
     """Pretrained weights for a backbone cannot be found."""
+
+
+VIEWS = ("eval_transform", "resize")
 
 
 @dataclass(frozen=True)
@@ -38,9 +42,35 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def transform(self):
-        """PIL image -> normalised CHW float tensor, as timm evaluates this model."""
-        return timm.data.create_transform(**asdict(self), is_training=False)
+    def transform(self, view: str = "eval_transform"):
+        """PIL image -> normalised CHW float tensor at the input size. ``eval_transform``: as timm
+        evaluates this model (resize, then a centre crop of ``crop_pct``); ``resize``: the largest
+        central square resized to the input size, nothing cut from it (for a square image: all of it;
+        the paper scores its 256 px reconstructions so, and the diffusion target is that square)."""
+        if view == "eval_transform":
+            return timm.data.create_transform(**asdict(self), is_training=False)
+        if view != "resize":
+            raise ValueError(f"unknown view '{view}' (one of {', '.join(VIEWS)})")
+        from torchvision import transforms
+
+        from timm.data.transforms import str_to_interp_mode
+
+        return transforms.Compose([
+            _TargetRegion(TargetView(tuple(self.input_size[1:]))),
+            transforms.Resize(self.input_size[1:], interpolation=str_to_interp_mode(self.interpolation), antialias=True),
+            transforms.ToTensor(),
+            transforms.Normalize(self.mean, self.std),
+        ])
+
+
+class _TargetRegion:
+    """PIL image -> the region a target view of it shows (its largest central square), uncut."""
+
+    def __init__(self, view: TargetView):
+        self.view = view
+
+    def __call__(self, img):
+        return img.crop(self.view.box(*img.size))
 
 
 class Backbone(nn.Module):
@@ -51,7 +81,7 @@ class Backbone(nn.Module):
     - ``head(fmap)``: logits, the rest of the classifier applied to a (possibly modified) map.
     """
 
-    def __init__(self, name: str, model: nn.Module, weights_source: str):
+    def __init__(self, name: str, model: nn.Module, weights_source: str, input_size: int | None = None):
         super().__init__()
         self.name = name
         # channels_last: oneDNN's faster depthwise/pointwise convolutions on CPU, and the fast path on GPU.
@@ -60,7 +90,7 @@ class Backbone(nn.Module):
         self.weights_source = weights_source
         cfg = timm.data.resolve_model_data_config(self.model)
         self.preprocessing = Preprocessing(
-            input_size=tuple(cfg["input_size"]),
+            input_size=(3, input_size, input_size) if input_size else tuple(cfg["input_size"]),
             interpolation=cfg["interpolation"],
             crop_pct=float(cfg["crop_pct"]),
             crop_mode=cfg.get("crop_mode", "center"),
@@ -156,26 +186,36 @@ def _missing_weights_message(name: str, model: nn.Module, reason: str) -> str:
 
 
 def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True,
-                    **model_kwargs: Any) -> Backbone:
+                    input_size: int | None = None, **model_kwargs: Any) -> Backbone:
     """Build backbone ``name`` (a timm name, optionally ``arch.tag``) with real weights.
 
-    ``pretrained=False`` gives random weights (tests, benchmarks of paper-shaped models).
+    ``input_size``: the side (px) its inputs are resized to instead of its pretrained config's
+    (``backbones.input_size``; the official FeatInv ConvNeXt runs at 288). Models that embed patches
+    at a fixed grid (ViT, Swin) are built for it. ``pretrained=False`` gives random weights (tests,
+    benchmarks of paper-shaped models).
     """
     if name.split(".")[0] not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown timm model '{name}'")
     model = timm.create_model(name, pretrained=False, **model_kwargs)
+    if input_size and hasattr(model, "patch_embed") and "img_size" not in model_kwargs:
+        model_kwargs = {**model_kwargs, "img_size": input_size}
+        model = timm.create_model(name, pretrained=False, **model_kwargs)
     arch = name.split(".")[0]
+
+    def backbone(model: nn.Module, source: str) -> Backbone:
+        return Backbone(name, model, source, input_size)
+
     if not pretrained:
-        return Backbone(name, model, "random-init")
+        return backbone(model, "random-init")
     if weights:
         model.load_state_dict(load_weights_file(weights), strict=True)
-        return Backbone(name, model, f"file:{Path(weights).resolve()}")
+        return backbone(model, f"file:{Path(weights).resolve()}")
     if arch in efficientnet_lite.PACKAGES:
         try:
             source = efficientnet_lite.load_into(model, arch)
         except FileNotFoundError as exc:
             raise WeightsError(str(exc)) from None
-        return Backbone(name, model, source)
+        return backbone(model, source)
     cached = _hub_cached_file(model)
     if cached is None and offline():
         raise WeightsError(_missing_weights_message(name, model, "offline and nothing cached"))
@@ -184,4 +224,4 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
     except Exception as exc:  # download or load failure: name what to supply instead
         raise WeightsError(_missing_weights_message(name, model, f"{type(exc).__name__}: {str(exc)[:200]}")) from None
-    return Backbone(name, model, f"hub:{cached or model.pretrained_cfg.get('hf_hub_id')}")
+    return backbone(model, f"hub:{cached or model.pretrained_cfg.get('hf_hub_id')}")

@@ -33,9 +33,10 @@ def _manifest_digest(manifest: dict[str, Any], split: str) -> str:
     return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
-def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: int) -> dict[str, Any]:
+def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: int, view: str) -> dict[str, Any]:
     return {
         **backbone.describe(),
+        "view": view,
         "dataset": manifest["dataset"],
         "split": split,
         "label_space": manifest["label_space"],
@@ -52,11 +53,13 @@ def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: i
 @torch.inference_mode()
 def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path, batch_size: int = 32,
             num_workers: int = 2, device: str = "auto", rows_per_shard: int = 128, rows_per_chunk: int = 16,
-            topk: int = 5, progress: bool = True, limit: int = 0) -> dict[str, Any]:
+            topk: int = 5, progress: bool = True, limit: int = 0, view: str = "eval_transform") -> dict[str, Any]:
     """Extract ``split`` of the shards at ``shards`` into the store ``out``; return a summary (of this
     process's share, when launched as several processes).
 
-    ``limit`` > 0 keeps only the first ``limit`` rows (benchmarks)."""
+    ``view`` (``features.view``): what the backbone sees of each image, its eval transform or the
+    diffusion target's region resized (:meth:`Preprocessing.transform`). ``limit`` > 0 keeps only
+    the first ``limit`` rows (benchmarks)."""
     manifest_path = Path(shards) / "manifest.json" if Path(shards).is_dir() else Path(shards)
     manifest = load_manifest(manifest_path)
     index = index_split(manifest_path, split)
@@ -66,7 +69,7 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
     dev = resolve_device(device)
     procs = processes(dev)
     backbone = backbone.to(dev)
-    attrs = _store_attrs(backbone, manifest, split, n, topk)
+    attrs = _store_attrs(backbone, manifest, split, n, topk, view)
     group, resumed = rowstore.open_shared(out, n, store.arrays(backbone.fmap_shape, topk), rows_per_shard,
                                           rows_per_chunk, attrs, procs)
     if not resumed:
@@ -80,7 +83,7 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
     started = time.perf_counter()
     if batches:
         writer = rowstore.BlockWriter(group)
-        for images, rows in shard_batches(index, backbone.preprocessing.transform(), batches, num_workers, dev,
+        for images, rows in shard_batches(index, backbone.preprocessing.transform(view), batches, num_workers, dev,
                                           f"{backbone.name} {split}", progress and procs.is_main):
             fmap = backbone.spatial(images)
             probs = backbone.head(fmap).float().softmax(-1)

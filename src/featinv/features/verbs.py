@@ -7,7 +7,7 @@ import json
 from featinv.verbs import Arg, verb
 
 
-@verb("extract a split's feature maps into a zarr store", sections=("features",), processes=True, args=(
+@verb("extract a split's feature maps into a zarr store", sections=("features", "backbones"), processes=True, args=(
     Arg("--backbone", "timm model name", required=True),
     Arg("--weights", "local weights file (optional)", default=""),
     Arg("--shards", "shard directory with manifest.json", required=True),
@@ -20,10 +20,11 @@ def extract_features(args, cfg) -> None:
     from featinv.fileio import write_json
 
     feats = cfg.features
-    backbone = create_backbone(args.backbone, weights=args.weights or None)
+    backbone = create_backbone(args.backbone, weights=args.weights or None,
+                               input_size=cfg.backbones.input_size.get(args.backbone))
     summary = extract(backbone, args.shards, args.split, args.store, batch_size=feats.batch_size,
                       num_workers=feats.num_workers, device=feats.device, rows_per_shard=feats.rows_per_shard,
-                      rows_per_chunk=feats.rows_per_chunk, topk=feats.topk)
+                      rows_per_chunk=feats.rows_per_chunk, topk=feats.topk, view=feats.view)
     if summary["process"]:
         return  # the main process reports, once the store is complete
     report = {**accuracy_report(args.store), "extraction": summary}

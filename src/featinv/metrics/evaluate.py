@@ -1,8 +1,9 @@
 """Evaluate one trained model's reconstructions (a sample store) against the originals.
 
 - Cosine similarity per spatial position, with the conditioning backbone: each reconstruction goes
-  through the backbone's own eval preprocessing, its feature map is compared with the stored map of
-  the original at every position, averaged over positions.
+  through ``metrics.scoring`` (the backbone's eval preprocessing, or the whole image resized to its
+  input size as the paper scores), its feature map is compared with the stored map of the original at
+  every position, averaged over positions. Each backbone runs at the input size of its store.
 - Top-5(1) match per evaluating backbone: the original's top-1 class (from that backbone's feature
   store) among the reconstruction's top 5 (equal to its top 1). The conditioning backbone gives
   Table 1; every backbone evaluating the ``cross_model_variant`` models gives Table 2.
@@ -10,7 +11,7 @@
   view at the sample resolution), on the features named in ``metrics.fid.features``.
 
 - Oracles, through the same scoring path (the image at the sample resolution, the conditioning
-  backbone's eval preprocessing): ``oracle_copy`` scores the original itself, the ceiling of a
+  backbone through ``metrics.scoring``): ``oracle_copy`` scores the original itself, the ceiling of a
   perfect reconstruction at this resolution; ``oracle_nearest_train`` scores, for each original, the
   training image (view) whose stored map is closest to the original's by cosine per position: what
   a model that only recalls its training set can reach (``metrics.oracles.nearest_train``; it needs
@@ -35,6 +36,7 @@ from featinv.backbones import Backbone, create_backbone
 from featinv.config import Metrics
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device
+from featinv.features.store import store_backbone
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics import fid
 from featinv.metrics.similarity import cosine_per_position, topk_match
@@ -47,10 +49,11 @@ def _batches(n: int, size: int, desc: str):
 
 @torch.inference_mode()
 def backbone_outputs(backbone: Backbone, images: np.ndarray, batch_size: int, device: torch.device,
-                     topk: int = 5) -> dict[str, np.ndarray]:
-    """Feature maps, pooled features and top-k classes of (M, 3, R, R) uint8 images, each through the
-    backbone's own eval preprocessing (resize and crop to its input size, normalisation)."""
-    transform = backbone.preprocessing.transform()
+                     topk: int = 5, view: str = "eval_transform") -> dict[str, np.ndarray]:
+    """Feature maps, pooled features and top-k classes of (M, 3, R, R) uint8 images, each through
+    ``view`` (``metrics.scoring``): the backbone's own eval preprocessing (resize and centre crop to
+    its input size) or the whole image resized to its input size; then normalised."""
+    transform = backbone.preprocessing.transform(view)
     backbone = backbone.to(device)
     out: dict[str, list[np.ndarray]] = {"features": [], "pooled": [], "topk": []}
     for i in _batches(len(images), batch_size, f"{backbone.name} on reconstructions"):
@@ -62,13 +65,13 @@ def backbone_outputs(backbone: Backbone, images: np.ndarray, batch_size: int, de
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def fid_extractor(name: str, weights: dict[str, str], batch_size: int,
-                  device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+def fid_extractor(name: str, weights: Mapping[str, str], batch_size: int, device: torch.device,
+                  view: str = "eval_transform") -> Callable[[np.ndarray], np.ndarray]:
     """(M, 3, R, R) uint8 images -> (M, D) features for the Fréchet distance: pytorch-fid's Inception
-    pool3 (``inception``) or a backbone's pooled features. The network is built once."""
+    pool3 (``inception``) or a backbone's pooled features (through ``view``). The network is built once."""
     if name != fid.INCEPTION:
         backbone = create_backbone(name, weights=weights.get(name) or None)
-        return lambda images: backbone_outputs(backbone, images, batch_size, device)["pooled"]
+        return lambda images: backbone_outputs(backbone, images, batch_size, device, view=view)["pooled"]
     model = fid.inception_model(weights.get(fid.INCEPTION) or None).to(device)
 
     @torch.inference_mode()
@@ -118,7 +121,7 @@ def nearest_by_cosine(queries: np.ndarray, bank, block: int = 512) -> tuple[np.n
 def _oracle(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
             cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
     """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps."""
-    out = backbone_outputs(backbone, images, cfg.batch_size, device)
+    out = backbone_outputs(backbone, images, cfg.batch_size, device, view=cfg.scoring)
     cos = cosine_per_position(ref_maps, out["features"])
     return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
             "top5": summarise(topk_match(reference_top1, out["topk"], 5).astype(np.float64), **boot),
@@ -152,7 +155,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
     split = dict(rowstore.open_complete(stores[conditioning]).attrs)["split"]
     result: dict[str, Any] = {"model": model, "samples": str(samples), "split": split,
                               "n_images": n, "samples_per_map": s, "resolution": int(images.shape[-1]),
-                              "confidence": cfg.confidence, "match": {}}
+                              "confidence": cfg.confidence, "scoring": cfg.scoring, "match": {}}
     per_image: dict[str, np.ndarray] = {}
     resolution = int(images.shape[-1])
     real_views = original_views(shards, split, keys, resolution)
@@ -161,8 +164,8 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
         stored_keys = [str(k) for k in originals["keys"][:]]
         if stored_keys != keys:
             raise ValueError(f"feature store {store_path} holds other images than {samples} (keys differ)")
-        backbone = create_backbone(name, weights=weights.get(name) or None)
-        recon = backbone_outputs(backbone, flat, cfg.batch_size, device)
+        backbone = store_backbone(originals.attrs, weights.get(name) or None)
+        recon = backbone_outputs(backbone, flat, cfg.batch_size, device, view=cfg.scoring)
         reference = np.repeat(originals["topk_indices"][:, 0], s)
         top5 = topk_match(reference, recon["topk"], 5)
         top1 = topk_match(reference, recon["topk"], 1)
@@ -181,7 +184,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
 
     fid_name = cfg.fid.features
     extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg.fid.inception_weights},
-                            cfg.batch_size, device)
+                            cfg.batch_size, device, view=cfg.scoring)
     real = extract(real_views)
     fake = extract(flat)
     result["fid"] = {"features": fid_name, "dim": int(real.shape[1]), "n_real": len(real), "n_fake": len(fake),

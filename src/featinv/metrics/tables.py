@@ -25,6 +25,14 @@ def _fid_column(metrics: list[dict[str, Any]]) -> str:
     return f"fid[{label}, N={n}]"
 
 
+def _scoring(metrics: list[dict[str, Any]]) -> str:
+    """How every model's reconstructions reached the backbone (``metrics.scoring``): one choice per table."""
+    choices = {m.get("scoring", "eval_transform") for m in metrics}
+    if len(choices) != 1:
+        raise ValueError(f"models were scored in different ways: {sorted(choices)}")
+    return choices.pop()
+
+
 def _measure(m: dict[str, Any], name: str) -> dict[str, float]:
     if name == "cosine_sim":
         return m["cosine_sim"]
@@ -52,7 +60,7 @@ class Table1Row:
     oracles: dict[str, float]  # "<oracle>_<measure>" for ORACLES x ORACLE_MEASURES, NaN where not computed
 
     def cells(self) -> list[Any]:
-        """The CSV row, in :attr:`Table1.header` order."""
+        """The row's cells, in :attr:`Table1.header` order (without the table's ``scoring``)."""
         out: list[Any] = [self.backbone, self.variant]
         for name in MEASURES:
             i = self.measures[name]
@@ -64,6 +72,7 @@ class Table1Row:
 class Table1:
     fid_column: str  # fid[<features>, N=<n>]
     level: int  # confidence level of the intervals, in percent
+    scoring: str  # metrics.scoring: eval_transform or resize
     rows: list[Table1Row]
 
     @property
@@ -72,7 +81,11 @@ class Table1:
         for name in MEASURES:
             header += [name, f"{name}_ci{self.level}_low", f"{name}_ci{self.level}_high"]
         header += [self.fid_column, "n_images", "samples_per_map", "cosine_sim_unrelated"]
-        return header + oracle_columns()
+        return header + oracle_columns() + ["scoring"]
+
+    def csv_rows(self) -> list[list[Any]]:
+        """The CSV body: each row's cells, then how it was scored."""
+        return [r.cells() + [self.scoring] for r in self.rows]
 
 
 def oracle_columns() -> list[str]:
@@ -89,7 +102,7 @@ def table1(metrics: list[dict[str, Any]]) -> Table1:
         oracles = {f"{o}_{name}": _oracle_value(m, o, key) for o in ORACLES for name, key in ORACLE_MEASURES}
         rows.append(Table1Row(m["model"]["backbone"], m["model"]["variant"], measures, m["fid"]["value"],
                               m["n_images"], m["samples_per_map"], m["cosine_sim_unrelated"], oracles))
-    return Table1(_fid_column(metrics), round(100 * metrics[0]["confidence"]), rows)
+    return Table1(_fid_column(metrics), round(100 * metrics[0]["confidence"]), _scoring(metrics), rows)
 
 
 def _oracle_value(m: dict[str, Any], oracle: str, key: str) -> float:
@@ -144,7 +157,10 @@ def table1_markdown(table: Table1, dataset: str) -> str:
         cells += [f"{r.fid:.1f}", str(r.n_images), f"{r.cosine_sim_unrelated:.3f}"]
         cells += [" / ".join(f"{r.oracles[f'{o}_{name}']:.3f}" for name, _ in ORACLE_MEASURES) for o in ORACLES]
         body.append(cells)
-    return (f"# Table 1: reconstruction quality ({dataset})\n\nMean over evaluation images with "
+    scored = {"eval_transform": "each reconstruction through the backbone's eval transform (resize, centre crop)",
+              "resize": "each whole reconstruction resized to the backbone's input size"}[table.scoring]
+    return (f"# Table 1: reconstruction quality ({dataset}, scoring: {table.scoring})\n\nScored with {scored}. "
+            f"Mean over evaluation images with "
             f"{table.level}% bootstrap intervals. cosine-sim: feature cosine per "
             "spatial position with the conditioning backbone; top5(1) match: the original's top-1 class among "
             "the reconstruction's top 5 (its top 1); FID: between reconstructions and originals on the named "
@@ -168,7 +184,7 @@ def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: st
     """results/table1.{csv,md}, results/table2.{csv,md} and the metrics file DVC reads."""
     out_dir = Path(out_dir)
     t1, t2 = table1(metrics), table2(metrics, cross_variant)
-    atomic_write_text(out_dir / "table1.csv", csv_text(t1.header, [r.cells() for r in t1.rows]))
+    atomic_write_text(out_dir / "table1.csv", csv_text(t1.header, t1.csv_rows()))
     atomic_write_text(out_dir / "table1.md", table1_markdown(t1, dataset))
     atomic_write_text(out_dir / "table2.csv", csv_text(t2.header, t2.cells()))
     atomic_write_text(out_dir / "table2.md", table2_markdown(t2, dataset, cross_variant))
