@@ -21,6 +21,7 @@ TINY_BASE = {"source": "train", "resolution": 16, "patch": 2, "block_out_channel
              "beta_schedule": "scaled_linear", "seed": 0,
              "train": TRAIN}
 SAMPLING = {"split": "val", "scheduler": "ddim", "steps": 4, "guidance_scale": 1.75, "control_strength": {},
+            "tuning": "fixed", "tune": {"maps": 4, "control_strength": [1.0], "guidance_scale": [1.75], "seed": 0},
             "samples_per_map": 2, "seed": 100, "batch_size": 0, "precision": "auto", "rows_per_shard": 6, "preview": 4}
 PROMPT = "a high-quality, detailed, and professional image"
 

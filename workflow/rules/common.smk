@@ -72,6 +72,7 @@ CONTROLNET = f"data/models/{DATASET}/controlnet/{{backbone}}-{{variant}}"
 SAMPLES = f"data/samples/{DATASET}/{{backbone}}-{{variant}}/{{split}}.zarr"
 METRICS = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}.json"
 PER_IMAGE = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}-per-image.csv"
+TUNING = f"results/tuning/{DATASET}/{{backbone}}-{{variant}}.csv"
 TABLE1 = "results/table1.csv"
 MODULAR = f"results/modular/{DATASET}"
 

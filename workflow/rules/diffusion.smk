@@ -95,6 +95,46 @@ rule train_controlnet:
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
 
+rule tune_sampling:
+    message:
+        "Tuning control strength and guidance scale of {wildcards.backbone} ({wildcards.variant})"
+    input:
+        base=base_input,
+        model=ancient(CONTROLNET),
+        features=ancient(STORE.replace("{split}", SAMPLING_SPLIT)),
+    output:
+        table=TUNING,
+        figure=report(TUNING.replace(".csv", ".png"), caption="../report/tuning.rst", category="Sampling tuning"),
+        chosen=TUNING.replace(".csv", ".json"),
+    params:
+        base=BASE,
+        cfg=verb_config("tune_sampling"),
+    log:
+        f"results/logs/tune_sampling/{DATASET}-{{backbone}}-{{variant}}.log",
+    benchmark:
+        f"results/benchmarks/tune_sampling/{DATASET}-{{backbone}}-{{variant}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("tune_sampling", gpu="one"),
+    shell:
+        "featinv --threads {threads} tune-sampling --model {input.model} --base {params.base:q}"
+        " --features {input.features} --out-csv {output.table} --out-png {output.figure}"
+        " --out-json {output.chosen} --config {params.cfg:q} > {log} 2>&1"
+
+
+rule tuning:
+    """Every model's sampling tuning (table, heat map, choice), whatever sampling.tuning says."""
+    input:
+        expand(TUNING, backbone=BACKBONES, variant=VARIANTS),
+
+
+def tuned_input(wildcards):
+    """Under sampling.tuning: auto, the model's tune_sampling choice; else nothing."""
+    if config["sampling"]["tuning"] != "auto":
+        return []
+    return [expand(rules.tune_sampling.output.chosen, backbone=wildcards.backbone, variant=wildcards.variant)[0]]
+
+
 rule sample:
     message:
         "Reconstructing {wildcards.split} feature maps of {wildcards.backbone} ({wildcards.variant})"
@@ -102,11 +142,13 @@ rule sample:
         base=base_input,
         model=ancient(CONTROLNET),
         features=ancient(STORE),
+        tuned=tuned_input,
     output:
         samples=directory(SAMPLES),
     params:
         base=BASE,
         cfg=verb_config("sample"),
+        tuned=lambda wildcards, input: f"--tuned {input.tuned}" if input.tuned else "",
     log:
         f"results/logs/sample/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
     benchmark:
@@ -117,7 +159,7 @@ rule sample:
     shell:
         "featinv --threads {threads} --processes {resources.gpu} sample"
         " --model {input.model} --base {params.base:q}"
-        " --features {input.features} --out {output.samples} --config {params.cfg:q} > {log} 2>&1"
+        " --features {input.features} --out {output.samples} {params.tuned} --config {params.cfg:q} > {log} 2>&1"
 
 
 rule preview_samples:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -56,6 +57,18 @@ def control_strength(sampling: Sampling, backbone: str) -> float:
     """The ControlNet conditioning scale for a backbone's model: ``sampling.control_strength[backbone]``,
     1.0 (the residuals as trained) where the backbone is not named."""
     return float(sampling.control_strength.get(backbone, 1.0))
+
+
+def sampling_settings(sampling: Sampling, backbone: str, tuned: str | Path | None = None) -> tuple[float, float]:
+    """(control strength, guidance scale) of a backbone's model: as ``sampling`` gives them, or under
+    ``sampling.tuning: auto`` the cell ``tune_sampling`` chose for the model (its JSON, ``tuned``)."""
+    if sampling.tuning == "fixed":
+        return control_strength(sampling, backbone), float(sampling.guidance_scale)
+    if not tuned:
+        raise ValueError(f"sampling.tuning is auto but no tuning result of {backbone} was given (--tuned): "
+                         "run tune_sampling first")
+    chosen = json.loads(Path(tuned).read_text())
+    return float(chosen["control_strength"]), float(chosen["guidance_scale"])
 
 
 def noise_seed(key: str, sample: int, seed: int) -> int:
@@ -145,10 +158,13 @@ def sample_unconditional(base: BaseModel, n: int, prompt: str, scheduler: str, s
 
 
 def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, out: str | Path, cfg: Sampling,
-                 strength: float, prompt: str, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                 strength: float, prompt: str, device: str = "auto", progress: bool = True,
+                 guidance: float | None = None) -> dict[str, Any]:
     """Reconstruct every feature map of a feature store into ``out`` (a rowstore):
-    ``images`` (N, S, 3, R, R) uint8 for S samples per map, and ``keys``. Launched as several
-    processes, each samples its share of the store's blocks (the summary is of that share)."""
+    ``images`` (N, S, 3, R, R) uint8 for S samples per map, and ``keys``, at control ``strength`` and
+    ``guidance`` (None: ``cfg.guidance_scale``). Launched as several processes, each samples its
+    share of the store's blocks (the summary is of that share)."""
+    guidance = cfg.guidance_scale if guidance is None else guidance
     feats = rowstore.open_complete(features)
     variant = net.meta["variant"]
     cond_array = conditioning(feats, variant)
@@ -162,7 +178,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
     batch_size = cfg.batch_size or auto_batch_size(dev, base.latent_shape)
     res = base.resolution
     attrs = {"model": net.meta, "features": str(features), "scheduler": cfg.scheduler, "steps": cfg.steps,
-             "guidance_scale": cfg.guidance_scale, "control_strength": strength, "seed": cfg.seed,
+             "guidance_scale": guidance, "control_strength": strength, "seed": cfg.seed,
              "samples_per_map": samples, "resolution": res, "prompt": prompt}
     arrays = {"images": ((samples, 3, res, res), "uint8", 0), "keys": ((), "str", None)}
     group, resumed = rowstore.open_shared(out, n, arrays, cfg.rows_per_shard, cfg.rows_per_shard, attrs, procs)
@@ -181,7 +197,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
         noise = initial_noise(item_keys, item_samples, cfg.seed, base.latent_shape).to(dev)
         with torch.autocast(dev.type, dtype=precision, enabled=precision is not None):
             images = denoise(base, net, cond, noise, text, make_scheduler(cfg.scheduler, base), cfg.steps,
-                             cfg.guidance_scale, strength)
+                             guidance, strength)
         writer.add(rows, {"images": to_uint8(images).reshape(len(rows), samples, 3, res, res)})
     seconds = time.perf_counter() - started
     rowstore.finish_shared(out, procs)

@@ -86,19 +86,42 @@ def train_controlnet(args, cfg) -> None:
           Arg("--model", "trained ControlNet directory", required=True),
           BASE,
           Arg("--features", "feature store of the sampling split", required=True),
-          Arg("--out", "output sample store (zarr)", required=True)))
+          Arg("--out", "output sample store (zarr)", required=True),
+          Arg("--tuned", "the model's tune_sampling choice (JSON; sampling.tuning: auto)", default="")))
 def sample(args, cfg) -> None:
     from featinv.diffusion.base import load_base
     from featinv.diffusion.controlnet import FeatureControlNet
-    from featinv.diffusion.sample import control_strength, sample_store
+    from featinv.diffusion.sample import sample_store, sampling_settings
 
     sampling = cfg.sampling
     net = FeatureControlNet.from_pretrained(args.model)
     base = load_base(args.base, cfg.diffusion.base.resolution)
-    strength = control_strength(sampling, net.meta["backbone"])
+    strength, guidance = sampling_settings(sampling, net.meta["backbone"], args.tuned)
     summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg.diffusion.prompt,
-                           device=cfg.diffusion.device)
+                           device=cfg.diffusion.device, guidance=guidance)
     print(json.dumps(summary, indent=1))
+
+
+@verb("choose a model's control strength and guidance scale on a subset of the sampling split (paper 4.1)",
+      sections=("diffusion", "sampling", "metrics", "backbones"), args=(
+          Arg("--model", "trained ControlNet directory", required=True),
+          BASE,
+          Arg("--features", "feature store of the sampling split", required=True),
+          Arg("--out-csv", "every cell of the grid", required=True),
+          Arg("--out-png", "heat map of top-1 match", required=True),
+          Arg("--out-json", "the chosen cell (read by sample)", required=True)))
+def tune_sampling(args, cfg) -> None:
+    from featinv.diffusion.base import load_base
+    from featinv.diffusion.controlnet import FeatureControlNet
+    from featinv.diffusion.tuning import tune, write_tuning
+
+    net = FeatureControlNet.from_pretrained(args.model)
+    base = load_base(args.base, cfg.diffusion.base.resolution)
+    backbone = net.meta["backbone"]
+    cells, maps = tune(base, net, args.features, cfg.sampling, cfg.metrics, cfg.diffusion.prompt,
+                       weights=cfg.backbones.weights.get(backbone), device=cfg.diffusion.device)
+    chosen = write_tuning(cells, args.out_csv, args.out_png, args.out_json, f"{backbone}-{net.meta['variant']}", maps)
+    print(json.dumps(chosen, indent=1))
 
 
 @verb("a grid of originals above their reconstructions", args=(
