@@ -117,9 +117,10 @@ def _resolve(node: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]:
 
 
 def _node_at(path: tuple[str, ...]) -> Mapping[str, Any]:
-    if path[:1] == ("$defs",):
-        return schema()["$defs"][path[1]]
+    """The schema node at a key path, or at ``("$defs", name, *keys)`` inside a definition."""
     node: Mapping[str, Any] = schema()
+    if path[:1] == ("$defs",):
+        node, path = node["$defs"][path[1]], path[2:]
     for key in path:
         node = _resolve(node["properties"][key])[0]
     return node
@@ -150,8 +151,9 @@ def _typed(node: Mapping[str, Any], value: Any, path: tuple[str, ...]) -> Any:
     """``value`` (valid under ``node``) with objects as frozen dataclasses, lists as tuples and
     free-keyed maps as read-only mappings."""
     node, ref = _resolve(node)
+    path = ("$defs", ref) if ref else path  # a definition's objects are named after it, wherever it is used
     if isinstance(value, Mapping) and "properties" in node:
-        cls = _object_class(("$defs", ref) if ref else path)
+        cls = _object_class(path)
         props = node["properties"]
         return cls(**{k: _typed(props[k], v, (*path, k)) for k, v in value.items()})
     if isinstance(value, Mapping):
@@ -176,8 +178,9 @@ def _object_paths(node: Mapping[str, Any], path: tuple[str, ...]):
             yield from _object_paths(prop, (*path, key))
 
 
-# Every section class by name (config.Train, config.Controlnet, config.ControlnetEncoder, ...).
-for _path in [("$defs", name) for name in schema().get("$defs", {})] + [(), *_object_paths(schema(), ())]:
+# Every section class by name (config.Train, config.TrainAugment, config.Controlnet, ...).
+for _path in [p for name, node in schema().get("$defs", {}).items()
+              for p in [("$defs", name), *_object_paths(node, ("$defs", name))]] + [(), *_object_paths(schema(), ())]:
     globals()[_object_class(_path).__name__] = _object_class(_path)
 del _path
 

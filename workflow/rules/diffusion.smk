@@ -68,19 +68,32 @@ rule preview_base:
         " --out {output.grid} --config {params.cfg:q} > {log} 2>&1"
 
 
+ONLINE_VIEWS = config["controlnet"]["train"]["augment"]["mode"] == "online"
+
+
+def training_data(wildcards):
+    """What a ControlNet trains on: the train split's cached maps and targets, or (augment online) its
+    shards, from which every step draws its views."""
+    if ONLINE_VIEWS:
+        return {"shards": ancient(rules.build_shards.output.shards)}
+    return {"features": ancient(STORE.format(backbone=wildcards.backbone, split="train")),
+            "targets": ancient(TARGETS.format(split="train"))}
+
+
 rule train_controlnet:
     message:
         "Training the FeatInv ControlNet for {wildcards.backbone} ({wildcards.variant})"
     input:
+        unpack(training_data),
         base=base_input,
-        features=ancient(expand(STORE, split="train", allow_missing=True)),
-        targets=ancient(expand(TARGETS, split="train")),
     output:
         model=directory(CONTROLNET),
         loss=f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv",
     params:
         base=BASE,
         cfg=verb_config("train_controlnet"),
+        data=lambda wildcards, input: (f"--shards {input.shards} --backbone {wildcards.backbone}" if ONLINE_VIEWS
+                                       else f"--features {input.features} --targets {input.targets}"),
     log:
         f"results/logs/train_controlnet/{DATASET}-{{backbone}}-{{variant}}.log",
     benchmark:
@@ -90,8 +103,7 @@ rule train_controlnet:
         **job_resources("train_controlnet", gpu="all"),
     shell:
         "featinv --threads {threads} --processes {resources.gpu} train-controlnet"
-        " --base {params.base:q} --features {input.features}"
-        " --targets {input.targets} --variant {wildcards.variant} --out {output.model}"
+        " --base {params.base:q} {params.data} --variant {wildcards.variant} --out {output.model}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
 

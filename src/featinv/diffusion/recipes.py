@@ -8,13 +8,17 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from featinv import rowstore
+from featinv.backbones import Backbone
 from featinv.config import Controlnet, DiffusionBase, plain
-from featinv.diffusion.base import create_demo_base, load_base
+from featinv.data.shards import index_split
+from featinv.diffusion.base import BaseModel, create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
-from featinv.diffusion.train import RowData, batch_rows, diffusion_loss, run, step_generator
+from featinv.diffusion.online import OnlineViews
+from featinv.diffusion.train import RowData, TrainingRows, batch_rows, diffusion_loss, run, step_generator
 from featinv.features.store import conditioning
 from featinv.fileio import write_json
 
@@ -58,7 +62,7 @@ def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: s
     store = rowstore.open_complete(targets)
     if tuple(store["latents"].shape[1:]) != base.latent_shape:
         raise ValueError(f"targets {targets} have shape {store['latents'].shape[1:]}, the base model expects {base.latent_shape}")
-    data = RowData({"latents": store["latents"]})
+    data = _cached_targets(store, base_cfg)
     emb = base.prompt_embeddings(prompt)
     settings = base_cfg.train
     sched = base.noise_scheduler
@@ -84,8 +88,7 @@ def base_objective(base_dir: str | Path, base_cfg: DiffusionBase, prompt: str, t
     """The training objective of a base model, measured on it: the mean loss over ``batches`` batches
     drawn as training would draw the steps after its last (same rows, noise, timesteps and drops)."""
     base = load_base(base_dir)
-    store = rowstore.open_complete(targets)
-    data = RowData({"latents": store["latents"]})
+    data = _cached_targets(rowstore.open_complete(targets), base_cfg)
     settings = base_cfg.train
     emb, sched = base.prompt_embeddings(prompt), base.noise_scheduler
     n = settings.batch_size
@@ -98,27 +101,67 @@ def base_objective(base_dir: str | Path, base_cfg: DiffusionBase, prompt: str, t
     return float(sum(losses) / len(losses))
 
 
+def _cached_targets(store, base_cfg: DiffusionBase) -> RowData:
+    """The base model's training rows: every cached view, or (augment ``none``) each image itself."""
+    mode = base_cfg.train.augment.mode
+    if mode == "online":
+        raise ValueError("diffusion.base.train.augment.mode: online is for ControlNets; the base model trains on "
+                         "cached targets (none or views)")
+    keys = [str(k) for k in store["keys"][:]]
+    return RowData({"latents": store["latents"]}, select=first_views(keys) if mode == "none" else None)
+
+
+def first_views(keys: list[str]) -> np.ndarray:
+    """Rows that hold an image itself, not one of its other cached views (``<key>@v<k>``, k > 0)."""
+    return np.array([i for i, k in enumerate(keys) if "@v" not in k or k.endswith("@v0")], dtype=np.int64)
+
+
 def train_controlnet(base_source: str | Path, features: str | Path, targets: str | Path, variant: str,
                      cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path,
                      device: str = "auto", progress: bool = True, resolution: int | None = None) -> dict[str, Any]:
-    """Train one FeatInv ControlNet on (feature map or pooled vector -> target) pairs; save to ``out``.
-    ``resolution``: ``diffusion.base.resolution``, checked against the base model (None = its own)."""
+    """Train one FeatInv ControlNet on cached (feature map or pooled vector -> target) pairs (augment
+    ``none``: each image itself; ``views``: every cached view); save to ``out``. ``resolution``:
+    ``diffusion.base.resolution``, checked against the base model (None = its own)."""
+    mode = cn_cfg.train.augment.mode
+    if mode == "online":
+        raise ValueError("controlnet.train.augment.mode is online: train from the shards (train_controlnet_online)")
     feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
-    cond_array = conditioning(feats, variant)
-    base = load_base(base_source, resolution)
-    if list(feats["keys"][:]) != list(tgts["keys"][:]):
+    keys = [str(k) for k in feats["keys"][:]]
+    if keys != [str(k) for k in tgts["keys"][:]]:
         raise ValueError(f"{features} and {targets} do not hold the same samples in the same order")
-    attrs = dict(feats.attrs)
+    data = RowData({"latents": tgts["latents"], "cond": conditioning(feats, variant)},
+                   select=first_views(keys) if mode == "none" else None)
+    return _train(load_base(base_source, resolution), str(base_source), data, dict(feats.attrs), variant, cn_cfg,
+                  prompt, out, loss_csv, device, progress)
+
+
+def train_controlnet_online(base_source: str | Path, shards: str | Path, split: str, backbone: Backbone, variant: str,
+                            cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path,
+                            device: str = "auto", progress: bool = True, resolution: int | None = None) -> dict[str, Any]:
+    """Train one FeatInv ControlNet on views drawn at every step from the images of ``split``
+    (``controlnet.train.augment.mode: online``, :mod:`featinv.diffusion.online`); save to ``out``."""
+    if cn_cfg.train.augment.mode != "online":
+        raise ValueError(f"controlnet.train.augment.mode is {cn_cfg.train.augment.mode}: train from cached stores")
+    base = load_base(base_source, resolution)
+    data = OnlineViews(index_split(shards, split, views=False), backbone, base.codec, base.resolution, variant,
+                       cn_cfg.train.augment, cn_cfg.train.seed)
+    return _train(base, str(base_source), data, backbone.describe(), variant, cn_cfg, prompt, out, loss_csv, device,
+                  progress)
+
+
+def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[str, Any], variant: str,
+           cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path, device: str,
+           progress: bool) -> dict[str, Any]:
+    """Train a ControlNet for the backbone ``attrs`` describe on ``data``'s (latents, cond) rows."""
     pooled = variant == "pooled"
     fmap_shape = tuple(attrs["fmap_shape"])
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
-            "fmap_shape": list(fmap_shape), "variant": variant, "base_model": str(base_source),
+            "fmap_shape": list(fmap_shape), "variant": variant, "base_model": base_source,
             "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt})}
     torch.manual_seed(cn_cfg.train.seed)
     net = FeatureControlNet.from_unet(base.unet, in_channels=fmap_shape[0], fmap_size=fmap_shape[1:],
                                       hidden=cn_cfg.encoder.hidden, depth=cn_cfg.encoder.depth,
                                       pooled=pooled, meta=meta)
-    data = RowData({"latents": tgts["latents"], "cond": cond_array})
     emb = base.prompt_embeddings(prompt)
     settings = cn_cfg.train
     sched, unet = base.noise_scheduler, base.unet

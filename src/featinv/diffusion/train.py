@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -34,18 +34,34 @@ ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved b
 LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
 
 
-class RowData:
-    """Named per-row arrays (zarr or numpy), held in memory when they fit, else read per batch."""
+class TrainingRows(Protocol):
+    """What training draws its batches from: ``n`` rows, each step's values of some of them, on a device."""
 
-    def __init__(self, arrays: dict[str, Any], memory_limit: int = 4 << 30):
+    n: int
+
+    def get(self, rows: np.ndarray, step: int) -> dict[str, torch.Tensor]: ...
+
+    def to(self, device: torch.device) -> "TrainingRows": ...
+
+
+class RowData:
+    """Named per-row arrays (zarr or numpy), held in memory when they fit, else read per batch.
+    ``select``: train on these rows of the arrays only (in this order), e.g. one view per image."""
+
+    def __init__(self, arrays: dict[str, Any], memory_limit: int = 4 << 30, select: np.ndarray | None = None):
         sizes = {a.shape[0] for a in arrays.values()}
         if len(sizes) != 1:
             raise ValueError(f"training arrays have different row counts: { {k: a.shape[0] for k, a in arrays.items()} }")
-        self.n = sizes.pop()
+        total_rows = sizes.pop()
+        self.select = None if select is None else np.asarray(select)
+        self.n = total_rows if select is None else len(self.select)
         total = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays.values())
         self.arrays = {k: np.asarray(a[:]) for k, a in arrays.items()} if total <= memory_limit else arrays
 
-    def get(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    def get(self, rows: np.ndarray, step: int | None = None) -> dict[str, torch.Tensor]:
+        """The arrays' values at ``rows`` (the same at every ``step``: cached rows)."""
+        if self.select is not None:
+            rows = self.select[rows]
         order = np.argsort(rows)
         inverse = np.argsort(order)
         out = {}
@@ -56,6 +72,9 @@ class RowData:
                 values = arr.get_orthogonal_selection((rows[order],))[inverse]
             out[name] = torch.from_numpy(np.ascontiguousarray(values)).float()
         return out
+
+    def to(self, device: torch.device) -> "RowData":
+        return self  # batches are moved by the training loop
 
 
 def batch_rows(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
@@ -126,7 +145,7 @@ def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
-def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: RowData, settings: Train, device: str,
+def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: TrainingRows, settings: Train, device: str,
         ckpt_dir: str | Path, loss_csv: str | Path, desc: str = "train", progress: bool = True) -> dict[str, Any]:
     """Train ``trainable``; ``loss_fn(model, batch, generator, n_global, rank_slice)`` returns the loss of
     this process's slice of the global batch."""
@@ -150,6 +169,7 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     per_process = settings.batch_size // world
     for module in frozen:
         module.to(accelerator.device)
+    data.to(accelerator.device)
     trainable.train()
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=settings.lr,
                                   weight_decay=settings.weight_decay)
@@ -178,7 +198,8 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     loss_value = float("nan")
     for step in bar:
         rows = batch_rows(step, settings.batch_size, data.n, settings.seed)
-        batch = {k: v.to(accelerator.device) for k, v in data.get(rows[rank * per_process:(rank + 1) * per_process]).items()}
+        part = rows[rank * per_process:(rank + 1) * per_process]
+        batch = {k: v.to(accelerator.device) for k, v in data.get(part, step).items()}
         with accelerator.accumulate(model), accelerator.autocast():
             loss = loss_fn(model, batch, step_generator(settings.seed, step), settings.batch_size,
                            slice(rank * per_process, (rank + 1) * per_process))

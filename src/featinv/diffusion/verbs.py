@@ -65,19 +65,36 @@ def export_base(args, cfg) -> None:
     print(card.read_text())
 
 
-@verb("train one FeatInv ControlNet", sections=("diffusion", "controlnet"), processes=True, args=(
+@verb("train one FeatInv ControlNet", sections=("diffusion", "controlnet", "backbones"), processes=True, args=(
     BASE,
-    Arg("--features", "feature store of the train split", required=True),
-    Arg("--targets", "cached targets of the train split", required=True),
+    Arg("--features", "feature store of the train split (cached views: augment none or views)"),
+    Arg("--targets", "cached targets of the train split (cached views)"),
+    Arg("--shards", "shard directory (augment online)"),
+    Arg("--backbone", "backbone whose maps condition it (augment online)"),
+    Arg("--split", "split trained on (augment online)", default="train"),
     Arg("--variant", "unpooled (the spatial map) or pooled (the baseline)", required=True),
     Arg("--out", required=True),
     Arg("--loss-csv", required=True)))
 def train_controlnet(args, cfg) -> None:
-    from featinv.diffusion.recipes import train_controlnet as train
+    from featinv.diffusion import recipes
 
-    summary = train(args.base, args.features, args.targets, args.variant, cfg.controlnet,
-                    cfg.diffusion.prompt, args.out, args.loss_csv, device=cfg.diffusion.device,
-                    resolution=cfg.diffusion.base.resolution)
+    common = dict(device=cfg.diffusion.device, resolution=cfg.diffusion.base.resolution)
+    if cfg.controlnet.train.augment.mode == "online":
+        from featinv.backbones import create_backbone
+
+        if not (args.shards and args.backbone):
+            raise ValueError("controlnet.train.augment.mode online trains from --shards and --backbone")
+        backbone = create_backbone(args.backbone, weights=cfg.backbones.weights.get(args.backbone),
+                                   input_size=cfg.backbones.input_size.get(args.backbone))
+        summary = recipes.train_controlnet_online(args.base, args.shards, args.split, backbone, args.variant,
+                                                  cfg.controlnet, cfg.diffusion.prompt, args.out, args.loss_csv,
+                                                  **common)
+    else:
+        if not (args.features and args.targets):
+            raise ValueError(f"controlnet.train.augment.mode {cfg.controlnet.train.augment.mode} trains from "
+                             "--features and --targets (cached views)")
+        summary = recipes.train_controlnet(args.base, args.features, args.targets, args.variant, cfg.controlnet,
+                                           cfg.diffusion.prompt, args.out, args.loss_csv, **common)
     print(json.dumps(summary, indent=1))
 
 
