@@ -242,3 +242,26 @@ def test_control_strength_is_per_backbone_with_one_as_the_default():
     sampling = section("sampling", {**SAMPLING, "control_strength": {"resnet50": 0.8}})
     assert control_strength(sampling, "resnet50") == 0.8
     assert control_strength(sampling, "convnext_base") == 1.0
+
+
+def test_the_peer_pipeline_drives_the_same_components_to_the_same_images():
+    """bench-diffusion's third column: diffusers' StableDiffusionControlNetPipeline (prepare_image
+    overridden to pass the feature hint) over the same UNet, ControlNet and DDIM scheduler gives
+    featinv's sampler's images: a fair peer, and a check of the sampler against diffusers' loop."""
+    from featinv.diffusion.bench import peer_pipeline
+
+    base = create_demo_base(section("diffusion.base", {**TINY_BASE, "prediction_type": "epsilon"}))
+    net = make_net(base)
+    randomise(net.controlnet, 3)
+    text = base.prompt_embeddings(PROMPT)
+    cond = torch.randn(1, 24, 3, 3, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, *base.latent_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = denoise(base, net, cond, noise, text, make_scheduler("ddim", base), 6, 1.75, 0.8)
+        latents = peer_pipeline(base, net)(prompt_embeds=text[0:1], negative_prompt_embeds=text[1:2],
+                                           image=net.encoder(cond), num_inference_steps=6, guidance_scale=1.75,
+                                           controlnet_conditioning_scale=0.8, latents=noise.clone(),
+                                           output_type="latent").images
+    torch.testing.assert_close(base.codec.decode(latents), ours, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ours, denoise(base, net, cond, noise, text, make_scheduler("ddim", base), 6, 1.75, 0.0),
+                              atol=1e-3)  # the ControlNet matters in this check

@@ -2,9 +2,11 @@
 
 Two shapes: the embedded demo models (from params.yaml) and paper-shaped models (miniSD-sized
 UNet, ControlNet and VAE built from config with random weights: throughput needs no real weights).
-Prints samples/s of training, images/s of sampling (batched, and one image at a time with the same
-components and steps, measured in the same run), and on GPU the achieved FLOP/s as a fraction of
-the device's peak and the peak GPU memory; on CPU the peak RSS.
+Prints samples/s of training, images/s of sampling (batched; one image at a time with the same
+components and steps; and diffusers' own ``StableDiffusionControlNetPipeline`` loop, one image per
+call, driving the same UNet, ControlNet and scheduler: the peer a user would pick instead, all
+measured in the same run), and on GPU the achieved FLOP/s as a fraction of the device's peak and the
+peak GPU memory; on CPU the peak RSS.
 """
 
 from __future__ import annotations
@@ -62,6 +64,31 @@ def _flops(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
+
+
+def peer_pipeline(base, net: FeatureControlNet):
+    """diffusers' ``StableDiffusionControlNetPipeline`` over the base model's UNet, text encoder and
+    scheduler and the FeatInv ControlNet. What it needed: ``prepare_image`` overridden to hand the
+    ControlNet the feature hint as it is (the stock method resizes a pixel control image to the output
+    size; the hint is already at the latent grid), the starting latents passed in, and
+    ``output_type="latent"`` with the base model's own codec decoding (so the pixel-space demo base,
+    which has no VAE, runs too). Its loop, scheduler calls and guidance are diffusers' own."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from featinv.diffusion.codec import VaeCodec
+
+    class FeatureHintPipeline(StableDiffusionControlNetPipeline):
+        def prepare_image(self, image, width, height, batch_size, num_images_per_prompt, device, dtype,
+                          do_classifier_free_guidance=False, guess_mode=False):
+            image = image.to(device=device, dtype=dtype).repeat_interleave(batch_size // image.shape[0], 0)
+            return torch.cat([image] * 2) if do_classifier_free_guidance and not guess_mode else image
+
+    pipe = FeatureHintPipeline(vae=base.codec.vae if isinstance(base.codec, VaeCodec) else None,
+                               text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+                               controlnet=net.controlnet, scheduler=make_scheduler("ddim", base), safety_checker=None,
+                               feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _sync(device):
@@ -134,6 +161,23 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
         run(1, 1)
     _sync(device)
     single = single_n / (time.perf_counter() - t0)
+    pipe = peer_pipeline(base, net)
+
+    def peer():  # one image per call, as a user of the stock pipeline samples; hint encoded per call
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            hint = net.encoder(torch.randn(1, *fmap, device=device))
+            latents = pipe(prompt_embeds=text[0:1], negative_prompt_embeds=text[1:2], image=hint,
+                           num_inference_steps=steps, guidance_scale=1.75, controlnet_conditioning_scale=1.0,
+                           latents=torch.randn(1, *latent, device=device), output_type="latent").images
+            base.codec.decode(latents)
+
+    peer()  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(single_n):
+        peer()
+    _sync(device)
+    stock = single_n / (time.perf_counter() - t0)
     hint = net.encoder(torch.randn(2, *fmap, device=device)).detach()
 
     def one_call():  # UNet + ControlNet on 2 rows, the hint encoded beforehand (as the sampler does)
@@ -148,6 +192,7 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
         per_image_hint = _flops(lambda: net.encoder(torch.randn(2, *fmap, device=device))) / 2
     out.update({"sampling_steps": steps, "guidance": 1.75, "batch_size": b, "images_per_s": batched,
                 "images_per_s_one_at_a_time": single, "batched_speedup": batched / single,
+                "images_per_s_diffusers_pipeline": stock, "speedup_vs_diffusers_pipeline": batched / stock,
                 "sampling_flops_per_image": per_image_step * 2 * steps + per_image_hint})
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -173,5 +218,5 @@ def bench(device: str, scale: str, steps: int = 0, batch_size: int = 0, train_st
         results.append(r)
         print(f"== {s}-shaped models on {r['device']}")
         for k, v in r.items():
-            print(f"{k:>28}: {v:.4g}" if isinstance(v, float) else f"{k:>28}: {v}")
+            print(f"{k:>32}: {v:.4g}" if isinstance(v, float) else f"{k:>32}: {v}")
     return results
