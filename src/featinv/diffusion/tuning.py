@@ -112,7 +112,7 @@ def write_tuning(cells: list[Cell], out_csv: str | Path, out_png: str | Path, ou
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(guidances) + 2.5, 0.8 * len(strengths) + 1.8))
     heat = np.array([[by[s, g].scores["top1"]["mean"] for g in guidances] for s in strengths])
-    im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=max(1e-6, float(heat.max())), origin="lower")
+    im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=1, origin="lower")
     for i, s in enumerate(strengths):
         for j, g in enumerate(guidances):
             mark = "*" if (s, g) == (best.control_strength, best.guidance_scale) else ""
