@@ -20,7 +20,8 @@ from featinv.diffusion.base import create_demo_base
 from test_diffusion import PROMPT, SAMPLING, TINY_BASE, TRAIN, make_net, randomise
 
 FEATURES = {"splits": ["val"], "batch_size": 4, "num_workers": 0, "device": "cpu", "rows_per_shard": 4,
-            "rows_per_chunk": 2, "topk": 5}
+            "rows_per_chunk": 2, "topk": 5, "view": "eval_transform"}
+BACKBONES = {"names": ["tf_efficientnet_lite0"], "weights": {}, "input_size": {}}
 
 
 def assert_same_store(a, b, names):
@@ -36,7 +37,7 @@ def stores(tmp_path_factory, demo_shards):
     root = tmp_path_factory.mktemp("extract")
     args = lambda name: ["extract-features", "--backbone", "tf_efficientnet_lite0", "--shards", demo_shards, "--split", "val",
                          "--store", root / f"{name}.zarr", "--report", root / f"{name}.json",
-                         "--config", json.dumps({"features": FEATURES})]
+                         "--config", json.dumps({"features": FEATURES, "backbones": BACKBONES})]
     one, two = featinv(*args("one")), featinv(*args("two"), processes=2)
     finish(one), finish(two)
     return root

@@ -9,7 +9,7 @@ from featinv import rowstore
 from featinv.backbones import create_backbone
 from featinv.data import shards as shard_io
 from featinv.data.sources import DemoSource, ImageFolderSource, imagenet_synsets
-from featinv.features import store
+from featinv.features import origin, store
 from featinv.features.extract import accuracy_report, extract
 
 KW = dict(batch_size=5, num_workers=0, device="cpu", rows_per_shard=8, rows_per_chunk=4, topk=5, progress=False)
@@ -54,8 +54,8 @@ def test_the_resize_view_and_input_size_are_recorded_and_reused(tmp_path, demo_s
     extract(bb, demo_shards, "val", tmp_path / "r.zarr", **{**KW, "rows_per_shard": 16}, view="resize", limit=4)
     group = rowstore.open_complete(tmp_path / "r.zarr")
     assert group.attrs["view"] == "resize" and group["features"].shape == (4, 1280, 8, 8)
-    again = store.store_backbone(group.attrs)
-    assert again.preprocessing.input_size == (3, 256, 256) and store.store_view(group.attrs) == "resize"
+    again = origin.store_backbone(group.attrs)
+    assert again.preprocessing.input_size == (3, 256, 256) and origin.store_view(group.attrs) == "resize"
     index = shard_io.index_split(demo_shards, "val")
     x = torch.stack([again.preprocessing.transform("resize")(shard_io.read_image(e)) for e in index[:4]])
     with torch.no_grad():

@@ -75,7 +75,7 @@ class MapScorer:
     images go through the store's backbone, at its input size, seen as the store's images were seen."""
 
     def __init__(self, store: str | Path, weights: str | None, device: torch.device, batch_size: int = 32):
-        from featinv.features.store import store_backbone, store_view
+        from featinv.features.origin import store_backbone, store_view
 
         attrs = rowstore.open_complete(store).attrs
         self.backbone = store_backbone(attrs, weights)

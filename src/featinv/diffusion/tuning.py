@@ -23,7 +23,8 @@ from featinv.devices import resolve_device
 from featinv.diffusion.base import BaseModel
 from featinv.diffusion.controlnet import FeatureControlNet
 from featinv.diffusion.sample import auto_batch_size, denoise, initial_noise, make_scheduler
-from featinv.features.store import conditioning, store_backbone
+from featinv.features.origin import store_backbone
+from featinv.features.store import conditioning
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.metrics.evaluate import backbone_outputs
 from featinv.metrics.similarity import cosine_per_position, topk_match

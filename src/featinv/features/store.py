@@ -16,13 +16,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featinv.backbones import Backbone, create_backbone
 from featinv.rowstore import ArraySpec, bytes_on_disk, open_complete, partial_path
 
 FEATURE_DTYPE = "float16"
 
-__all__ = ["FEATURE_DTYPE", "VARIANTS", "arrays", "bytes_on_disk", "conditioning", "partial_path", "store_backbone",
-           "stores_by_backbone"]
+__all__ = ["FEATURE_DTYPE", "VARIANTS", "arrays", "bytes_on_disk", "conditioning", "partial_path", "stores_by_backbone"]
 
 
 VARIANTS = ("unpooled", "pooled")  # FeatInv's conditioning: the spatial map, or the pooled vector (the baseline)
@@ -38,16 +36,6 @@ def conditioning(group, variant: str):
 def stores_by_backbone(paths: list[str | Path]) -> dict[str, str | Path]:
     """{backbone name: path} of complete feature stores, from each store's own attributes."""
     return {str(open_complete(path).attrs["backbone"]): path for path in paths}
-
-
-def store_backbone(attrs, weights: str | Path | None = None) -> Backbone:
-    """The backbone a store's maps came from, at the input size they were computed at (its attributes)."""
-    return create_backbone(str(attrs["backbone"]), weights=weights, input_size=int(attrs["preprocessing"]["input_size"][-1]))
-
-
-def store_view(attrs) -> str:
-    """What the backbone saw of each image (``features.view``; stores written before it: the eval transform)."""
-    return str(attrs.get("view", "eval_transform"))
 
 
 def arrays(fmap_shape: tuple[int, int, int], topk: int) -> ArraySpec:

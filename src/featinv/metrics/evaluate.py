@@ -36,7 +36,7 @@ from featinv.backbones import Backbone, create_backbone
 from featinv.config import Metrics
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device
-from featinv.features.store import store_backbone
+from featinv.features.origin import store_backbone
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics import fid
 from featinv.metrics.similarity import cosine_per_position, topk_match
