@@ -47,13 +47,15 @@ def test_vit_stages_compose_to_the_models_forward(tiny_vit):
     with torch.no_grad():
         reps = staged.representations(x)
         torch.testing.assert_close(reps[-1], tiny_vit(x))
-        torch.testing.assert_close(staged.run(x, 0, 2), tiny_vit.forward_features(x))
+        # The official boundaries: x_enc = vit.blocks(x_bb), the final norm belongs to pred.
+        torch.testing.assert_close(tiny_vit.norm(staged.run(x, 0, 2)), tiny_vit.forward_features(x))
+        torch.testing.assert_close(reps[2], tiny_vit.blocks(reps[1]))
         torch.testing.assert_close(staged.run(reps[1], 1), reps[-1])  # from x_bb on
         layers = encoder_layers(tiny_vit, reps[1])
     assert staged.names == ["bb", "enc", "pred"] and staged.index("enc") == 2
     assert reps[1].shape == (2, 1 + 4, 192)  # class token + 2x2 patches
     assert len(layers) == 3
-    torch.testing.assert_close(tiny_vit.norm(layers[-1]), reps[2])
+    assert torch.equal(layers[-1], reps[2])  # the last block's output is x_enc itself, un-normalised
     with pytest.raises(KeyError, match="no stage 'dec'"):
         staged.index("dec")
 
@@ -137,6 +139,41 @@ def test_detr_stages_compose_to_the_models_forward(detr):
     torch.testing.assert_close(reps[4][..., 11:], out.pred_boxes)
 
 
+def test_the_installed_transformers_is_the_range_the_detr_adapter_is_pinned_to():
+    """pyproject pins transformers to the major version whose DETR layout detr.py uses (v5: encoder and
+    decoder take ``spatial_position_embeddings``); the DETR tests here run against that version."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pin = next(Requirement(d) for d in deps if d.startswith("transformers"))
+    assert "<6" in str(pin.specifier) and ">=5.0" in str(pin.specifier)
+    assert pin.specifier.contains(version("transformers"))
+
+
+def test_detr_encoder_layers_reach_the_backbone_inverse_as_maps(detr):
+    """DETR's encoder layers are tokens (B, h*w, D) of the backbone map's grid (B, D, h, w): the
+    intermediate-layer analysis hands them to bb^-1 as maps, in the order DETR flattened them."""
+    from featinv.modular.inverses import build_inverses
+    from featinv.modular.layers import as_layout, layer_inputs
+
+    _, staged = detr
+    with torch.no_grad():
+        reps = staged.representations(torch.randn(2, 3, 64, 96))
+        enc_layers = layer_inputs(staged, reps)[2]
+    x_bb, x_enc = reps[1], reps[2]
+    tokens = as_layout(x_bb, x_enc.shape)
+    assert torch.equal(tokens, x_bb.flatten(2).transpose(1, 2))  # what DETR's encoder receives
+    assert torch.equal(as_layout(tokens, x_bb.shape), x_bb)
+    maps = [as_layout(layer, x_bb.shape) for layer in enc_layers]
+    assert all(m is not None and m.shape == x_bb.shape for m in maps)  # every layer reaches bb^-1
+    assert as_layout(reps[3], x_bb.shape) is None  # decoder queries are no map of that grid
+    bb_inverse = build_inverses(staged, reps, hidden=8, heads=2)[0]
+    assert bb_inverse(maps[-1]).shape == (2, 3, 64, 96)
+
+
 def test_detr_inverses_and_prediction_inputs(detr):
     from featinv.modular.detr import prediction_input
     from featinv.modular.inverses import MlpInverse, QueryInverse, build_inverses, chain
@@ -200,7 +237,13 @@ def test_colour_filters_on_known_pixels():
     torch.testing.assert_close(recolour(px, "hue120")[0, :, 0, 3], torch.tensor([0.0, 1.0, 0.5]))
     gray = recolour(px, "grayscale")
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
-    torch.testing.assert_close(gray[0, 0, 0], torch.tensor([1.0, 0.5, 0.4, 1.0]))  # V = max(R, G, B)
+    # luminance 0.2989 R + 0.587 G + 0.114 B (not V = max(R, G, B)), torchvision's Grayscale
+    torch.testing.assert_close(gray[0, 0, 0], torch.tensor([0.587, 0.057, 0.4 * 0.9999, 0.2989 + 0.2935]))
+    from torchvision.transforms.functional import rgb_to_grayscale
+    torch.testing.assert_close(gray[:, :1], rgb_to_grayscale(px))
+    # every pixel is converted, whatever the object mask (the paper's full-image grayscale)
+    only_first = torch.tensor([True, False, False, False]).view(1, 1, 1, 4)
+    torch.testing.assert_close(recolour(px, "grayscale", only_first), gray)
     # a mask limits the filter; "none" is the identity
     mask = torch.tensor([True, False, False, False]).view(1, 1, 1, 4)
     masked = recolour(px, "blue", mask)
@@ -254,6 +297,8 @@ def test_intermediate_layers_end_at_the_stage_output(tiny_vit, detr):
         for j, layers in inputs.items():
             assert layers[0] is reps[j - 1]
             torch.testing.assert_close(layers[-1], reps[j], msg=f"{staged.kind} {staged.names[j - 1]}")
+        if staged.kind == "vit":  # layer 0 of enc goes to bb^-1 exactly as bb^-1 was trained: x_bb itself
+            assert torch.equal(inputs[2][0], reps[1]) and torch.equal(inputs[2][-1], reps[2])
     assert [len(v) - 1 for v in layer_inputs(cnn, cnn.representations(torch.randn(1, 3, 64, 64))).values()] == [3, 5, 8]
 
 
@@ -386,3 +431,27 @@ def test_an_unknown_inverse_kind_names_the_known_ones():
         inverse_for("rnn", torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4))
     assert isinstance(inverse_for("conv", torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4)), torch.nn.Module)
     assert len(INVERSE_KINDS) == 7
+
+
+def test_fit_resizes_the_whole_image_or_crops_its_centre(tmp_path):
+    """modular.fit: the paper resizes the whole image (ViT 224 x 224, DETR 480 x 640); crop keeps the
+    largest central box. A 60 x 40 image whose left third is red: a third of the resized image is red,
+    a quarter of the central-square crop."""
+    from PIL import Image
+
+    from featinv.data.shards import build
+    from featinv.data.sources import ImageFolderSource
+    from featinv.modular.trained import load_split
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:, :20] = (255, 0, 0)
+    img[:, 20:] = (0, 0, 255)
+    for split in ("train", "val"):
+        (tmp_path / "src" / split / "a").mkdir(parents=True)
+        Image.fromarray(img).save(tmp_path / "src" / split / "a" / "x.png")
+    build(ImageFolderSource(tmp_path / "src", ["train", "val"]), tmp_path / "sh", "t", ["train", "val"], {}, 10)
+    red = lambda px: float((px[0, 0] > 0.5).float().mean())  # noqa: E731
+    assert abs(red(load_split(tmp_path / "sh", "val", (30, 30), "resize").pixels) - 1 / 3) < 0.04
+    assert abs(red(load_split(tmp_path / "sh", "val", (32, 32), "crop").pixels) - 1 / 4) < 0.04
+    with pytest.raises(ValueError, match="modular.fit is crop or resize, not 'pad'"):
+        load_split(tmp_path / "sh", "val", (32, 32), "pad")

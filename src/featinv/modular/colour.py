@@ -2,9 +2,10 @@
 
 Filters act in HSV, as the official code does with OpenCV (hue 0..180 there, 0..1 here): ``red``,
 ``green``, ``blue`` set the hue to 0, 1/3, 2/3; ``hue120`` and ``hue240`` rotate it by 120 and 240
-degrees; ``grayscale`` sets the saturation to 0 (every channel becomes the value, max(R, G, B)).
-Saturation and value are kept otherwise, so grey pixels stay grey. A filter applies inside the
-largest object's mask where the shards carry masks (COCO) and to the whole image otherwise.
+degrees, keeping saturation and value, so grey pixels stay grey. They apply inside the largest
+object's mask where the shards carry masks (COCO) and to the whole image otherwise. ``grayscale``
+converts every pixel of the image, as the paper does, to its luminance (ITU-R 601:
+0.2989 R + 0.587 G + 0.114 B, as torchvision's ``Grayscale`` and the official code).
 
 Analysis: for every val image the six filtered versions are compared pairwise (mean MSE over the 15
 pairs) at the input and after the modular reconstruction from every stage (Fig 7 left); and the
@@ -28,25 +29,27 @@ from featinv.modular.inverses import chain
 from featinv.modular.trained import Trained, load_split, representations, task_targets
 
 FILTERS = ("red", "green", "blue", "hue120", "hue240", "grayscale")
+LUMINANCE = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
 def recolour(pixels: torch.Tensor, name: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Filter ``name`` (one of FILTERS, or ``none``) on (N, 3, H, W) RGB in [0, 1], inside ``mask``
-    ((N, 1, H, W) bool) if given."""
+    """Filter ``name`` (one of FILTERS, or ``none``) on (N, 3, H, W) RGB in [0, 1]; a hue filter
+    only inside ``mask`` ((N, 1, H, W) bool) if given, ``grayscale`` on the whole image."""
     from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 
     if name == "none":
         return pixels.clone()
     if name not in FILTERS:
         raise ValueError(f"unknown colour filter '{name}' (one of none, {', '.join(FILTERS)})")
+    if name == "grayscale":
+        weights = torch.tensor(LUMINANCE, dtype=pixels.dtype).view(1, 3, 1, 1)
+        return (pixels * weights).sum(1, keepdim=True).expand_as(pixels).clone()
     hsv = rgb_to_hsv(pixels.permute(0, 2, 3, 1).clamp(0, 1).numpy())
-    h, s = hsv[..., 0], hsv[..., 1]
+    h = hsv[..., 0]
     if name in ("red", "green", "blue"):
         h[...] = {"red": 0.0, "green": 1 / 3, "blue": 2 / 3}[name]
     elif name in ("hue120", "hue240"):
         h[...] = (h + (1 / 3 if name == "hue120" else 2 / 3)) % 1.0
-    else:
-        s[...] = 0.0
     out = torch.from_numpy(hsv_to_rgb(hsv)).permute(0, 3, 1, 2).to(pixels.dtype)
     return out if mask is None else torch.where(mask, out, pixels)
 
@@ -55,7 +58,7 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
     """``colour_pairwise_mse.csv``, ``colour_accuracy.csv``, ``colour.png`` (examples) and
     ``colour_plot.png`` (Fig 7) under ``out_dir``."""
     fwd = trained.forward
-    val = load_split(shards, "val", fwd.image_size)
+    val = load_split(shards, "val", fwd.image_size, fwd.fit)
     names = fwd.staged.names
     versions = {f: recolour(val.pixels, f, val.masks) for f in ("none", *FILTERS)}
     recon: dict[str, list[torch.Tensor]] = {}  # filter -> [input, recon from stage 1, ..., n]

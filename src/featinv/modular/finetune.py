@@ -74,8 +74,8 @@ def finetune(trained: Trained, analyses: ModularAnalyses, shards: str | Path, ou
         raise ValueError(f"fine-tuning (eq. 3) is implemented for classifiers; {fwd.name} is not one")
     ft = analyses.finetune
     j = fwd.staged.index(ft.stage)
-    train = load_split(shards, "train", fwd.image_size)
-    val = load_split(shards, "val", fwd.image_size)
+    train = load_split(shards, "train", fwd.image_size, fwd.fit)
+    val = load_split(shards, "val", fwd.image_size, fwd.fit)
     train_reps = representations(fwd, train.pixels)
     val_reps = representations(fwd, val.pixels)
     train_y, target = task_targets(train, train_reps[-1])

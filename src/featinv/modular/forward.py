@@ -36,6 +36,7 @@ class ForwardModel:
     image_size: tuple[int, int]
     classifier: bool
     restage: Callable[[nn.Module], StagedModel]  # the adapter that split the model into stages
+    fit: str = "crop"  # how images reach image_size (modular.fit): central crop, or the whole image resized
 
     def copy(self) -> ForwardModel:
         """An independent copy (its own weights), staged the same way."""
@@ -91,7 +92,8 @@ def load_forward(cfg: Modular, weights: str | None = None, pretrained: bool = Tr
 
             model = DetrForObjectDetection(DetrConfig.from_pretrained(source)).eval()
         restage = lambda m: detr_stages(m, size, prediction=cfg.detr_prediction)
-        return ForwardModel(name, restage(model), _stats(IMAGENET_MEAN), _stats(IMAGENET_STD), size, False, restage)
+        return ForwardModel(name, restage(model), _stats(IMAGENET_MEAN), _stats(IMAGENET_STD), size, False, restage,
+                            cfg.fit)
 
     from featinv.backbones import create_backbone
     from featinv.modular.stages import cnn_stages, vit_stages
@@ -101,4 +103,4 @@ def load_forward(cfg: Modular, weights: str | None = None, pretrained: bool = Tr
     model = backbone.model.eval()
     restage = vit_stages if kwargs else (lambda m: cnn_stages(m, cfg.groups))
     pre = backbone.preprocessing
-    return ForwardModel(name, restage(model), _stats(pre.mean), _stats(pre.std), size, True, restage)
+    return ForwardModel(name, restage(model), _stats(pre.mean), _stats(pre.std), size, True, restage, cfg.fit)

@@ -82,7 +82,7 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
     early, late = (staged.index(s) for s in tn.stages)
     if not early < late:
         raise ValueError(f"modular_analyses.token_noise.stages: '{tn.stages[0]}' must come before '{tn.stages[1]}'")
-    val = load_split(shards, "val", fwd.image_size)
+    val = load_split(shards, "val", fwd.image_size, fwd.fit)
     reps = representations(fwd, val.pixels)
     gen = torch.Generator().manual_seed(tn.seed)
     grid_hint = getattr(staged, "grid", None)

@@ -7,9 +7,10 @@ model's own forward). A stage may also expose ``layers(x_{j-1})``, the outputs o
 to inverses trained on other stages (the paper's section 4.7), and ``position``, the position
 embedding of its output tokens (token-noise analysis). Adapters:
 
-- timm ViT: ``bb`` = patch embedding + class token + position embedding (+ pre-norm),
-  ``enc`` = transformer blocks + final norm, ``pred`` = the classification head. ``enc.layers``:
-  every block's output through the final norm.
+- timm ViT, with the official code's boundaries: ``bb`` = patch embedding + class token + position
+  embedding (+ pre-norm), ``enc`` = the transformer blocks (``vit.blocks(x)``, no final norm),
+  ``pred`` = final norm + the classification head. ``enc.layers``: every block's output, un-normalised
+  like ``x_bb`` and ``x_enc`` (so each can go to ``bb^-1`` and ``enc^-1`` as it is).
 - timm CNN (EfficientNet family, the demo): ``stem`` = first convolution + norm, then the block
   groups given by ``cnn_groups`` (indices into ``model.blocks``), ``head`` = last 1x1 convolution
   + norm, ``pred`` = pooling + classifier. A group's ``layers``: the output of each of its blocks' layers.
@@ -85,10 +86,10 @@ def vit_stages(model: nn.Module) -> StagedModel:
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 
     def enc(x):
-        return model.norm(model.blocks(x))
+        return model.blocks(x)
 
-    def enc_layers(x):
-        return [model.norm(h) for h in encoder_layers(model, x)]
+    def pred(x):
+        return model.forward_head(model.norm(x))
 
     def bb_position():  # (T, D) for every output token; prefix tokens without one get zeros
         pos = model.pos_embed[0]
@@ -97,8 +98,8 @@ def vit_stages(model: nn.Module) -> StagedModel:
         return pos
 
     stages = [Stage("bb", bb, [model.patch_embed, model.norm_pre], inverse="patch", position=bb_position),
-              Stage("enc", enc, [model.blocks, model.norm], inverse="tokens", layers=enc_layers),
-              Stage("pred", model.forward_head, [model.head], inverse="mlp")]
+              Stage("enc", enc, [model.blocks], inverse="tokens", layers=lambda x: encoder_layers(model, x)),
+              Stage("pred", pred, [model.norm, model.head], inverse="mlp")]
     return StagedModel(model, stages, "vit")
 
 

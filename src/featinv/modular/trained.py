@@ -33,8 +33,8 @@ from featinv.modular.training import (
 )
 
 # params that change the inverses (the analyses refuse inverses trained with other values)
-INVERSE_KEYS = ("backbone", "groups", "image_size", "hidden", "depth", "heads", "steps", "batch_size", "lr", "seed",
-                "detr_prediction")
+INVERSE_KEYS = ("backbone", "groups", "image_size", "fit", "hidden", "depth", "heads", "steps", "batch_size", "lr",
+                "seed", "detr_prediction")
 
 
 @dataclass
@@ -48,16 +48,25 @@ class Split:
     masks: torch.Tensor | None
 
 
-def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
+def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str = "crop") -> Split:
+    """A split's images at ``size`` (H, W): ``fit`` ``crop`` = the largest central box of that aspect
+    ratio, resized; ``resize`` = the whole image resized, its aspect ratio not kept (the paper's ViT
+    224 x 224 and DETR 480 x 640 inputs). Masks follow the same geometry."""
     from PIL import Image
 
     from featinv.data.shards import index_split, load_manifest, read_image, read_masks
     from featinv.data.target_view import TargetView
 
+    if fit not in ("crop", "resize"):
+        raise ValueError(f"modular.fit is crop or resize, not '{fit}'")
     # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
     index = index_split(shards, split, views=False)
     view = TargetView(size)
-    pixels = np.stack([np.asarray(view.image(read_image(e))) for e in index]).astype(np.float32) / 255.0
+
+    def fitted(img, resample=Image.Resampling.BICUBIC):
+        return view.image(img, resample) if fit == "crop" else img.resize((size[1], size[0]), resample)
+
+    pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
     masks = read_masks(index)
     mask_arr = None
     if any(m is not None and len(m) for m in masks):
@@ -66,7 +75,7 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int]) -> Split:
             if m is not None and len(m):
                 largest = m[m.reshape(len(m), -1).sum(1).argmax()]
                 img = Image.fromarray(largest.astype(np.uint8) * 255)
-                mask_arr[i, 0] = np.asarray(view.image(img, Image.Resampling.NEAREST)) > 127
+                mask_arr[i, 0] = np.asarray(fitted(img, Image.Resampling.NEAREST)) > 127
     manifest = load_manifest(shards)
     return Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor([e.cls for e in index]),
                  manifest.get("label_space", ""), None if mask_arr is None else torch.from_numpy(mask_arr))
@@ -113,7 +122,7 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
     """Train modular (eq. 1) and classic inverses of every stage on the train split; save them."""
     torch.manual_seed(cfg.seed)
     forward = load_forward(cfg, weights)
-    train = load_split(shards, "train", forward.image_size)
+    train = load_split(shards, "train", forward.image_size, forward.fit)
     reps = representations(forward, train.pixels)
     bundle = _bundle(forward, cfg)
     args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
