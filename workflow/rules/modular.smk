@@ -33,6 +33,7 @@ rule train_modular:
     output:
         inverses=MODULAR_INVERSES,
         meta=f"{MODULAR_MODEL}/meta.json",
+        representations=directory(f"{MODULAR_MODEL}/train-representations.zarr"),
         loss=f"{MODULAR}/training-loss.csv",
     params:
         backbone=config["modular"]["backbone"],

@@ -47,10 +47,12 @@ def ci_row(values: np.ndarray) -> list[float]:
 def mse_by_stage(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``mse_by_stage.csv``, ``params.csv`` and ``reconstructions.png`` under ``out_dir``."""
     fwd = trained.forward
-    train_px = load_split(shards, "train", fwd.image_size, fwd.fit).pixels
+    if trained.mean_image is None:
+        raise ValueError("these inverses were saved without the train split's mean image: retrain them "
+                         "(featinv train-modular)")
     val_px = load_split(shards, "val", fwd.image_size, fwd.fit).pixels
     reps = representations(fwd, val_px)
-    baseline = per_image_mse(train_px.mean(0, keepdim=True).expand_as(val_px), val_px)
+    baseline = per_image_mse(trained.mean_image.expand_as(val_px), val_px)
     pick = example_rows(len(val_px), analyses.examples)
     rows, grid = [], [list(val_px[pick])]
     final = trained.meta["final_loss"]

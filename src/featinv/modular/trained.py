@@ -25,6 +25,7 @@ from featinv.config import Modular, plain
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.modular.forward import ForwardModel, load_forward
 from featinv.modular.inverses import build_inverses
+from featinv.modular.representations import fit_image, mean_of, stage_rows, write_representations
 from featinv.modular.training import (
     classic_inverses,
     count_parameters,
@@ -55,17 +56,15 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str =
     from PIL import Image
 
     from featinv.data.shards import index_split, load_manifest, read_image, read_masks
-    from featinv.data.target_view import TargetView
+
+    # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
+    index = index_split(shards, split, views=False)
+
+    def fitted(img, resample=Image.Resampling.BICUBIC):
+        return fit_image(img, size, fit, resample)
 
     if fit not in ("crop", "resize"):
         raise ValueError(f"modular.fit is crop or resize, not '{fit}'")
-    # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
-    index = index_split(shards, split, views=False)
-    view = TargetView(size)
-
-    def fitted(img, resample=Image.Resampling.BICUBIC):
-        return view.image(img, resample) if fit == "crop" else img.resize((size[1], size[0]), resample)
-
     pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
     masks = read_masks(index)
     mask_arr = None
@@ -117,28 +116,35 @@ def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
                           "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg))})
 
 
+MEAN_IMAGE = "baseline.mean_image"  # the train split's mean image, saved beside the inverses' weights
+REPRESENTATIONS = "train-representations.zarr"  # in the model directory
+
+
 def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss_csv: str | Path,
                    weights: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train modular (eq. 1) and classic inverses of every stage on the train split; save them."""
+    """Train modular (eq. 1) and classic inverses of every stage on the train split; save them with
+    the split's mean image (the baseline). The split's stage representations are computed once into
+    a rowstore in ``model_dir`` and read per batch, so memory does not grow with the split."""
     torch.manual_seed(cfg.seed)
     forward = load_forward(cfg, weights)
-    train = load_split(shards, "train", forward.image_size, forward.fit)
-    reps = representations(forward, train.pixels)
+    model_dir = Path(model_dir)
+    reps = stage_rows(write_representations(forward, shards, "train", model_dir / REPRESENTATIONS, progress=progress))
     bundle = _bundle(forward, cfg)
+    mean_image = forward.pixels(mean_of(reps[0]))
     args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "progress": progress}
     losses = {"modular": train_modular(bundle["modular"], reps, **args),
               "classic": train_classic(bundle["classic"], reps, **args)}
-    model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     tmp = model_dir / "inverses.safetensors.partial"
-    save_file({k: v.contiguous() for k, v in bundle.state_dict().items()}, str(tmp))
+    tensors = {k: v.contiguous() for k, v in bundle.state_dict().items()} | {MEAN_IMAGE: mean_image.contiguous()}
+    save_file(tensors, str(tmp))
     tmp.replace(model_dir / "inverses.safetensors")
     names = forward.staged.names
     meta = {"params": _inverse_params(cfg), "stages": names,
-            "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(train.pixels),
+            "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(reps[0]),
             "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
                            "classic": [count_parameters(c) for c in bundle["classic"]]},
             "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()}}
@@ -156,6 +162,7 @@ class Trained:
     classic: nn.ModuleList  # full-path inverse from stage j at index j-1
     meta: dict[str, Any]
     params: Modular  # the params section they were loaded under (= trained with)
+    mean_image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]: the train split's mean, the baseline
 
 
 def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None) -> Trained:
@@ -174,6 +181,8 @@ def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None
                          f"retrain them (featinv train-modular)")
     forward = load_forward(cfg, weights)
     bundle = _bundle(forward, cfg)
-    bundle.load_state_dict(load_file(str(path)), strict=True)
+    tensors = load_file(str(path))
+    mean_image = tensors.pop(MEAN_IMAGE, None)
+    bundle.load_state_dict(tensors, strict=True)
     bundle.eval()
-    return Trained(forward, bundle["modular"], bundle["classic"], meta, cfg)
+    return Trained(forward, bundle["modular"], bundle["classic"], meta, cfg, mean_image)
