@@ -353,7 +353,7 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     assert fwd.staged.names == ["bb", "enc", "pred"] and fwd.image_size == (32, 32)
     bundle = _bundle(fwd, cfg)
     train = load_split(demo_shards, "train", fwd.image_size)
-    assert train.pixels.shape == (36, 3, 32, 32) and train.masks is None and train.label_space == "demo-photo"
+    assert train.pixels.shape == (36, 3, 32, 32) and train.objects is None and train.label_space == "demo-photo"
     train_modular(bundle["modular"], representations(fwd, train.pixels), steps=3, batch_size=8, lr=1e-3)
     trained = Trained(fwd, bundle["modular"].eval(), bundle["classic"].eval(),
                       {"final_loss": {"modular": [0.0] * 3, "classic": [0.0] * 3}}, cfg)
@@ -392,20 +392,34 @@ def test_coco_masks_limit_the_recolouring(tmp_path):
     (tmp_path / "annotations").mkdir()
     img = np.zeros((40, 60, 3), np.uint8)
     img[..., 1] = 200  # green everywhere
-    Image.fromarray(img).save(tmp_path / "val2017" / "1.png")
-    coco = {"images": [{"id": 1, "file_name": "1.png", "height": 40, "width": 60}],
-            "categories": [{"id": 3, "name": "car"}],
-            "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 0, 20, 20], "area": 400,
-                             "iscrowd": 0, "segmentation": [[10, 0, 30, 0, 30, 20, 10, 20]]}]}
+    for name in ("1.png", "2.png"):
+        Image.fromarray(img).save(tmp_path / "val2017" / name)
+    box = lambda x, y, w, h: [[x, y, x + w, y, x + w, y + h, x, y + h]]  # noqa: E731
+    ann = lambda i, image, cat, x, y, w, h: {"id": i, "image_id": image, "category_id": cat, "bbox": [x, y, w, h],  # noqa: E731
+                                             "area": w * h, "iscrowd": 0, "segmentation": box(x, y, w, h)}
+    coco = {"images": [{"id": 1, "file_name": "1.png", "height": 40, "width": 60},
+                       {"id": 2, "file_name": "2.png", "height": 40, "width": 60}],
+            "categories": [{"id": 3, "name": "car"}, {"id": 7, "name": "dog"}],
+            # image 1: a large car and a small car; image 2: a dog and a car
+            "annotations": [ann(1, 1, 3, 10, 0, 20, 20), ann(2, 1, 3, 40, 30, 8, 8),
+                            ann(3, 2, 7, 20, 20, 10, 10), ann(4, 2, 3, 40, 0, 6, 6)]}
     (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
     shard_io.build(CocoSource(tmp_path, "annotations/instances_{split}2017.json", "{split}2017"),
                    tmp_path / "shards", "coco", ["val"], {}, 10)
-    split = load_split(tmp_path / "shards", "val", (40, 40))  # central 40x40: the object is at columns 0..20
-    assert split.masks.shape == (1, 1, 40, 40)
-    assert split.masks[0, 0, :21, :21].all() and not split.masks[0, 0, 21:].any() and not split.masks[0, 0, :, 21:].any()
-    red = recolour(split.pixels, "red", split.masks)
-    assert (red[0, 0, :21, :21] > 0.7).all() and (red[0, 1, :21, :21] < 0.01).all()  # object turned red
-    torch.testing.assert_close(red[..., 21:, :], split.pixels[..., 21:, :])  # background untouched
+    split = load_split(tmp_path / "shards", "val", (40, 60), "resize")
+    assert split.categories() == [3, 7]  # COCO category ids, the car (in both images) first
+    car, dog = 3, 7
+    rows, masks = split.category_masks(car)
+    assert rows == [0, 1] and masks.shape == (2, 1, 40, 60)
+    assert int(masks[0].sum()) == 21 * 21 + 9 * 9  # every car of image 1, both instances
+    red = recolour(split.pixels[rows], "red", masks)
+    assert (red[0, 0, :21, 10:31] > 0.7).all() and (red[0, 0, 30:39, 40:49] > 0.7).all()  # both cars turned red
+    torch.testing.assert_close(red[0, :, 22:29, :], split.pixels[0, :, 22:29, :])  # background untouched
+    dog_rows, dog_masks = split.category_masks(dog)
+    assert dog_rows == [1] and int(dog_masks.sum()) == 11 * 11
+    from featinv.modular.colour import recolouring_sets
+
+    assert [r for r, _ in recolouring_sets(split)] == [[0, 1], [1]]  # one set per category, most frequent first
 
 
 def test_accuracy_targets_are_labels_only_for_the_models_own_classes():

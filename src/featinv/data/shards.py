@@ -249,17 +249,24 @@ def read_image(entry: IndexEntry) -> Image.Image:
     return entry.view.apply(rgb) if entry.view is not None else rgb
 
 
-def read_masks(entries: list[IndexEntry]) -> list[np.ndarray | None]:
-    """Each entry's object masks, (objects, H, W) bool from its ``masks.npz`` member, or None where
-    the sample has none (sources without masks). Reads every shard once."""
+def read_masks(entries: list[IndexEntry]) -> list[tuple[np.ndarray, list[int]] | None]:
+    """Each entry's object masks, (objects, H, W) bool from its ``masks.npz`` member, with each
+    object's category id (its ``json`` extras' ``category_ids``), or None where the sample has no
+    masks (sources without them). Reads every shard once."""
     wanted: dict[str, dict[str, int]] = {}
     for i, entry in enumerate(entries):
         wanted.setdefault(entry.shard, {})[entry.key] = i
-    out: list[np.ndarray | None] = [None] * len(entries)
+    out: list[tuple[np.ndarray, list[int]] | None] = [None] * len(entries)
     for shard, rows in wanted.items():
         with tarfile.open(shard, "r:") as tar:
             for key, members in tar_samples(Path(shard)):
                 if key in rows and "masks.npz" in members:
                     with np.load(io.BytesIO(tar.extractfile(members["masks.npz"]).read())) as npz:
-                        out[rows[key]] = npz["masks"].astype(bool)
+                        masks = npz["masks"].astype(bool)
+                    extras = json.loads(tar.extractfile(members["json"]).read()) if "json" in members else {}
+                    categories = [int(c) for c in extras.get("category_ids", [-1] * len(masks))]
+                    if len(categories) != len(masks):
+                        raise ValueError(f"shard {shard}, sample {key}: {len(masks)} masks but "
+                                         f"{len(categories)} category ids")
+                    out[rows[key]] = (masks, categories)
     return out

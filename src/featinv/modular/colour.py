@@ -2,15 +2,17 @@
 
 Filters act in HSV, as the official code does with OpenCV (hue 0..180 there, 0..1 here): ``red``,
 ``green``, ``blue`` set the hue to 0, 1/3, 2/3; ``hue120`` and ``hue240`` rotate it by 120 and 240
-degrees, keeping saturation and value, so grey pixels stay grey. They apply inside the largest
-object's mask where the shards carry masks (COCO) and to the whole image otherwise. ``grayscale``
+degrees, keeping saturation and value, so grey pixels stay grey. Where the shards carry object
+masks (COCO) they recolour, as the paper does, every instance of one category at a time, over the
+images that hold it, and the tables average over the categories; otherwise the whole image. ``grayscale``
 converts every pixel of the image, as the paper does, to its luminance (ITU-R 601:
 0.2989 R + 0.587 G + 0.114 B, as torchvision's ``Grayscale`` and the official code).
 
 Analysis: for every val image the six filtered versions are compared pairwise (mean MSE over the 15
 pairs) at the input and after the modular reconstruction from every stage (Fig 7 left); and the
 model's accuracy on each recolouring, "none" included (Fig 7 right), against
-:func:`featinv.modular.trained.task_targets` of the unperturbed images.
+:func:`featinv.modular.trained.task_targets` of the unperturbed images. With categories, each value
+is the mean over categories of the mean over their images, its interval over categories.
 """
 
 from __future__ import annotations
@@ -59,34 +61,58 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
     ``colour_plot.png`` (Fig 7) under ``out_dir``."""
     fwd = trained.forward
     val = load_split(shards, "val", fwd.image_size, fwd.fit)
-    names = fwd.staged.names
-    versions = {f: recolour(val.pixels, f, val.masks) for f in ("none", *FILTERS)}
-    recon: dict[str, list[torch.Tensor]] = {}  # filter -> [input, recon from stage 1, ..., n]
-    accuracy_of: dict[str, np.ndarray] = {}
-    reference, target = None, "none (not a classifier)"
+    levels = ["input", *fwd.staged.names]
     with torch.no_grad():
-        for f, px in versions.items():  # "none" first: its predictions are the reference
-            reps = representations(fwd, px)
-            recon[f] = [px] + [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, len(reps))]
-            if fwd.classifier:
-                if reference is None:
-                    reference, target = task_targets(val, reps[-1])
-                accuracy_of[f] = (reps[-1].argmax(-1) == reference).float().numpy()
-    levels = ["input", *names]
-    pair_rows = []
-    for k, level in enumerate(levels):
-        per_image = pairwise_mse(np.stack([recon[f][k].numpy() for f in FILTERS]))
-        pair_rows.append([level, *ci_row(per_image)])
+        reference, target = None, "none (not a classifier)"
+        if fwd.classifier:
+            reference, target = task_targets(val, representations(fwd, val.pixels)[-1])
+        results = [_recoloured(trained, val.pixels[rows], masks, None if reference is None else reference[rows])
+                   for rows, masks in recolouring_sets(val)]
+    pair_rows = [[level, *_over_sets([r["pairwise"][k] for r in results])] for k, level in enumerate(levels)]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "colour_pairwise_mse.csv",
                       csv_text(["level", "pairwise_mse", "ci95_low", "ci95_high"], pair_rows, ".6g"))
-    acc_rows = [[f, *ci_row(a), target, val.masks is not None] for f, a in accuracy_of.items()]
+    acc_rows = [[f, *_over_sets([r["accuracy"][f] for r in results]), target, val.objects is not None]
+                for f in results[0]["accuracy"]]
     atomic_write_text(out_dir / "colour_accuracy.csv",
                       csv_text(["filter", "accuracy", "ci95_low", "ci95_high", "target", "object_masks"], acc_rows, ".6g"))
-    i = len(val.pixels) // 2  # one example: rows = filters, columns = input and each stage's reconstruction
+    recon = results[0]["recon"]  # one example: rows = filters, columns = input and each stage's reconstruction
+    i = len(recon["none"][0]) // 2
     save_grid([[recon[f][k][i] for k in range(len(levels))] for f in ("none", *FILTERS)], out_dir / "colour.png")
     _plot(levels, pair_rows, acc_rows, target, out_dir / "colour_plot.png")
     return {"pairwise_mse": pair_rows, "accuracy": acc_rows}
+
+
+def recolouring_sets(val) -> list[tuple[list[int], torch.Tensor | None]]:
+    """(image rows, masks) recoloured together: one set per object category (every instance of it, in
+    each image holding it) where the split has object masks, else the whole split without masks."""
+    if val.objects is None:
+        return [(list(range(len(val.pixels))), None)]
+    return [val.category_masks(c) for c in val.categories()]
+
+
+def _recoloured(trained: Trained, pixels: torch.Tensor, masks: torch.Tensor | None,
+                reference: torch.Tensor | None) -> dict[str, Any]:
+    """One set's versions: per level the per-image pairwise MSE over FILTERS, per filter ("none"
+    too) the per-image accuracy, and the reconstructions."""
+    fwd = trained.forward
+    recon: dict[str, list[torch.Tensor]] = {}  # filter -> [input, recon from stage 1, ..., n]
+    accuracy: dict[str, np.ndarray] = {}
+    for f in ("none", *FILTERS):
+        px = recolour(pixels, f, masks)
+        reps = representations(fwd, px)
+        recon[f] = [px] + [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, len(reps))]
+        if reference is not None:
+            accuracy[f] = (reps[-1].argmax(-1) == reference).float().numpy()
+    pairwise = [pairwise_mse(np.stack([recon[f][k].numpy() for f in FILTERS])) for k in range(len(recon["none"]))]
+    return {"pairwise": pairwise, "accuracy": accuracy, "recon": recon}
+
+
+def _over_sets(values: list[np.ndarray]) -> list[float]:
+    """[mean, low, high]: over the images of a single set, or over the sets' means (categories)."""
+    if len(values) == 1:
+        return ci_row(values[0])
+    return ci_row(np.array([v.mean() for v in values]))
 
 
 def _plot(levels, pair_rows, acc_rows, target, path: Path) -> None:

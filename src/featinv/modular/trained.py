@@ -40,13 +40,27 @@ INVERSE_KEYS = ("backbone", "groups", "image_size", "fit", "hidden", "depth", "h
 
 @dataclass
 class Split:
-    """One split's images in [0, 1] (N, 3, H, W), their class indices, label space, and the largest
-    object's mask per image (N, 1, H, W) bool where the shards carry masks (COCO), else None."""
+    """One split's images in [0, 1] (N, 3, H, W), their class indices, label space, and where the
+    shards carry object masks (COCO) each image's objects as (category id, (H, W) bool mask), else None."""
 
     pixels: torch.Tensor
     labels: torch.Tensor
     label_space: str
-    masks: torch.Tensor | None
+    objects: list[list[tuple[int, torch.Tensor]]] | None
+
+    def categories(self) -> list[int]:
+        """The object categories present, most frequent (by images) first."""
+        counts: dict[int, int] = {}
+        for objs in self.objects or []:
+            for c in {c for c, _ in objs}:
+                counts[c] = counts.get(c, 0) + 1
+        return sorted(counts, key=lambda c: (-counts[c], c))
+
+    def category_masks(self, category: int) -> tuple[list[int], torch.Tensor]:
+        """The images holding ``category`` and, for each, the union of all its instances (M, 1, H, W)."""
+        rows = [i for i, objs in enumerate(self.objects or []) if any(c == category for c, _ in objs)]
+        masks = [torch.stack([m for c, m in self.objects[i] if c == category]).any(0) for i in rows]
+        return rows, torch.stack(masks)[:, None] if masks else torch.zeros(0, 1, *self.pixels.shape[-2:], dtype=torch.bool)
 
 
 def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str = "crop") -> Split:
@@ -66,18 +80,15 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str =
     if fit not in ("crop", "resize"):
         raise ValueError(f"modular.fit is crop or resize, not '{fit}'")
     pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
-    masks = read_masks(index)
-    mask_arr = None
-    if any(m is not None and len(m) for m in masks):
-        mask_arr = np.ones((len(index), 1, *size), dtype=bool)  # images without objects: whole image
-        for i, m in enumerate(masks):
-            if m is not None and len(m):
-                largest = m[m.reshape(len(m), -1).sum(1).argmax()]
-                img = Image.fromarray(largest.astype(np.uint8) * 255)
-                mask_arr[i, 0] = np.asarray(fitted(img, Image.Resampling.NEAREST)) > 127
+    annotated = read_masks(index)
+    objects = None
+    if any(a is not None and len(a[0]) for a in annotated):
+        objects = [[(c, torch.from_numpy(np.asarray(fitted(Image.fromarray(m.astype(np.uint8) * 255),
+                                                            Image.Resampling.NEAREST)) > 127))
+                    for m, c in zip(*a)] if a is not None else [] for a in annotated]
     manifest = load_manifest(shards)
     return Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor([e.cls for e in index]),
-                 manifest.get("label_space", ""), None if mask_arr is None else torch.from_numpy(mask_arr))
+                 manifest.get("label_space", ""), objects)
 
 
 def task_targets(split: Split, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
