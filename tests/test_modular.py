@@ -469,3 +469,53 @@ def test_fit_resizes_the_whole_image_or_crops_its_centre(tmp_path):
     assert abs(red(load_split(tmp_path / "sh", "val", (32, 32), "crop").pixels) - 1 / 4) < 0.04
     with pytest.raises(ValueError, match="modular.fit is crop or resize, not 'pad'"):
         load_split(tmp_path / "sh", "val", (32, 32), "pad")
+
+
+def test_best_weights_on_validation_are_kept():
+    """fit(keep_best=...): training pushes w towards 10; the validation loss is (w - 3)^2, so the
+    weights kept are those of the step closest to 3, not the last."""
+    from featinv.modular.training import fit
+
+    lin = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(lin.weight)
+    one = torch.ones(1, 1)
+    values = []
+
+    def val():
+        values.append(float(lin.weight))
+        return (float(lin.weight) - 3.0) ** 2
+
+    fit(lin.parameters(), lambda idx: ((lin(one) - 10.0) ** 2).mean(), 4, 20, 2, 0.5, 0, optimizer="adam",
+        keep_best=(lin, val, 1))
+    assert values[-1] > 8 and abs(float(lin.weight) - min(values, key=lambda v: abs(v - 3))) < 1e-6
+    with pytest.raises(ValueError, match="modular.optimizer is adamw or adam, not 'sgd'"):
+        fit(lin.parameters(), lambda idx: lin(one).sum(), 4, 1, 2, 0.5, 0, optimizer="sgd")
+
+
+def test_learning_rates_per_stage_and_instances_with_their_spread(demo_shards, tmp_path):
+    """modular.lr_by_stage: a stage's component trains at its own rate (here ~0: it stays as built);
+    modular.instances: independent instances, saved and loaded, their spread in the MSE table;
+    modular.val_every: the best weights on validation are chosen (a val representation store)."""
+    import csv
+
+    from featinv.modular.analysis import mse_by_stage
+    from featinv.modular.trained import _bundle, load_trained, train_inverses
+
+    cfg = modular_params(steps=4, batch_size=8, hidden=8, lr_by_stage={"stem": 1e-12}, optimizer="adam",
+                         max_grad_norm=1.0, val_every=2, instances=2)
+    train_inverses(cfg, demo_shards, tmp_path / "m", tmp_path / "loss.csv", progress=False)
+    trained = load_trained(cfg, tmp_path / "m")
+    assert len(trained.instances) == 2 and trained.modular is trained.instances[0][0]
+    torch.manual_seed(cfg.seed)
+    fresh = _bundle(trained.forward, cfg)["modular"]
+    stem_inv, fresh_stem = trained.modular[0].state_dict(), fresh[0].state_dict()
+    assert all(torch.allclose(stem_inv[k], fresh_stem[k], atol=1e-9) for k in stem_inv)  # lr 1e-12: unchanged
+    assert not all(torch.equal(a, b) for a, b in zip(trained.modular[1].state_dict().values(),
+                                                     fresh[1].state_dict().values()))  # blocks1^-1 trained
+    first, second = (dict(i[0].state_dict()) for i in trained.instances)
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # instances differ
+    assert (tmp_path / "m" / "val-representations.zarr").exists()
+    mse_by_stage(trained, analyses_params(examples=2), demo_shards, tmp_path / "out")
+    with open(tmp_path / "out" / "mse_by_stage.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["instances"] == "2" and float(r["modular_mse_sd_over_instances"]) > 0 for r in rows)

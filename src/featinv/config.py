@@ -213,6 +213,9 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     if "unpooled" not in c.controlnet.variants:
         problems.append("applications: need the unpooled variant in controlnet.variants")
     names = modular_stage_names(c.modular.backbone, c.modular.groups)
+    for name in c.modular.lr_by_stage:
+        if name not in names:
+            problems.append(f"modular.lr_by_stage.{name}: not a stage of {c.modular.backbone} ({', '.join(names)})")
     for key, wanted in [("token_noise.stages", c.modular_analyses.token_noise.stages),
                         ("finetune.stage", [c.modular_analyses.finetune.stage])]:
         for name in wanted:

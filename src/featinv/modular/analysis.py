@@ -56,16 +56,23 @@ def mse_by_stage(trained: Trained, analyses: ModularAnalyses, shards: str | Path
     pick = example_rows(len(val_px), analyses.examples)
     rows, grid = [], [list(val_px[pick])]
     final = trained.meta["final_loss"]
+    instances = trained.instances or [(trained.modular, trained.classic)]
     with torch.no_grad():
         for j, name in enumerate(fwd.staged.names, 1):
             mod = fwd.pixels(chain(trained.modular, reps[j], j))
             cla = fwd.pixels(chain(trained.classic[j - 1], reps[j], j))
+            # the spread over independently trained instances (the paper trains at least three)
+            spread = [np.std([float(per_image_mse(fwd.pixels(chain(path(k), reps[j], j)), val_px).mean())
+                              for k in instances], ddof=1) if len(instances) > 1 else 0.0
+                      for path in (lambda k: k[0], lambda k: k[1][j - 1])]
             rows.append([name, *ci_row(per_image_mse(mod, val_px)), *ci_row(per_image_mse(cla, val_px)),
-                         float(baseline.mean()), final["modular"][j - 1], final["classic"][j - 1]])
+                         float(baseline.mean()), final["modular"][j - 1], final["classic"][j - 1], *spread,
+                         len(instances)])
             grid.append(list(mod[pick]))
     out_dir = Path(out_dir)
     header = ["stage", "modular_mse", "modular_ci95_low", "modular_ci95_high", "classic_mse", "classic_ci95_low",
-              "classic_ci95_high", "mean_image_mse", "modular_final_train_loss", "classic_final_train_loss"]
+              "classic_ci95_high", "mean_image_mse", "modular_final_train_loss", "classic_final_train_loss",
+              "modular_mse_sd_over_instances", "classic_mse_sd_over_instances", "instances"]
     atomic_write_text(out_dir / "mse_by_stage.csv", csv_text(header, rows, ".6g"))
 
     p = trained.meta["parameters"]["modular"]

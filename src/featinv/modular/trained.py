@@ -13,7 +13,7 @@ loaded without unpickling), ``meta.json`` (the params, stages, representation sh
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,9 @@ from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.modular.forward import ForwardModel, load_forward
 from featinv.modular.inverses import build_inverses
 from featinv.modular.representations import fit_image, mean_of, stage_rows, write_representations
+from featinv.plots import spread_rows
 from featinv.modular.training import (
+    Optimisation,
     classic_inverses,
     count_parameters,
     train_classic,
@@ -35,7 +37,7 @@ from featinv.modular.training import (
 
 # params that change the inverses (the analyses refuse inverses trained with other values)
 INVERSE_KEYS = ("backbone", "groups", "image_size", "fit", "hidden", "depth", "heads", "steps", "batch_size", "lr",
-                "seed", "detr_prediction")
+                "lr_by_stage", "optimizer", "max_grad_norm", "val_every", "instances", "seed", "detr_prediction")
 
 
 @dataclass
@@ -129,6 +131,26 @@ def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
 
 MEAN_IMAGE = "baseline.mean_image"  # the train split's mean image, saved beside the inverses' weights
 REPRESENTATIONS = "train-representations.zarr"  # in the model directory
+VAL_ROWS = 128  # validation images the best-checkpoint choice is scored on (spread over the split)
+
+
+def _instance_prefix(k: int) -> str:
+    """Instance 0's weights keep the plain names; further instances are prefixed."""
+    return "" if k == 0 else f"instance{k}."
+
+
+def _optimisation(cfg: Modular, forward: ForwardModel, shards: str | Path, model_dir: Path,
+                  progress: bool) -> Optimisation:
+    """``modular``'s optimiser settings; with ``val_every``, the val split's representations (a
+    spread subset, in memory) to choose each component's best weights on."""
+    val = None
+    if cfg.val_every:
+        store = write_representations(forward, shards, "val", model_dir / "val-representations.zarr",
+                                      progress=progress)
+        rows = stage_rows(store)
+        pick = spread_rows(len(rows[0]), min(VAL_ROWS, len(rows[0])))
+        val = [r[pick] for r in rows]
+    return Optimisation(cfg.optimizer, dict(cfg.lr_by_stage), cfg.max_grad_norm, cfg.val_every, val)
 
 
 def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss_csv: str | Path,
@@ -140,25 +162,34 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
     forward = load_forward(cfg, weights)
     model_dir = Path(model_dir)
     reps = stage_rows(write_representations(forward, shards, "train", model_dir / REPRESENTATIONS, progress=progress))
-    bundle = _bundle(forward, cfg)
     mean_image = forward.pixels(mean_of(reps[0]))
-    args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-            "progress": progress}
-    losses = {"modular": train_modular(bundle["modular"], reps, **args),
-              "classic": train_classic(bundle["classic"], reps, **args)}
+    names = forward.staged.names
+    optim = _optimisation(cfg, forward, shards, model_dir, progress)
+    tensors: dict[str, torch.Tensor] = {MEAN_IMAGE: mean_image.contiguous()}
+    losses_by_instance = []
+    for k in range(cfg.instances):  # independent instances: their own initialisation and batches
+        torch.manual_seed(cfg.seed + 1000 * k)
+        bundle = _bundle(forward, cfg)
+        args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed + 1000 * k,
+                "progress": progress, "names": names, "optim": optim}
+        losses_by_instance.append({"modular": train_modular(bundle["modular"], reps, **args),
+                                   "classic": train_classic(bundle["classic"], reps, **args)})
+        tensors |= {_instance_prefix(k) + key: v.contiguous() for key, v in bundle.state_dict().items()}
     model_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     tmp = model_dir / "inverses.safetensors.partial"
-    tensors = {k: v.contiguous() for k, v in bundle.state_dict().items()} | {MEAN_IMAGE: mean_image.contiguous()}
     save_file(tensors, str(tmp))
     tmp.replace(model_dir / "inverses.safetensors")
-    names = forward.staged.names
+    losses = losses_by_instance[0]
     meta = {"params": _inverse_params(cfg), "stages": names,
             "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(reps[0]),
             "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
                            "classic": [count_parameters(c) for c in bundle["classic"]]},
-            "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()}}
+            "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()},
+            "instances": cfg.instances,
+            "final_loss_by_instance": [{kind: [h[-1] for h in hist] for kind, hist in li.items()}
+                                       for li in losses_by_instance]}
     write_json(model_dir / "meta.json", meta)
     rows = [[step, loss, kind, names[j]] for kind, hist in losses.items() for j, h in enumerate(hist)
             for step, loss in enumerate(h, 1)]
@@ -174,6 +205,7 @@ class Trained:
     meta: dict[str, Any]
     params: Modular  # the params section they were loaded under (= trained with)
     mean_image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]: the train split's mean, the baseline
+    instances: list[tuple[nn.ModuleList, nn.ModuleList]] = field(default_factory=list)  # (modular, classic), 0 first
 
 
 def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None) -> Trained:
@@ -191,9 +223,14 @@ def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None
         raise ValueError(f"inverses in {model_dir} were trained with other modular params ({', '.join(changed)}): "
                          f"retrain them (featinv train-modular)")
     forward = load_forward(cfg, weights)
-    bundle = _bundle(forward, cfg)
     tensors = load_file(str(path))
     mean_image = tensors.pop(MEAN_IMAGE, None)
-    bundle.load_state_dict(tensors, strict=True)
-    bundle.eval()
-    return Trained(forward, bundle["modular"], bundle["classic"], meta, cfg, mean_image)
+    instances = []
+    for k in range(int(meta.get("instances", 1))):
+        prefix = _instance_prefix(k)
+        own = {key[len(prefix):]: v for key, v in tensors.items()
+               if key.startswith(prefix) and (k or not key.startswith("instance"))}
+        bundle = _bundle(forward, cfg)
+        bundle.load_state_dict(own, strict=True)
+        instances.append((bundle["modular"].eval(), bundle["classic"].eval()))
+    return Trained(forward, *instances[0], meta, cfg, mean_image, instances)
