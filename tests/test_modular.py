@@ -482,12 +482,12 @@ def test_best_weights_on_validation_are_kept():
     values = []
 
     def val():
-        values.append(float(lin.weight))
-        return (float(lin.weight) - 3.0) ** 2
+        values.append(float(lin.weight.detach()))
+        return (float(lin.weight.detach()) - 3.0) ** 2
 
     fit(lin.parameters(), lambda idx: ((lin(one) - 10.0) ** 2).mean(), 4, 20, 2, 0.5, 0, optimizer="adam",
         keep_best=(lin, val, 1))
-    assert values[-1] > 8 and abs(float(lin.weight) - min(values, key=lambda v: abs(v - 3))) < 1e-6
+    assert values[-1] > 8 and abs(float(lin.weight.detach()) - min(values, key=lambda v: abs(v - 3))) < 1e-6
     with pytest.raises(ValueError, match="modular.optimizer is adamw or adam, not 'sgd'"):
         fit(lin.parameters(), lambda idx: lin(one).sum(), 4, 1, 2, 0.5, 0, optimizer="sgd")
 
