@@ -85,16 +85,21 @@ class StageRows:
         return torch.from_numpy(np.ascontiguousarray(self.array.get_orthogonal_selection((unique,))[inverse]))
 
 
-def stage_rows(store: str | Path) -> list[StageRows]:
-    """[x_0, ..., x_n] of a representation store, each read per batch."""
+def stage_rows(store: str | Path, memory_limit: int = 512 << 20) -> list[StageRows | torch.Tensor]:
+    """[x_0, ..., x_n] of a representation store: held in memory when all of it fits in
+    ``memory_limit`` bytes (the demo: reading per batch would cost more than training), else each
+    read per batch."""
     group = rowstore.open_complete(store)
-    return [StageRows(group[stage_key(j)]) for j in range(len(group.attrs["stages"]) + 1)]
+    arrays = [group[stage_key(j)] for j in range(len(group.attrs["stages"]) + 1)]
+    if sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays) <= memory_limit:
+        return [torch.from_numpy(a[:]) for a in arrays]
+    return [StageRows(a) for a in arrays]
 
 
-def mean_of(rows: StageRows, block: int = 256) -> torch.Tensor:
+def mean_of(rows: StageRows | torch.Tensor, block: int = 256) -> torch.Tensor:
     """The mean over all rows (1, ...), accumulated block by block in float64."""
     total = None
     for start in range(0, len(rows), block):
-        part = torch.from_numpy(rows.array[start:start + block]).double().sum(0, keepdim=True)
+        part = rows[np.arange(start, min(start + block, len(rows)))].double().sum(0, keepdim=True)
         total = part if total is None else total + part
     return (total / len(rows)).float()
