@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +63,16 @@ def featinv(*args, processes: int = 1, **popen) -> subprocess.Popen:
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "featinv", "--threads", "1", "--processes", str(processes), *map(str, args)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def kill_at_checkpoint(proc: subprocess.Popen, ckpt_dir: Path, step: int, timeout: float = 300) -> None:
+    """SIGKILL a training ``featinv`` process once its checkpoint of ``step`` (or a later one) is complete."""
+    deadline = time.time() + timeout
+    while not any(p.name >= f"step-{step:08d}" and not p.name.endswith(".tmp") for p in Path(ckpt_dir).glob("step-*")):
+        assert time.time() < deadline and proc.poll() is None, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:

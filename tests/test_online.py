@@ -2,8 +2,6 @@
 and exact resumption after kill -9."""
 
 import json
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import featinv, finish
+from conftest import featinv, finish, kill_at_checkpoint
 from featinv.config import section
 from featinv.diffusion.online import OnlineViews, crop_box, online_view
 from test_diffusion import PROMPT, TINY_BASE, TRAIN
@@ -80,14 +78,7 @@ def test_killed_online_training_resumes_to_the_same_weights(demo_shards, tmp_pat
                         "--backbone", "tf_efficientnet_lite0", "--variant", variant, "--out", str(out),
                         "--loss-csv", str(out) + ".csv", "--config", json.dumps(cfg)]
     finish(featinv(*args(tmp_path / "whole")))
-    killed = featinv(*args(tmp_path / "killed"))
-    ckpt = tmp_path / "killed.ckpt"
-    deadline = time.time() + 300
-    while not any(p.name >= "step-00000012" and not p.name.endswith(".tmp") for p in ckpt.glob("step-*")):
-        assert time.time() < deadline and killed.poll() is None, "no checkpoint appeared"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    kill_at_checkpoint(featinv(*args(tmp_path / "killed")), tmp_path / "killed.ckpt", 12)
     (tmp_path / "killed.csv").unlink(missing_ok=True)
     finish(featinv(*args(tmp_path / "killed")))
     for part in ("controlnet/diffusion_pytorch_model.safetensors", "encoder/diffusion_pytorch_model.safetensors"):

@@ -1,8 +1,6 @@
 """Training lowers the loss, and a run killed with SIGKILL resumes to the same weights."""
 
 import json
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import featinv, finish
+from conftest import featinv, finish, kill_at_checkpoint
 from featinv.config import section
 from featinv import rowstore
 from featinv.backbones import create_backbone
@@ -122,14 +120,7 @@ def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path, pre
                         str(out) + ".csv", "--config", json.dumps(cfg)]
     finish(featinv(*args(tmp_path / "whole")))
 
-    killed = featinv(*args(tmp_path / "killed"))
-    ckpt = tmp_path / "killed.ckpt"
-    deadline = time.time() + 300
-    while not any(p.name >= "step-00000020" and not p.name.endswith(".tmp") for p in ckpt.glob("step-*")):
-        assert time.time() < deadline and killed.poll() is None, "no checkpoint appeared"
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    kill_at_checkpoint(featinv(*args(tmp_path / "killed")), tmp_path / "killed.ckpt", 20)
     assert not (tmp_path / "killed" / "unet").exists()
     # Snakemake deletes a rerun job's outputs first: the loss log must come back from the checkpoint.
     (tmp_path / "killed.csv").unlink(missing_ok=True)
