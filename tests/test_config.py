@@ -134,6 +134,7 @@ def test_a_verb_gets_only_its_sections_validated_and_typed():
     with pytest.raises(config.ParamsError, match=r"diffusion\.base\.train\.stepz: unknown key"):
         config.sections({"diffusion": bad}, "diffusion")
     assert config.section("diffusion.base", params["diffusion"]["base"]).train.lr == params["diffusion"]["base"]["train"]["lr"]
+    assert type(config.section("controlnet.train.augment", params["controlnet"]["train"]["augment"])) is config.TrainAugment
     with pytest.raises(config.ParamsError, match="unknown params section 'diffusion.nope'"):
         config.section("diffusion.nope", {})
 

@@ -69,15 +69,17 @@ def section(name: str, value: Any) -> Any:
     ``section("controlnet", {...}).train.steps``. ``name`` is a key path: ``diffusion.base`` works too."""
     full = schema()
     node: Mapping[str, Any] = full
+    path: tuple[str, ...] = ()
     for key in name.split("."):
         if key not in node.get("properties", {}):
             raise ParamsError(f"unknown params section '{name}'")
-        node = _resolve(node["properties"][key])[0]
+        node, ref = _resolve(node["properties"][key])
+        path = ("$defs", ref) if ref else (*path, key)  # inside a definition, its classes
     validator = Draft202012Validator({**node, "$defs": full.get("$defs", {})})
     problems = [_describe(e) for e in validator.iter_errors(value)]
     if problems:
         raise ParamsError(f"invalid {name} section:\n  " + "\n  ".join(f"{name}.{p}" for p in problems))
-    return _typed(node, value, tuple(name.split(".")))
+    return _typed(node, value, path)
 
 
 def sections(value: Any, *names: str) -> Any:
