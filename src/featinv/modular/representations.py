@@ -80,6 +80,8 @@ class StageRows:
         return tuple(self.array.shape)
 
     def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):  # a contiguous block: a plain zarr read
+            return torch.from_numpy(np.ascontiguousarray(self.array[idx]))
         idx = np.asarray(idx, dtype=np.int64)
         unique, inverse = np.unique(idx, return_inverse=True)
         return torch.from_numpy(np.ascontiguousarray(self.array.get_orthogonal_selection((unique,))[inverse]))
@@ -100,6 +102,6 @@ def mean_of(rows: StageRows | torch.Tensor, block: int = 256) -> torch.Tensor:
     """The mean over all rows (1, ...), accumulated block by block in float64."""
     total = None
     for start in range(0, len(rows), block):
-        part = rows[np.arange(start, min(start + block, len(rows)))].double().sum(0, keepdim=True)
+        part = rows[start:start + block].double().sum(0, keepdim=True)
         total = part if total is None else total + part
     return (total / len(rows)).float()
