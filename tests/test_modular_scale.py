@@ -62,3 +62,21 @@ def test_inverse_training_streams_representations_under_a_memory_cap(tmp_path):
 
     store = rowstore.open_complete(tmp_path / "model" / "train-representations.zarr")
     assert store["x1"].shape == (n, 32, 32, 32) and store["x0"].dtype == np.float32
+
+
+def test_a_representation_store_is_reused_only_for_the_same_images_and_model(demo_shards, tmp_path):
+    from featinv import config, rowstore
+    from featinv.modular.forward import load_forward
+    from featinv.modular.representations import stage_rows, write_representations
+
+    params = {**yaml.safe_load((REPO / "params.yaml").read_text())["modular"], "image_size": 32}
+    forward = load_forward(config.section("modular", params))
+    out = write_representations(forward, demo_shards, "val", tmp_path / "r.zarr", progress=False)
+    first = (out / "zarr.json").stat().st_mtime_ns
+    reps = stage_rows(out)
+    assert len(reps) == len(forward.staged.names) + 1 and reps[0].shape[1:] == (3, 32, 32)
+    assert write_representations(forward, demo_shards, "val", out, progress=False) == out
+    assert (out / "zarr.json").stat().st_mtime_ns == first  # complete and made the same way: reused
+    resized = load_forward(config.section("modular", {**params, "fit": "resize"}))
+    write_representations(resized, demo_shards, "val", out, progress=False)
+    assert rowstore.open_complete(out).attrs["fit"] == "resize"  # another fit: rebuilt

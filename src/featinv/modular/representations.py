@@ -7,6 +7,7 @@ images whatever the split size, so inverses train on ImageNet or COCO train as o
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,7 @@ def write_representations(forward, shards: str | Path, split: str, out: str | Pa
         done = rowstore.open_complete(out)
         if {k: done.attrs.get(k) for k in attrs} == attrs:
             return out
-        import shutil
-
-        shutil.rmtree(out)
+        shutil.rmtree(out)  # made from other images or another forward model
     probe = forward.staged.representations(forward.normalise(torch.zeros(1, 3, *forward.image_size)))
     arrays = {stage_key(j): (tuple(r.shape[1:]), "float32", 0) for j, r in enumerate(probe)}
     group, _ = rowstore.open_or_resume(out, len(index), arrays, rows_per_shard, min(rows_per_shard, 64), attrs)

@@ -79,8 +79,6 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str =
     def fitted(img, resample=Image.Resampling.BICUBIC):
         return fit_image(img, size, fit, resample)
 
-    if fit not in ("crop", "resize"):
-        raise ValueError(f"modular.fit is crop or resize, not '{fit}'")
     pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
     annotated = read_masks(index)
     objects = None
