@@ -26,9 +26,7 @@ from featinv.diffusion.sample import auto_batch_size, denoise, initial_noise, ma
 from featinv.features.origin import store_backbone
 from featinv.features.store import conditioning
 from featinv.fileio import atomic_write_text, csv_text, write_json
-from featinv.metrics.evaluate import backbone_outputs
-from featinv.metrics.similarity import cosine_per_position, topk_match
-from featinv.metrics.stats import summarise
+from featinv.metrics.evaluate import score_images
 from featinv.plots import pyplot, save_figure, spread_rows, to_uint8
 
 MEASURES = ("top1", "top5", "cosine_sim")
@@ -86,11 +84,8 @@ def tune(base: BaseModel, net: FeatureControlNet, features: str | Path, sampling
             to_uint8(denoise(base, net, cond[i:i + batch].to(dev), noise[i:i + batch].to(dev), text,
                              make_scheduler(sampling.scheduler, base), sampling.steps, guidance, strength))
             for i in range(0, len(rows), batch)])
-        out = backbone_outputs(backbone, images, metrics.batch_size, dev, view=metrics.scoring)
-        values = {"top1": topk_match(ref_top1, out["topk"], 1), "top5": topk_match(ref_top1, out["topk"], 5),
-                  "cosine_sim": cosine_per_position(ref_maps, out["features"])}
-        cells.append(Cell(float(strength), float(guidance),
-                          {m: summarise(values[m].astype(np.float64), **boot) for m in MEASURES}))
+        scores = score_images(backbone, images, ref_maps, ref_top1, metrics, dev, boot)
+        cells.append(Cell(float(strength), float(guidance), {m: scores[m] for m in MEASURES}))
     return cells, len(rows)
 
 

@@ -118,9 +118,10 @@ def nearest_by_cosine(queries: np.ndarray, bank, block: int = 512) -> tuple[np.n
     return best_index.numpy(), best_value.numpy()
 
 
-def _oracle(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
-            cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
-    """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps."""
+def score_images(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
+                 cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
+    """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps, seen
+    as ``cfg.scoring`` says, with bootstrap intervals (the oracles; a tuning cell)."""
     out = backbone_outputs(backbone, images, cfg.batch_size, device, view=cfg.scoring)
     cos = cosine_per_position(ref_maps, out["features"])
     return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
@@ -178,7 +179,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             result["cosine_sim_unrelated"] = unrelated_cosine(originals["features"][:])
             per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1}
             maps, top1_ref = originals["features"][:].astype(np.float32), originals["topk_indices"][:, 0]
-            result["oracle_copy"] = _oracle(backbone, real_views, maps, top1_ref, cfg, device, boot)
+            result["oracle_copy"] = score_images(backbone, real_views, maps, top1_ref, cfg, device, boot)
             result["oracle_nearest_train"] = _nearest_train_oracle(backbone, maps, top1_ref, train_store, shards,
                                                                    resolution, cfg, device, boot)
 
@@ -206,7 +207,7 @@ def _nearest_train_oracle(backbone: Backbone, maps: np.ndarray, top1_ref: np.nda
     index, _ = nearest_by_cosine(maps, train["features"])
     train_keys = [str(k) for k in train["keys"][:]]
     chosen = original_views(shards, str(train.attrs["split"]), [train_keys[i] for i in index], resolution)
-    result = _oracle(backbone, chosen, maps, top1_ref, cfg, device, boot)
+    result = score_images(backbone, chosen, maps, top1_ref, cfg, device, boot)
     result["train_split"], result["train_rows"] = str(train.attrs["split"]), len(train_keys)
     return result
 
