@@ -109,7 +109,6 @@ def test_typed_sections_are_frozen_dataclasses_of_the_schema_keys():
     assert isinstance(typed.diffusion.base.train, config.Train)  # one class per $defs entry
     assert typed.controlnet.train.steps == shipped()["controlnet"]["train"]["steps"]
     assert typed.modular.groups == ((0, 1), (2, 3), (4, 5, 6))  # lists become tuples
-    assert typed.modular.detr_prediction == "distribution"  # an optional key takes the schema's default
     schema = config.schema()
     for name, node in schema["properties"].items():
         section = getattr(typed, name)
@@ -119,7 +118,7 @@ def test_typed_sections_are_frozen_dataclasses_of_the_schema_keys():
         typed.controlnet.train.steps = 1
     with pytest.raises(TypeError):
         typed.sampling.control_strength["x"] = 1.0  # free-keyed maps are read-only
-    assert config.plain(typed) == {**shipped(), "modular": {**shipped()["modular"], "detr_prediction": "distribution"}}
+    assert config.plain(typed) == shipped()
 
 
 def test_a_verb_gets_only_its_sections_validated_and_typed():

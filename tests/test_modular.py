@@ -175,7 +175,6 @@ def test_detr_encoder_layers_reach_the_backbone_inverse_as_maps(detr):
 
 
 def test_detr_inverses_and_prediction_inputs(detr):
-    from featinv.modular.detr import prediction_input
     from featinv.modular.inverses import MlpInverse, QueryInverse, build_inverses, chain
 
     _, staged = detr
@@ -187,12 +186,16 @@ def test_detr_inverses_and_prediction_inputs(detr):
     for j, inverse in enumerate(inverses, 1):
         assert inverse(reps[j]).shape == reps[j - 1].shape, staged.names[j - 1]
     assert chain(inverses, reps[4], 4).shape == x.shape
-    full = prediction_input(reps[4], one_hot=False)
-    hot = prediction_input(reps[4], one_hot=True)
-    torch.testing.assert_close(full[..., :11].sum(-1), torch.ones(2, 5))
+    from featinv.modular.onehot import OneHotRows, one_hot
+
+    hot = one_hot(reps[4], boxes=staged.boxes)  # pred_OH^-1's input; pred_FD^-1 sees reps[4] itself
+    assert hot.shape == reps[4].shape
     assert set(hot[..., :11].unique().tolist()) == {0.0, 1.0} and (hot[..., :11].sum(-1) == 1).all()
-    torch.testing.assert_close(hot[..., :11].argmax(-1), full[..., :11].argmax(-1))
-    torch.testing.assert_close(hot[..., 11:], reps[4][..., 11:])
+    assert torch.equal(hot[..., :11].argmax(-1), reps[4][..., :11].argmax(-1))
+    assert torch.equal(hot[..., 11:], reps[4][..., 11:])  # boxes kept
+    assert torch.equal(OneHotRows(reps[4], 4)[torch.tensor([1, 1])], hot[[1, 1]])
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5]])  # a classifier's x_pred: no boxes
+    assert torch.equal(one_hot(logits), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
 
 
 def test_modular_and_classic_training_and_parameter_counts(tiny_vit):
@@ -519,3 +522,24 @@ def test_learning_rates_per_stage_and_instances_with_their_spread(demo_shards, t
     with open(tmp_path / "out" / "mse_by_stage.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert all(r["instances"] == "2" and float(r["modular_mse_sd_over_instances"]) > 0 for r in rows)
+    # Fig 8: pred_FD^-1 (the modular pred^-1) and pred_OH^-1, trained side by side, each chained on
+    from featinv.modular.analysis import per_image_mse
+    from featinv.modular.onehot import one_hot
+    from featinv.modular.prediction import prediction_inverses
+    from featinv.modular.inverses import chain
+    from featinv.modular.trained import load_split, representations
+
+    assert not all(torch.equal(a, b) for a, b in zip(trained.pred_one_hot.state_dict().values(),
+                                                     _bundle(trained.forward, cfg)["pred_one_hot"].state_dict().values()))
+    out = prediction_inverses(trained, analyses_params(examples=2), demo_shards, tmp_path / "out")
+    assert [r[1] for r in out["rows"]] == ["pred_FD", "pred_OH"]
+    assert out["columns"] == ["input", "stem", "blocks1", "blocks2", "blocks3", "head", "pred_FD", "pred_OH"]
+    fwd = trained.forward
+    val = load_split(demo_shards, "val", fwd.image_size).pixels
+    reps = representations(fwd, val)
+    with torch.no_grad():
+        fd = per_image_mse(fwd.pixels(chain(trained.modular, reps[6], 6)), val).mean()
+        oh = per_image_mse(fwd.pixels(chain(trained.modular, trained.pred_one_hot(one_hot(reps[6])), 5)), val).mean()
+    assert out["rows"][0][2] == pytest.approx(fd, rel=1e-5) and out["rows"][1][2] == pytest.approx(oh, rel=1e-5)
+    assert 0.0 <= out["rows"][1][8] <= 1.0  # share of reconstructions keeping the top-1
+    assert (tmp_path / "out" / "prediction.png").stat().st_size > 0

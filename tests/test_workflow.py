@@ -110,6 +110,7 @@ def planned_processes(project, target, *overlays) -> dict[str, str | None]:
     configs = ["--configfile", *overlays] if overlays else []  # one flag: a repeated --configfile replaces the earlier
     plan = run([sys.executable, "-m", "snakemake", target, "-n", "-p", "-F", *configs], project)
     commands = [line.split("Shell command: ", 1)[1] for line in plan.splitlines() if "Shell command: " in line]
+    commands = [c for c in commands if c.strip() != "None"]  # an aggregate rule (e.g. modular) runs nothing
     processes = {}
     for cmd in commands:
         words = cmd.split()
@@ -127,6 +128,15 @@ def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(proje
     # The overlay that made it trains it with rule train_base.
     assert planned_processes(project, "data/models/demo-base/base", "config/demo-base.yaml", "gpus2.yaml") == {
         "build-shards": None, "encode-targets": None, "train-base": "2"}
+
+
+def test_the_paper_overlays_plan_every_modular_analysis(project):
+    """ViT (config/paper.yaml) and DETR (+ config/paper-detr.yaml, whose resources still name the
+    ViT's modular_finetune): every analysis rule of the forward model's family is planned."""
+    common = {"train-modular", "modular-mse", "modular-prediction", "modular-colour", "modular-noise", "modular-layers"}
+    assert set(planned_processes(project, "modular", "config/paper.yaml")) == {"build-shards", "modular-finetune", *common}
+    assert set(planned_processes(project, "modular", "config/paper.yaml", "config/paper-detr.yaml")) == {
+        "build-shards", "modular-detection", *common}
 
 
 def test_resources_of_an_unknown_rule_are_a_clear_error(project):

@@ -54,7 +54,8 @@ def job_resources(rule, gpu=None):
 
 
 def check_resource_rules(names):
-    """Per-rule entries in params `resources` must name rules of this workflow."""
+    """Per-rule entries in params `resources` must name rules of this workflow (under these params
+    or others: modular_finetune exists for classifiers, modular_detection for DETR)."""
     for key in ("mem_mb", "runtime"):
         unknown = sorted(set(RESOURCES[key]) - {"default"} - set(names))
         if unknown:

@@ -1,6 +1,8 @@
 """transformers' DETR as four stages: ``bb`` = convolutional backbone + input projection (a map
 (B, D, h, w)), ``enc`` = transformer encoder (tokens (B, h*w, D)), ``dec`` = transformer decoder over
-the object queries (B, Q, D), ``pred`` = class logits and boxes, concatenated (B, Q, C+1+4).
+the object queries (B, Q, D), ``pred`` = class logits and boxes, concatenated (B, Q, C+1+4): the
+full distribution of class logits the paper's pred_FD^-1 sees (the one-hot variant:
+:mod:`featinv.modular.prediction`).
 
 Images of one size share one unpadded mask, so every stage is a function of the previous
 representation alone; the grid (h, w) of the backbone's map is fixed by the input size.
@@ -14,12 +16,8 @@ from torch import nn
 from featinv.modular.stages import Stage, StagedModel
 
 
-def detr_stages(model: nn.Module, image_size: tuple[int, int], prediction: str | None = None) -> StagedModel:
-    """Stages of a ``DetrForObjectDetection`` for images of ``image_size`` (H, W). ``prediction``:
-    None keeps ``pred`` as raw logits + boxes; ``distribution`` or ``one_hot`` gives what the
-    prediction-head inverse is trained on (:func:`prediction_input`)."""
-    if prediction not in (None, "distribution", "one_hot"):
-        raise ValueError(f"DETR prediction input is 'distribution' or 'one_hot', not '{prediction}'")
+def detr_stages(model: nn.Module, image_size: tuple[int, int]) -> StagedModel:
+    """Stages of a ``DetrForObjectDetection`` for images of ``image_size`` (H, W)."""
     detr = model.model
     with torch.no_grad():
         probe = detr.backbone(torch.zeros(1, 3, *image_size), torch.ones(1, *image_size))[-1][0]
@@ -63,8 +61,7 @@ def detr_stages(model: nn.Module, image_size: tuple[int, int], prediction: str |
         return [detr.decoder.layernorm(h) for h in hidden]
 
     def pred(queries: torch.Tensor) -> torch.Tensor:
-        raw = torch.cat([model.class_labels_classifier(queries), model.bbox_predictor(queries).sigmoid()], dim=-1)
-        return raw if prediction is None else prediction_input(raw, one_hot=prediction == "one_hot")
+        return torch.cat([model.class_labels_classifier(queries), model.bbox_predictor(queries).sigmoid()], dim=-1)
 
     stages = [Stage("bb", bb, [detr.backbone, detr.input_projection], inverse="conv"),
               Stage("enc", enc, [detr.encoder], inverse="tokens_to_map", layers=enc_layers),
@@ -73,14 +70,5 @@ def detr_stages(model: nn.Module, image_size: tuple[int, int], prediction: str |
               Stage("pred", pred, [model.class_labels_classifier, model.bbox_predictor], inverse="per_token_mlp")]
     staged = StagedModel(model, stages, "detr")
     staged.grid = grid
+    staged.boxes = 4  # x_pred's last 4 channels are boxes (cx, cy, w, h in [0, 1]), not class logits
     return staged
-
-
-def prediction_input(x_pred: torch.Tensor, one_hot: bool) -> torch.Tensor:
-    """What the prediction-head inverse sees: the full class distribution (softmax of the logits) or
-    its one-hot argmax, followed by the 4 box coordinates."""
-    logits, boxes = x_pred[..., :-4], x_pred[..., -4:]
-    probs = logits.softmax(-1)
-    if one_hot:
-        probs = torch.nn.functional.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs.dtype)
-    return torch.cat([probs, boxes], dim=-1)

@@ -61,12 +61,12 @@ def _stats(values) -> torch.Tensor:
 
 
 def load_detr(source: str) -> nn.Module:
-    """``DetrForObjectDetection`` from a hub id or local directory, never downloaded when offline."""
+    """``DetrForObjectDetection`` from a hub id or local directory, never downloaded when offline
+    (transformers v5 builds DETR's timm backbone without ImageNet weights, then loads the checkpoint's)."""
     from transformers import DetrForObjectDetection
 
     try:
-        return DetrForObjectDetection.from_pretrained(source, local_files_only=offline() or Path(source).is_dir(),
-                                                      use_pretrained_backbone=False).eval()
+        return DetrForObjectDetection.from_pretrained(source, local_files_only=offline() or Path(source).is_dir()).eval()
     except (OSError, ValueError) as exc:
         raise WeightsError(
             f"no DETR weights for '{source}' ({type(exc).__name__}: {str(exc)[:200]}). Supply them in one of two ways: "
@@ -91,7 +91,7 @@ def load_forward(cfg: Modular, weights: str | None = None, pretrained: bool = Tr
             from transformers import DetrConfig, DetrForObjectDetection
 
             model = DetrForObjectDetection(DetrConfig.from_pretrained(source)).eval()
-        restage = lambda m: detr_stages(m, size, prediction=cfg.detr_prediction)
+        restage = lambda m: detr_stages(m, size)
         return ForwardModel(name, restage(model), _stats(IMAGENET_MEAN), _stats(IMAGENET_STD), size, False, restage,
                             cfg.fit)
 

@@ -6,14 +6,14 @@ them normalised. Every stage's representations of the train split are computed o
 memory (tens of MB on the demo; at paper scale, bound the split with ``data.per_class``), so the
 forward model never runs per training step.
 
-On disk (``<model_dir>``): ``inverses.safetensors`` (state of ``{"modular": [...], "classic": [[...]]}``,
-loaded without unpickling), ``meta.json`` (the params, stages, representation shapes, final losses).
+On disk (``<model_dir>``): ``inverses.safetensors`` (state of ``{"modular": [...], "classic": [[...]],
+"pred_one_hot": pred_OH^-1}``, loaded without unpickling), ``meta.json`` (the params, stages, representation shapes, final losses).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from torch import nn
 from featinv.config import Modular, plain
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.modular.forward import ForwardModel, load_forward
-from featinv.modular.inverses import build_inverses
+from featinv.modular.inverses import build_inverses, inverse_for
+from featinv.modular.onehot import OneHotRows, one_hot
 from featinv.modular.representations import fit_image, mean_of, stage_rows, write_representations
 from featinv.plots import spread_rows
 from featinv.modular.training import (
@@ -37,7 +38,7 @@ from featinv.modular.training import (
 
 # params that change the inverses (the analyses refuse inverses trained with other values)
 INVERSE_KEYS = ("backbone", "groups", "image_size", "fit", "hidden", "depth", "heads", "steps", "batch_size", "lr",
-                "lr_by_stage", "optimizer", "max_grad_norm", "val_every", "instances", "seed", "detr_prediction")
+                "lr_by_stage", "optimizer", "max_grad_norm", "val_every", "instances", "seed")
 
 
 @dataclass
@@ -121,10 +122,31 @@ def _inverse_kw(cfg: Modular) -> dict[str, int]:
 
 
 def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
+    """Untrained modular inverses, classic paths and pred_OH^-1 (the prediction-head inverse on
+    one-hot x_pred, :mod:`featinv.modular.prediction`)."""
     with torch.no_grad():
         probe = forward.staged.representations(forward.normalise(torch.zeros(1, 3, *forward.image_size)))
+    pred = forward.staged.stages[-1].inverse
     return nn.ModuleDict({"modular": build_inverses(forward.staged, probe, **_inverse_kw(cfg)),
-                          "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg))})
+                          "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg)),
+                          "pred_one_hot": inverse_for(pred, probe[-2], one_hot(probe[-1], _boxes(forward)),
+                                                      **_inverse_kw(cfg))})
+
+
+def _boxes(forward: ForwardModel) -> int:
+    """Box channels at the end of x_pred (DETR: 4)."""
+    return getattr(forward.staged, "boxes", 0)
+
+
+def _train_one_hot(inverse: nn.Module, reps, forward: ForwardModel, optim: Optimisation, **args) -> list[float]:
+    """pred_OH^-1 trained as the modular pred^-1 is (same steps, batches, learning rate, seed), on
+    one-hot x_pred."""
+    n, boxes = len(reps) - 1, _boxes(forward)
+    if optim.val is not None:
+        optim = replace(optim, val=[optim.val[n - 1], one_hot(optim.val[n], boxes)])
+    args["seed"] += n - 1  # train_modular seeds stage j with seed + j
+    return train_modular([inverse], [reps[n - 1], OneHotRows(reps[n], boxes)], optim=optim,
+                         **{**args, "names": [forward.staged.names[-1]]})[0]
 
 
 MEAN_IMAGE = "baseline.mean_image"  # the train split's mean image, saved beside the inverses' weights
@@ -171,7 +193,8 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
         args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed + 1000 * k,
                 "progress": progress, "names": names, "optim": optim}
         losses_by_instance.append({"modular": train_modular(bundle["modular"], reps, **args),
-                                   "classic": train_classic(bundle["classic"], reps, **args)})
+                                   "classic": train_classic(bundle["classic"], reps, **args),
+                                   "pred_one_hot": [_train_one_hot(bundle["pred_one_hot"], reps, forward, **args)]})
         tensors |= {_instance_prefix(k) + key: v.contiguous() for key, v in bundle.state_dict().items()}
     model_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -183,13 +206,15 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
     meta = {"params": _inverse_params(cfg), "stages": names,
             "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(reps[0]),
             "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
-                           "classic": [count_parameters(c) for c in bundle["classic"]]},
+                           "classic": [count_parameters(c) for c in bundle["classic"]],
+                           "pred_one_hot": count_parameters(bundle["pred_one_hot"])},
             "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()},
             "instances": cfg.instances,
             "final_loss_by_instance": [{kind: [h[-1] for h in hist] for kind, hist in li.items()}
                                        for li in losses_by_instance]}
     write_json(model_dir / "meta.json", meta)
-    rows = [[step, loss, kind, names[j]] for kind, hist in losses.items() for j, h in enumerate(hist)
+    stage_of = {"modular": names, "classic": names, "pred_one_hot": [names[-1]]}
+    rows = [[step, loss, kind, stage_of[kind][j]] for kind, hist in losses.items() for j, h in enumerate(hist)
             for step, loss in enumerate(h, 1)]
     atomic_write_text(loss_csv, csv_text(["step", "loss", "path", "stage"], rows, ".6g"))
     return {k: v for k, v in meta.items() if k != "params"}
@@ -204,6 +229,7 @@ class Trained:
     params: Modular  # the params section they were loaded under (= trained with)
     mean_image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]: the train split's mean, the baseline
     instances: list[tuple[nn.ModuleList, nn.ModuleList]] = field(default_factory=list)  # (modular, classic), 0 first
+    pred_one_hot: nn.Module | None = None  # pred_OH^-1 (instance 0): x_pred as one-hot -> x_{n-1}
 
 
 def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None) -> Trained:
@@ -231,4 +257,5 @@ def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None
         bundle = _bundle(forward, cfg)
         bundle.load_state_dict(own, strict=True)
         instances.append((bundle["modular"].eval(), bundle["classic"].eval()))
-    return Trained(forward, *instances[0], meta, cfg, mean_image, instances)
+        pred_one_hot = bundle["pred_one_hot"].eval() if k == 0 else pred_one_hot
+    return Trained(forward, *instances[0], meta, cfg, mean_image, instances, pred_one_hot)

@@ -52,6 +52,22 @@ def modular_colour(args, cfg) -> None:
     _analysis(args, cfg, colour_analysis)
 
 
+@verb("prediction-head inverses on the full class distribution and on one-hot, side by side",
+      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_prediction(args, cfg) -> None:
+    from featinv.modular.prediction import prediction_inverses
+
+    _analysis(args, cfg, prediction_inverses)
+
+
+@verb("DETR's detection errors: reconstructions of detected and missed objects by stage",
+      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_detection(args, cfg) -> None:
+    from featinv.modular.detection import detection_errors
+
+    _analysis(args, cfg, detection_errors)
+
+
 @verb("token noise: reconstructions of manipulated tokens", sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
 def modular_noise(args, cfg) -> None:
     from featinv.modular.noise import token_noise

@@ -1,0 +1,131 @@
+"""Detection errors in DETR (the paper's section 4.6, Fig 10): are objects DETR misses suppressed
+along its stages? Ground-truth objects of the val split (COCO instance masks; each box is its
+mask's extent in the fitted image) are matched to DETR's detections (class score of a query at least
+``modular_analyses.detection.threshold``, no-object excluded; a detection matches an object of its
+category with IoU >= ``iou``, greedily by score). For every stage, the modular reconstruction's
+pixel MSE inside each object's box, over detected and over missed objects: the paper sees missed
+objects fade from bb and enc on and vanish from dec and pred.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featinv.config import ModularAnalyses
+from featinv.fileio import atomic_write_text, csv_text
+from featinv.modular.analysis import ci_row, save_grid
+from featinv.modular.inverses import chain
+from featinv.modular.trained import Trained, load_split, representations
+
+
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) pixel box (exclusive ends) of a (H, W) bool mask; None if empty."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def detections(x_pred: torch.Tensor, size: tuple[int, int], threshold: float) -> list[tuple[int, float, tuple]]:
+    """One image's DETR output (Q, C+1+4: logits with no-object last, boxes cx, cy, w, h in [0, 1])
+    as (label, score, (x0, y0, x1, y1) in pixels) for the queries scoring at least ``threshold``,
+    best first (as transformers' ``post_process_object_detection``)."""
+    probs = x_pred[:, :-4].softmax(-1)[:, :-1]
+    scores, labels = probs.max(-1)
+    h, w = size
+    out = []
+    for q in torch.nonzero(scores >= threshold).flatten().tolist():
+        cx, cy, bw, bh = x_pred[q, -4:].tolist()
+        out.append((int(labels[q]), float(scores[q]), ((cx - bw / 2) * w, (cy - bh / 2) * h,
+                                                        (cx + bw / 2) * w, (cy + bh / 2) * h)))
+    return sorted(out, key=lambda d: -d[1])
+
+
+def match(objects: list[tuple[int, tuple]], found: list[tuple[int, float, tuple]], min_iou: float) -> list[bool]:
+    """For each (category, box) object: matched by a detection of its category with IoU >= min_iou,
+    each detection (best first) matching at most one object, the one it overlaps most."""
+    detected = [False] * len(objects)
+    for label, _, box in found:
+        best, best_iou = None, min_iou
+        for k, (category, obj_box) in enumerate(objects):
+            if not detected[k] and category == label and (overlap := iou(box, obj_box)) >= best_iou:
+                best, best_iou = k, overlap
+        if best is not None:
+            detected[best] = True
+    return detected
+
+
+def detection_errors(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
+                     out_dir: str | Path) -> dict[str, Any]:
+    """``detection.csv`` (per stage: box MSE over detected and missed objects) and ``detection.png``
+    (the images with the most misses: ground truth, green = detected, red = missed; detections in
+    blue; then the reconstruction from every stage) under ``out_dir``."""
+    fwd = trained.forward
+    if fwd.staged.kind != "detr":
+        raise ValueError(f"the detection-error analysis is for DETR; {fwd.name} is not one")
+    cfg = analyses.detection
+    val = load_split(shards, "val", fwd.image_size, fwd.fit)
+    if val.objects is None:
+        raise ValueError("the detection-error analysis needs object annotations (COCO shards): the val split has none")
+    reps = representations(fwd, val.pixels)
+    n = len(fwd.staged.names)
+    with torch.no_grad():
+        recon = [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, n + 1)]
+    objects, per_image = [], []  # objects: (image, box, detected)
+    for i, objs in enumerate(val.objects):
+        boxed = [(c, b) for c, m in objs if (b := mask_box(m)) is not None]
+        found = detections(reps[n][i], fwd.image_size, cfg.threshold)
+        hits = match(boxed, found, cfg.iou)
+        objects += [(i, b, hit) for (_, b), hit in zip(boxed, hits)]
+        per_image.append((boxed, hits, found))
+    rows = []
+    for j, name in enumerate(fwd.staged.names):
+        err = np.array([_box_mse(recon[j][i], val.pixels[i], b) for i, b, _ in objects])
+        hit = np.array([h for *_, h in objects], dtype=bool)
+        rows.append([name, *_summary(err[hit]), int(hit.sum()), *_summary(err[~hit]), int((~hit).sum())])
+    header = ["stage", "detected_box_mse", "detected_ci95_low", "detected_ci95_high", "detected_objects",
+              "missed_box_mse", "missed_ci95_low", "missed_ci95_high", "missed_objects"]
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "detection.csv", csv_text(header, rows, ".6g"))
+    worst = sorted(range(len(per_image)), key=lambda i: (-sum(not h for h in per_image[i][1]), i))[:analyses.examples]
+    grid = [[_draw(val.pixels[i], [(b, (0, 200, 0) if h else (230, 0, 0)) for (_, b), h in zip(*per_image[i][:2])]),
+             _draw(val.pixels[i], [(b, (0, 90, 255)) for *_, b in per_image[i][2]]),
+             *[recon[j][i] for j in range(n)]] for i in worst]
+    save_grid(grid, out_dir / "detection.png")
+    return {"rows": rows, "threshold": cfg.threshold}
+
+
+def _box_mse(img: torch.Tensor, ref: torch.Tensor, box: tuple[int, int, int, int]) -> float:
+    x0, y0, x1, y1 = box
+    return float(((img[:, y0:y1, x0:x1] - ref[:, y0:y1, x0:x1]) ** 2).mean())
+
+
+def _summary(values: np.ndarray) -> list[float]:
+    """[mean, ci low, ci high] over objects; NaN where there are none."""
+    return ci_row(values) if len(values) else [float("nan")] * 3
+
+
+def _draw(img: torch.Tensor, boxes: list[tuple[tuple, tuple[int, int, int]]]) -> torch.Tensor:
+    """(3, H, W) [0, 1] with box outlines drawn in their colours."""
+    from PIL import Image, ImageDraw
+
+    from featinv.plots import unit_to_uint8
+
+    pil = Image.fromarray(unit_to_uint8(img.permute(1, 2, 0)))
+    draw = ImageDraw.Draw(pil)
+    for (x0, y0, x1, y1), colour in boxes:
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=max(1, img.shape[-1] // 160))
+    return torch.from_numpy(np.asarray(pil).astype(np.float32) / 255.0).permute(2, 0, 1)
