@@ -410,7 +410,6 @@ def test_coco_masks_limit_the_recolouring(tmp_path):
     shard_io.build(CocoSource(tmp_path, "annotations/instances_{split}2017.json", "{split}2017"),
                    tmp_path / "shards", "coco", ["val"], {}, 10)
     split = load_split(tmp_path / "shards", "val", (40, 60), "resize")
-    assert split.categories() == [3, 7]  # COCO category ids, the car (in both images) first
     car, dog = 3, 7
     rows, masks = split.category_masks(car)
     assert rows == [0, 1] and masks.shape == (2, 1, 40, 60)
@@ -422,7 +421,8 @@ def test_coco_masks_limit_the_recolouring(tmp_path):
     assert dog_rows == [1] and int(dog_masks.sum()) == 11 * 11
     from featinv.modular.colour import recolouring_sets
 
-    assert [r for r, _ in recolouring_sets(split)] == [[0, 1], [1]]  # one set per category, most frequent first
+    # one set per category (COCO ids), most frequent first: the car in both images, the dog in the second
+    assert recolouring_sets(tmp_path / "shards", (40, 60), "resize") == [(car, [0, 1]), (dog, [1])]
 
 
 def test_accuracy_targets_are_labels_only_for_the_models_own_classes():
@@ -543,3 +543,33 @@ def test_learning_rates_per_stage_and_instances_with_their_spread(demo_shards, t
     assert out["rows"][0][2] == pytest.approx(fd, rel=1e-5) and out["rows"][1][2] == pytest.approx(oh, rel=1e-5)
     assert 0.0 <= out["rows"][1][8] <= 1.0  # share of reconstructions keeping the top-1
     assert (tmp_path / "out" / "prediction.png").stat().st_size > 0
+
+
+def test_analyses_stream_the_val_split_in_parts_with_the_same_results(demo_shards, tmp_path):
+    """modular_analyses.batch_size: every analysis (fine-tuning too, which reads the train store)
+    gives the same table streaming 24 val images in parts of 5 as in one part."""
+    from featinv.modular.analysis import mse_by_stage
+    from featinv.modular.colour import colour_analysis
+    from featinv.modular.finetune import finetune
+    from featinv.modular.layers import intermediate_layers
+    from featinv.modular.noise import token_noise
+    from featinv.modular.prediction import prediction_inverses
+    from featinv.modular.trained import load_trained, train_inverses
+
+    cfg = modular_params(steps=3, batch_size=8, hidden=16)  # GroupNorm: 2 channels a group, so one image normalises
+    train_inverses(cfg, demo_shards, tmp_path / "m", tmp_path / "loss.csv", progress=False)
+    trained = load_trained(cfg, tmp_path / "m")
+    tune = {**PARAMS["modular_analyses"]["finetune"], "steps": 2, "lambdas": [0.5]}
+    tables = {}
+    for batch in (5, 1000):
+        analyses = analyses_params(examples=2, batch_size=batch, finetune=tune)
+        tables[batch] = [f(trained, analyses, demo_shards, tmp_path / str(batch)) for f in (
+            mse_by_stage, prediction_inverses, token_noise, intermediate_layers, colour_analysis)]
+        tables[batch].append(finetune(trained, analyses, demo_shards, tmp_path / str(batch), progress=False))
+    for streamed, whole in zip(tables[5], tables[1000]):
+        assert streamed.keys() == whole.keys()
+        for key in whole:
+            a, b = np.array(streamed[key], dtype=object), np.array(whole[key], dtype=object)
+            assert a.shape == b.shape, key
+            for x, y in zip(a.ravel(), b.ravel()):
+                assert x == pytest.approx(y, rel=1e-4, abs=1e-7, nan_ok=True) if isinstance(y, float) else x == y, key

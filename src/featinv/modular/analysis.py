@@ -18,17 +18,12 @@ from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.stats import summarise
 from featinv.plots import image_grid, spread_rows, unit_to_uint8
 from featinv.modular.inverses import chain
-from featinv.modular.trained import Trained, load_split, representations
+from featinv.modular.trained import Trained, load_split, representations, split_parts, split_size
 
 
 def per_image_mse(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """(N,) mean squared error per image."""
     return ((a - b) ** 2).flatten(1).mean(1).numpy()
-
-
-def example_rows(n: int, examples: int) -> torch.Tensor:
-    """``examples`` indices spread evenly over n images (so over the classes, contiguous in a split)."""
-    return torch.from_numpy(spread_rows(n, examples))
 
 
 def save_grid(rows: list[list[torch.Tensor | None]], path: str | Path) -> None:
@@ -44,31 +39,55 @@ def ci_row(values: np.ndarray) -> list[float]:
     return [s["mean"], s["ci_low"], s["ci_high"]]
 
 
+def val_parts(trained: Trained, shards: str | Path, batch: int, rows=None):
+    """The val split (or its ``rows``) part by part: (rows, :class:`Split` of them, their stage
+    representations [x_0, ..., x_n]); memory holds one part whatever the split's size."""
+    fwd = trained.forward
+    for part_rows, part in split_parts(shards, "val", fwd.image_size, fwd.fit, batch, rows):
+        yield part_rows, part, representations(fwd, part.pixels)
+
+
+def examples(trained: Trained, shards: str | Path, count: int):
+    """(rows, Split, representations) of ``count`` val images spread over the split, for the figures."""
+    pick = spread_rows(split_size(shards, "val"), count).tolist()
+    fwd = trained.forward
+    part = load_split(shards, "val", fwd.image_size, fwd.fit, pick)
+    return pick, part, representations(fwd, part.pixels)
+
+
 def mse_by_stage(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``mse_by_stage.csv``, ``params.csv`` and ``reconstructions.png`` under ``out_dir``."""
     fwd = trained.forward
     if trained.mean_image is None:
         raise ValueError("these inverses were saved without the train split's mean image: retrain them "
                          "(featinv train-modular)")
-    val_px = load_split(shards, "val", fwd.image_size, fwd.fit).pixels
-    reps = representations(fwd, val_px)
-    baseline = per_image_mse(trained.mean_image.expand_as(val_px), val_px)
-    pick = example_rows(len(val_px), analyses.examples)
-    rows, grid = [], [list(val_px[pick])]
-    final = trained.meta["final_loss"]
+    names = fwd.staged.names
     instances = trained.instances or [(trained.modular, trained.classic)]
+    # per instance, path kind and stage: per-image MSE, part by part
+    errors = {(k, kind, j): [] for k in range(len(instances)) for kind in ("modular", "classic")
+              for j in range(1, len(names) + 1)}
+    baseline = []
     with torch.no_grad():
-        for j, name in enumerate(fwd.staged.names, 1):
-            mod = fwd.pixels(chain(trained.modular, reps[j], j))
-            cla = fwd.pixels(chain(trained.classic[j - 1], reps[j], j))
-            # the spread over independently trained instances (the paper trains at least three)
-            spread = [np.std([float(per_image_mse(fwd.pixels(chain(path(k), reps[j], j)), val_px).mean())
-                              for k in instances], ddof=1) if len(instances) > 1 else 0.0
-                      for path in (lambda k: k[0], lambda k: k[1][j - 1])]
-            rows.append([name, *ci_row(per_image_mse(mod, val_px)), *ci_row(per_image_mse(cla, val_px)),
-                         float(baseline.mean()), final["modular"][j - 1], final["classic"][j - 1], *spread,
-                         len(instances)])
-            grid.append(list(mod[pick]))
+        for _, part, reps in val_parts(trained, shards, analyses.batch_size):
+            px = part.pixels
+            baseline.append(per_image_mse(trained.mean_image.expand_as(px), px))
+            for k, (modular, classic) in enumerate(instances):
+                for j in range(1, len(names) + 1):
+                    errors[k, "modular", j].append(per_image_mse(fwd.pixels(chain(modular, reps[j], j)), px))
+                    errors[k, "classic", j].append(per_image_mse(fwd.pixels(chain(classic[j - 1], reps[j], j)), px))
+        _, shown, shown_reps = examples(trained, shards, analyses.examples)
+        grid = [list(shown.pixels)] + [list(fwd.pixels(chain(trained.modular, shown_reps[j], j)))
+                                       for j in range(1, len(names) + 1)]
+    per_image = {key: np.concatenate(v) for key, v in errors.items()}
+    mean_image_mse = float(np.concatenate(baseline).mean())
+    final = trained.meta["final_loss"]
+    rows = []
+    for j, name in enumerate(names, 1):
+        # the spread over independently trained instances (the paper trains at least three)
+        spread = [float(np.std([per_image[k, kind, j].mean() for k in range(len(instances))], ddof=1))
+                  if len(instances) > 1 else 0.0 for kind in ("modular", "classic")]
+        rows.append([name, *ci_row(per_image[0, "modular", j]), *ci_row(per_image[0, "classic", j]), mean_image_mse,
+                     final["modular"][j - 1], final["classic"][j - 1], *spread, len(instances)])
     out_dir = Path(out_dir)
     header = ["stage", "modular_mse", "modular_ci95_low", "modular_ci95_high", "classic_mse", "classic_ci95_low",
               "classic_ci95_high", "mean_image_mse", "modular_final_train_loss", "classic_final_train_loss",

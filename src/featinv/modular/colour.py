@@ -28,7 +28,7 @@ from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.modular.analysis import ci_row, save_grid
 from featinv.modular.inverses import chain
-from featinv.modular.trained import Trained, load_split, representations, task_targets
+from featinv.modular.trained import Trained, representations, split_parts, split_size, task_targets
 
 FILTERS = ("red", "green", "blue", "hue120", "hue240", "grayscale")
 LUMINANCE = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -58,54 +58,78 @@ def recolour(pixels: torch.Tensor, name: str, mask: torch.Tensor | None = None) 
 
 def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """``colour_pairwise_mse.csv``, ``colour_accuracy.csv``, ``colour.png`` (examples) and
-    ``colour_plot.png`` (Fig 7) under ``out_dir``."""
+    ``colour_plot.png`` (Fig 7) under ``out_dir``. Each recolouring set streams in parts of
+    ``modular_analyses.batch_size`` images."""
     fwd = trained.forward
-    val = load_split(shards, "val", fwd.image_size, fwd.fit)
     levels = ["input", *fwd.staged.names]
+    target = "none (not a classifier)"
+    results, example = [], None
+    sets = recolouring_sets(shards, fwd.image_size, fwd.fit)
+    shown_row = sets[0][1][len(sets[0][1]) // 2]  # the example: the middle image of the first set
     with torch.no_grad():
-        reference, target = None, "none (not a classifier)"
-        if fwd.classifier:
-            reference, target = task_targets(val, representations(fwd, val.pixels)[-1])
-        results = [_recoloured(trained, val.pixels[rows], masks, None if reference is None else reference[rows])
-                   for rows, masks in recolouring_sets(val)]
+        for k, (category, rows) in enumerate(sets):
+            parts = []
+            for part_rows, part in split_parts(shards, "val", fwd.image_size, fwd.fit, analyses.batch_size, rows):
+                masks = None if category is None else part.category_masks(category)[1]
+                keep = part_rows.index(shown_row) if k == 0 and shown_row in part_rows else None
+                out = _recoloured(trained, part, masks, keep)
+                target = out["target"] or target
+                example = out["recon"] or example
+                parts.append(out)
+            results.append({"pairwise": [np.concatenate([p["pairwise"][i] for p in parts]) for i in range(len(levels))],
+                            "accuracy": {f: np.concatenate([p["accuracy"][f] for p in parts])
+                                         for f in parts[0]["accuracy"]}})
     pair_rows = [[level, *_over_sets([r["pairwise"][k] for r in results])] for k, level in enumerate(levels)]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "colour_pairwise_mse.csv",
                       csv_text(["level", "pairwise_mse", "ci95_low", "ci95_high"], pair_rows, ".6g"))
-    acc_rows = [[f, *_over_sets([r["accuracy"][f] for r in results]), target, val.objects is not None]
+    acc_rows = [[f, *_over_sets([r["accuracy"][f] for r in results]), target, sets[0][0] is not None]
                 for f in results[0]["accuracy"]]
     atomic_write_text(out_dir / "colour_accuracy.csv",
                       csv_text(["filter", "accuracy", "ci95_low", "ci95_high", "target", "object_masks"], acc_rows, ".6g"))
-    recon = results[0]["recon"]  # one example: rows = filters, columns = input and each stage's reconstruction
-    i = len(recon["none"][0]) // 2
-    save_grid([[recon[f][k][i] for k in range(len(levels))] for f in ("none", *FILTERS)], out_dir / "colour.png")
+    # one example: rows = filters, columns = input and each stage's reconstruction
+    save_grid([[example[f][k] for k in range(len(levels))] for f in ("none", *FILTERS)], out_dir / "colour.png")
     _plot(levels, pair_rows, acc_rows, target, out_dir / "colour_plot.png")
     return {"pairwise_mse": pair_rows, "accuracy": acc_rows}
 
 
-def recolouring_sets(val) -> list[tuple[list[int], torch.Tensor | None]]:
-    """(image rows, masks) recoloured together: one set per object category (every instance of it, in
-    each image holding it) where the split has object masks, else the whole split without masks."""
-    if val.objects is None:
-        return [(list(range(len(val.pixels))), None)]
-    return [val.category_masks(c) for c in val.categories()]
+def recolouring_sets(shards: str | Path, size: tuple[int, int], fit: str) -> list[tuple[int | None, list[int]]]:
+    """(category, val rows) recoloured together: one set per object category (every instance of it,
+    in each image holding it; most frequent first) where the split has object masks, else
+    (None, every row) for the whole images."""
+    counts: dict[int, list[int]] = {}
+    masked = False
+    for part_rows, part in split_parts(shards, "val", size, fit, 256):
+        if part.objects is None:
+            break
+        masked = True
+        for r, objs in zip(part_rows, part.objects):
+            for c in sorted({c for c, _ in objs}):
+                counts.setdefault(c, []).append(r)
+    if not masked:
+        return [(None, list(range(split_size(shards, "val"))))]
+    return [(c, counts[c]) for c in sorted(counts, key=lambda c: (-len(counts[c]), c))]
 
 
-def _recoloured(trained: Trained, pixels: torch.Tensor, masks: torch.Tensor | None,
-                reference: torch.Tensor | None) -> dict[str, Any]:
-    """One set's versions: per level the per-image pairwise MSE over FILTERS, per filter ("none"
-    too) the per-image accuracy, and the reconstructions."""
+def _recoloured(trained: Trained, part, masks: torch.Tensor | None, keep: int | None) -> dict[str, Any]:
+    """One part of a set: per level the per-image pairwise MSE over FILTERS, per filter ("none"
+    too) the per-image accuracy against the unperturbed images' task targets, and, for image
+    ``keep``, every filter's input and reconstructions."""
     fwd = trained.forward
     recon: dict[str, list[torch.Tensor]] = {}  # filter -> [input, recon from stage 1, ..., n]
     accuracy: dict[str, np.ndarray] = {}
+    reference = target = None
     for f in ("none", *FILTERS):
-        px = recolour(pixels, f, masks)
+        px = recolour(part.pixels, f, masks)
         reps = representations(fwd, px)
         recon[f] = [px] + [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, len(reps))]
-        if reference is not None:
+        if fwd.classifier:
+            if reference is None:  # "none" comes first: the unperturbed images
+                reference, target = task_targets(part, reps[-1])
             accuracy[f] = (reps[-1].argmax(-1) == reference).float().numpy()
     pairwise = [pairwise_mse(np.stack([recon[f][k].numpy() for f in FILTERS])) for k in range(len(recon["none"]))]
-    return {"pairwise": pairwise, "accuracy": accuracy, "recon": recon}
+    shown = None if keep is None else {f: [x[keep] for x in xs] for f, xs in recon.items()}
+    return {"pairwise": pairwise, "accuracy": accuracy, "recon": shown, "target": target}
 
 
 def _over_sets(values: list[np.ndarray]) -> list[float]:

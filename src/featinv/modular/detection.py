@@ -17,7 +17,7 @@ import torch
 
 from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
-from featinv.modular.analysis import ci_row, save_grid
+from featinv.modular.analysis import ci_row, save_grid, val_parts
 from featinv.modular.inverses import chain
 from featinv.modular.trained import Trained, load_split, representations
 
@@ -77,33 +77,39 @@ def detection_errors(trained: Trained, analyses: ModularAnalyses, shards: str | 
     if fwd.staged.kind != "detr":
         raise ValueError(f"the detection-error analysis is for DETR; {fwd.name} is not one")
     cfg = analyses.detection
-    val = load_split(shards, "val", fwd.image_size, fwd.fit)
-    if val.objects is None:
-        raise ValueError("the detection-error analysis needs object annotations (COCO shards): the val split has none")
-    reps = representations(fwd, val.pixels)
     n = len(fwd.staged.names)
+    errors, hits, per_image = [], [], {}  # per object: (stages,) box MSE, detected; per row: its boxes and detections
     with torch.no_grad():
-        recon = [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, n + 1)]
-    objects, per_image = [], []  # objects: (image, box, detected)
-    for i, objs in enumerate(val.objects):
-        boxed = [(c, b) for c, m in objs if (b := mask_box(m)) is not None]
-        found = detections(reps[n][i], fwd.image_size, cfg.threshold)
-        hits = match(boxed, found, cfg.iou)
-        objects += [(i, b, hit) for (_, b), hit in zip(boxed, hits)]
-        per_image.append((boxed, hits, found))
-    rows = []
-    for j, name in enumerate(fwd.staged.names):
-        err = np.array([_box_mse(recon[j][i], val.pixels[i], b) for i, b, _ in objects])
-        hit = np.array([h for *_, h in objects], dtype=bool)
-        rows.append([name, *_summary(err[hit]), int(hit.sum()), *_summary(err[~hit]), int((~hit).sum())])
+        for part_rows, part, reps in val_parts(trained, shards, analyses.batch_size):
+            if part.objects is None:
+                raise ValueError("the detection-error analysis needs object annotations (COCO shards): "
+                                 "the val split has none")
+            recon = [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, n + 1)]
+            for i, (row, objs) in enumerate(zip(part_rows, part.objects)):
+                boxed = [(c, b) for c, m in objs if (b := mask_box(m)) is not None]
+                found = detections(reps[n][i], fwd.image_size, cfg.threshold)
+                matched = match(boxed, found, cfg.iou)
+                for (_, b), hit in zip(boxed, matched):
+                    errors.append([_box_mse(recon[j][i], part.pixels[i], b) for j in range(n)])
+                    hits.append(hit)
+                per_image[row] = (boxed, matched, found)
+    err, hit = np.array(errors).reshape(-1, n), np.array(hits, dtype=bool)
+    rows = [[name, *_summary(err[hit, j]), int(hit.sum()), *_summary(err[~hit, j]), int((~hit).sum())]
+            for j, name in enumerate(fwd.staged.names)]
     header = ["stage", "detected_box_mse", "detected_ci95_low", "detected_ci95_high", "detected_objects",
               "missed_box_mse", "missed_ci95_low", "missed_ci95_high", "missed_objects"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "detection.csv", csv_text(header, rows, ".6g"))
-    worst = sorted(range(len(per_image)), key=lambda i: (-sum(not h for h in per_image[i][1]), i))[:analyses.examples]
-    grid = [[_draw(val.pixels[i], [(b, (0, 200, 0) if h else (230, 0, 0)) for (_, b), h in zip(*per_image[i][:2])]),
-             _draw(val.pixels[i], [(b, (0, 90, 255)) for *_, b in per_image[i][2]]),
-             *[recon[j][i] for j in range(n)]] for i in worst]
+    worst = sorted(per_image, key=lambda r: (-sum(not h for h in per_image[r][1]), r))[:analyses.examples]
+    shown = load_split(shards, "val", fwd.image_size, fwd.fit, worst)
+    with torch.no_grad():
+        shown_reps = representations(fwd, shown.pixels)
+        recon = [fwd.pixels(chain(trained.modular, shown_reps[j], j)) for j in range(1, n + 1)]
+    grid = []
+    for i, r in enumerate(worst):
+        boxed, matched, found = per_image[r]
+        grid.append([_draw(shown.pixels[i], [(b, (0, 200, 0) if h else (230, 0, 0)) for (_, b), h in zip(boxed, matched)]),
+                     _draw(shown.pixels[i], [(b, (0, 90, 255)) for *_, b in found]), *[recon[j][i] for j in range(n)]])
     save_grid(grid, out_dir / "detection.png")
     return {"rows": rows, "threshold": cfg.threshold}
 

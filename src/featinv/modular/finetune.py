@@ -25,9 +25,10 @@ from torch import nn
 
 from featinv.config import ModularAnalyses, ModularAnalysesFinetune
 from featinv.fileio import atomic_write_text, csv_text
-from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
+from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
 from featinv.modular.inverses import build_inverses, chain
-from featinv.modular.trained import Trained, load_split, representations, task_targets
+from featinv.modular.representations import stage_rows
+from featinv.modular.trained import REPRESENTATIONS, Trained, task_targets
 from featinv.modular.training import fit
 
 
@@ -65,6 +66,23 @@ def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, tr
     return staged, path.eval(), losses
 
 
+def train_pairs(trained: Trained, shards: str | Path, block: int = 256):
+    """The train split's normalised images x_0 (rows of train_modular's representation store, read
+    per batch when they do not fit in memory) and their task targets (labels for ImageNet-1k
+    classes, else the model's own top-1, from the store's x_n block by block), and the targets' name."""
+    from featinv.data.shards import index_split, load_manifest
+
+    if trained.model_dir is None:
+        raise ValueError("fine-tuning reads the train split's representations beside the inverses: load them "
+                         "with load_trained")
+    reps = stage_rows(trained.model_dir / REPRESENTATIONS)
+    x_pred = reps[-1]
+    if load_manifest(shards).get("label_space") == "imagenet-1k" and x_pred.shape[-1] == 1000:
+        return reps[0], torch.tensor([e.cls for e in index_split(shards, "train", views=False)]), "label"
+    top1 = torch.cat([x_pred[s:s + block].argmax(-1) for s in range(0, len(x_pred), block)])
+    return reps[0], top1, "original top-1"
+
+
 def finetune(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path,
              progress: bool = True) -> dict[str, Any]:
     """``finetune.csv``, ``finetune.png`` (reconstructions) and ``finetune_plot.png`` (MSE vs
@@ -74,31 +92,35 @@ def finetune(trained: Trained, analyses: ModularAnalyses, shards: str | Path, ou
         raise ValueError(f"fine-tuning (eq. 3) is implemented for classifiers; {fwd.name} is not one")
     ft = analyses.finetune
     j = fwd.staged.index(ft.stage)
-    train = load_split(shards, "train", fwd.image_size, fwd.fit)
-    val = load_split(shards, "val", fwd.image_size, fwd.fit)
-    train_reps = representations(fwd, train.pixels)
-    val_reps = representations(fwd, val.pixels)
-    train_y, target = task_targets(train, train_reps[-1])
-    val_y, _ = task_targets(val, val_reps[-1])
-    pick = example_rows(len(val.pixels), min(analyses.examples, 6))
-    rows, columns = [], [val.pixels[pick]]
+    train_x, train_y, target = train_pairs(trained, shards)
+    rows, columns = [], []
+    _, shown, shown_reps = examples(trained, shards, min(analyses.examples, 6))
+    columns.append(shown.pixels)
 
-    def score(variant, lam, recon, logits, final_loss):
-        px = fwd.pixels(recon)
-        acc = (logits.argmax(-1) == val_y).float().numpy()
-        rows.append([variant, lam, *ci_row(per_image_mse(px, val.pixels)), *ci_row(acc), target, final_loss])
-        columns.append(px[pick])
+    @torch.no_grad()
+    def score(variant, lam, run, final_loss):
+        """Stream the val split through ``run(reps) -> (reconstruction, logits)``."""
+        errors, hits = [], []
+        for _, part, reps in val_parts(trained, shards, analyses.batch_size):
+            recon, logits = run(reps)
+            val_y, _ = task_targets(part, reps[-1])  # the unchanged model's targets
+            errors.append(per_image_mse(fwd.pixels(recon), part.pixels))
+            hits.append((logits.argmax(-1) == val_y).float().numpy())
+        rows.append([variant, lam, *ci_row(np.concatenate(errors)), *ci_row(np.concatenate(hits)), target, final_loss])
+        columns.append(fwd.pixels(run(shown_reps)[0]))
 
     for lam in ft.lambdas:
-        staged, path, losses = finetune_one(trained, float(lam), j, train_reps[0], train_y, ft, progress)
-        with torch.no_grad():
-            xj = staged.run(val_reps[0], 0, j)
-            score("fine-tuned", float(lam), chain(path, xj, j), staged.run(xj, j), float(np.mean(losses[-5:])))
-    with torch.no_grad():
-        score("modular", float("nan"), chain(trained.modular, val_reps[j], j), val_reps[-1],
-              trained.meta["final_loss"]["modular"][j - 1])
-        score("classic", float("nan"), chain(trained.classic[j - 1], val_reps[j], j), val_reps[-1],
-              trained.meta["final_loss"]["classic"][j - 1])
+        staged, path, losses = finetune_one(trained, float(lam), j, train_x, train_y, ft, progress)
+
+        def tuned(reps, staged=staged, path=path):
+            xj = staged.run(reps[0], 0, j)
+            return chain(path, xj, j), staged.run(xj, j)
+
+        score("fine-tuned", float(lam), tuned, float(np.mean(losses[-5:])))
+    score("modular", float("nan"), lambda reps: (chain(trained.modular, reps[j], j), reps[-1]),
+          trained.meta["final_loss"]["modular"][j - 1])
+    score("classic", float("nan"), lambda reps: (chain(trained.classic[j - 1], reps[j], j), reps[-1]),
+          trained.meta["final_loss"]["classic"][j - 1])
     header = ["variant", "lambda", "mse", "mse_ci95_low", "mse_ci95_high", "accuracy", "accuracy_ci95_low",
               "accuracy_ci95_high", "accuracy_target", "final_train_loss"]
     out_dir = Path(out_dir)

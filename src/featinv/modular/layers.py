@@ -15,13 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
-from featinv.modular.analysis import ci_row, per_image_mse, save_grid
+from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
 from featinv.modular.inverses import chain
-from featinv.modular.trained import Trained, load_split, representations
+from featinv.modular.trained import Trained
 
 
 def as_layout(x: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
@@ -51,27 +52,33 @@ def intermediate_layers(trained: Trained, analyses: ModularAnalyses, shards: str
     layer, blank where the shapes differ) under ``out_dir``."""
     fwd = trained.forward
     names = fwd.staged.names
-    val = load_split(shards, "val", fwd.image_size, fwd.fit)
-    reps = representations(fwd, val.pixels)
-    example = len(val.pixels) // 2
-    rows, grid = [], []
-    with torch.no_grad():
+    def reconstructions(reps):
+        """{(stage j, layer k, inverse i): images} for every layer of a shape an inverse was trained on."""
+        out = {}
         for j, inputs in layer_inputs(fwd.staged, reps).items():
             for i in range(1, len(reps)):
-                fitted = [as_layout(x, reps[i].shape) for x in inputs]
-                if all(x is None for x in fitted):
-                    continue
-                cells = []
-                for k, x in enumerate(fitted):
-                    if x is None:
-                        cells.append(None)
-                        continue
-                    img = fwd.pixels(chain(trained.modular, x, i))
-                    rows.append([names[j - 1], k, len(inputs) - 1, names[i - 1], *ci_row(per_image_mse(img, val.pixels))])
-                    cells.append(img[example])
-                grid.append([val.pixels[example], *cells])
-    if not rows:
+                for k, x in enumerate(inputs):
+                    if (fitted := as_layout(x, reps[i].shape)) is not None:
+                        out[j, k, i] = (fwd.pixels(chain(trained.modular, fitted, i)), len(inputs) - 1)
+        return out
+
+    errors: dict[tuple[int, int, int], list] = {}
+    layer_count = {}
+    with torch.no_grad():
+        for _, part, reps in val_parts(trained, shards, analyses.batch_size):
+            for key, (img, count) in reconstructions(reps).items():
+                errors.setdefault(key, []).append(per_image_mse(img, part.pixels))
+                layer_count[key[0]] = count
+        _, shown, shown_reps = examples(trained, shards, 1)
+        shown_recon = reconstructions(shown_reps)
+    if not errors:
         raise ValueError(f"no stage of {fwd.name} exposes intermediate layers of a stage output's shape")
+    rows = [[names[j - 1], k, layer_count[j], names[i - 1], *ci_row(np.concatenate(errors[j, k, i]))]
+            for j, k, i in sorted(errors, key=lambda key: (key[0], key[2], key[1]))]
+    grid = []  # a row per (stage, inverse): the image, then each layer's reconstruction (blank: another shape)
+    for j, i in sorted({(j, i) for j, _, i in errors}):
+        grid.append([shown.pixels[0], *[shown_recon[j, k, i][0][0] if (j, k, i) in shown_recon else None
+                                        for k in range(layer_count[j] + 1)]])
     header = ["stage", "layer", "layers", "inverse_from", "mse", "ci95_low", "ci95_high"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "layers_mse.csv", csv_text(header, rows, ".6g"))

@@ -17,13 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
-from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
+from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
 from featinv.modular.inverses import chain, square_layouts
-from featinv.modular.trained import Trained, load_split, representations
+from featinv.modular.trained import Trained
 
 
 def layout(x: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[int, tuple[int, int]]:
@@ -82,45 +83,58 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
     early, late = (staged.index(s) for s in tn.stages)
     if not early < late:
         raise ValueError(f"modular_analyses.token_noise.stages: '{tn.stages[0]}' must come before '{tn.stages[1]}'")
-    val = load_split(shards, "val", fwd.image_size, fwd.fit)
-    reps = representations(fwd, val.pixels)
     gen = torch.Generator().manual_seed(tn.seed)
     grid_hint = getattr(staged, "grid", None)
-    manipulated, masks = {}, {}
+    with torch.no_grad():  # positions and noise depend on the shapes only: drawn once, for every image
+        probe = staged.representations(fwd.normalise(torch.zeros(1, 3, *fwd.image_size)))
+    plan, masks = {}, {}
     for j in (early, late):
-        prefix, grid = layout(reps[j], grid_hint)
+        prefix, grid = layout(probe[j], grid_hint)
         positions = pick_positions(grid, tn.fraction, gen)
-        width = reps[j].shape[1] if reps[j].ndim == 4 else reps[j].shape[-1]
+        width = probe[j].shape[1] if probe[j].ndim == 4 else probe[j].shape[-1]
         noise = tn.low + (tn.high - tn.low) * torch.rand(width, generator=gen)
         pos_fn = staged.stages[j - 1].position
-        with torch.no_grad():
-            manipulated[j] = replace_positions(reps[j], positions, noise, prefix, pos_fn() if pos_fn else None)
+        plan[j] = (positions, noise, prefix, pos_fn() if pos_fn else None)
         masks[j] = pixel_mask(positions, grid, fwd.image_size)
     e_name, l_name = staged.names[early - 1], staged.names[late - 1]
-    with torch.no_grad():
+    # setting -> (manipulated at, reconstructed from)
+    settings = {f"{e_name}_man": (early, early), f"{l_name}_man": (late, late), f"{l_name}_man+": (early, late)}
+
+    @torch.no_grad()
+    def reconstruct(reps):
+        """The unmanipulated reconstructions from early and late, and each setting's."""
+        man = {j: replace_positions(reps[j], *plan[j]) for j in (early, late)}
         default = {j: fwd.pixels(chain(trained.modular, reps[j], j)) for j in (early, late)}
-        settings = {
-            f"{e_name}_man": (early, early, fwd.pixels(chain(trained.modular, manipulated[early], early))),
-            f"{l_name}_man": (late, late, fwd.pixels(chain(trained.modular, manipulated[late], late))),
-            f"{l_name}_man+": (early, late, fwd.pixels(chain(trained.modular, staged.run(manipulated[early], early, late),
-                                                             late))),
-        }
+        made = {f"{e_name}_man": fwd.pixels(chain(trained.modular, man[early], early)),
+                f"{l_name}_man": fwd.pixels(chain(trained.modular, man[late], late)),
+                f"{l_name}_man+": fwd.pixels(chain(trained.modular, staged.run(man[early], early, late), late))}
+        return default, made
+
+    stats = {name: {"default": [], "image": [], "in": [], "out": []} for name in settings}
+    for _, part, reps in val_parts(trained, shards, analyses.batch_size):
+        default, made = reconstruct(reps)
+        for name, (at, frm) in settings.items():
+            change = (made[name] - default[frm]).abs().mean(1, keepdim=True)  # (N, 1, H, W)
+            inside = masks[at].expand_as(change)
+            stats[name]["in"].append(((change * inside).flatten(1).sum(1) / inside.flatten(1).sum(1)).numpy())
+            stats[name]["out"].append(((change * ~inside).flatten(1).sum(1)
+                                       / (~inside).flatten(1).sum(1).clamp(min=1)).numpy())
+            stats[name]["default"].append(per_image_mse(made[name], default[frm]))
+            stats[name]["image"].append(per_image_mse(made[name], part.pixels))
     rows = []
-    for name, (at, frm, img) in settings.items():
-        change = (img - default[frm]).abs().mean(1, keepdim=True)  # (N, 1, H, W)
-        inside = masks[at].expand_as(change)
-        c_in = (change * inside).flatten(1).sum(1) / inside.flatten(1).sum(1)
-        c_out = (change * ~inside).flatten(1).sum(1) / (~inside).flatten(1).sum(1).clamp(min=1)
-        rows.append([name, staged.names[at - 1], staged.names[frm - 1], int(masks[at].sum()),
-                     *ci_row(per_image_mse(img, default[frm])), *ci_row(per_image_mse(img, val.pixels)),
-                     float(c_in.mean()), float(c_out.mean()), float(c_in.mean() / c_out.mean().clamp(min=1e-12))])
+    for name, (at, frm) in settings.items():
+        s = {k: np.concatenate(v) for k, v in stats[name].items()}
+        rows.append([name, staged.names[at - 1], staged.names[frm - 1], int(masks[at].sum()), *ci_row(s["default"]),
+                     *ci_row(s["image"]), float(s["in"].mean()), float(s["out"].mean()),
+                     float(s["in"].mean() / max(s["out"].mean(), 1e-12))])
     header = ["setting", "manipulated_at", "reconstructed_from", "manipulated_pixels", "mse_vs_default",
               "mse_vs_default_ci95_low", "mse_vs_default_ci95_high", "mse_vs_image", "mse_vs_image_ci95_low",
               "mse_vs_image_ci95_high", "change_inside", "change_outside", "inside_outside_ratio"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "token_noise.csv", csv_text(header, rows, ".6g"))
-    pick = example_rows(len(val.pixels), min(analyses.examples, 4))
-    grid_rows = [[val.pixels[i], default[early][i], settings[f"{e_name}_man"][2][i], default[late][i],
-                  settings[f"{l_name}_man"][2][i], settings[f"{l_name}_man+"][2][i]] for i in pick.tolist()]
+    _, shown, shown_reps = examples(trained, shards, min(analyses.examples, 4))
+    default, made = reconstruct(shown_reps)
+    grid_rows = [[shown.pixels[i], default[early][i], made[f"{e_name}_man"][i], default[late][i],
+                  made[f"{l_name}_man"][i], made[f"{l_name}_man+"][i]] for i in range(len(shown.pixels))]
     save_grid(grid_rows, out_dir / "token_noise.png")
     return {"rows": rows}

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
-from featinv.modular.analysis import ci_row, example_rows, per_image_mse, save_grid
+from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
 from featinv.modular.inverses import chain
 from featinv.modular.onehot import one_hot
-from featinv.modular.trained import Trained, load_split, representations
+from featinv.modular.trained import Trained
 
 
 def prediction_inverses(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
@@ -31,30 +32,37 @@ def prediction_inverses(trained: Trained, analyses: ModularAnalyses, shards: str
                          "(featinv train-modular)")
     n = len(fwd.staged.names)
     boxes = getattr(fwd.staged, "boxes", 0)
-    val_px = load_split(shards, "val", fwd.image_size, fwd.fit).pixels
-    reps = representations(fwd, val_px)
-    x_pred = reps[n]
+    variants = {"full distribution": ("pred_FD", trained.modular[n - 1], lambda x: x),
+                "one-hot": ("pred_OH", trained.pred_one_hot, lambda x: one_hot(x, boxes))}
+
+    def through(inverse, prepare, reps):
+        """(x_{n-1} reconstructed from x_pred, the image chained on from it)."""
+        before = inverse(prepare(reps[n]))
+        return before, fwd.pixels(chain(trained.modular, before, n - 1))
+
+    stats = {v: {"image": [], "rep": [], "kept": []} for v in variants}
     with torch.no_grad():
-        x_before = {"full distribution": trained.modular[n - 1](x_pred),
-                    "one-hot": trained.pred_one_hot(one_hot(x_pred, boxes))}
-        images = {k: fwd.pixels(chain(trained.modular, x, n - 1)) for k, x in x_before.items()}
-        final = trained.meta["final_loss"]
-        losses = {"full distribution": final["modular"][n - 1], "one-hot": final["pred_one_hot"][0]}
-        rows = []
-        for variant, img in images.items():
-            kept = float("nan")
-            if fwd.classifier:  # does the reconstruction keep the original's top-1 class?
-                kept = float((fwd.staged.run(fwd.normalise(img)).argmax(-1) == x_pred.argmax(-1)).float().mean())
-            rows.append([variant, "pred_FD" if variant == "full distribution" else "pred_OH",
-                         *ci_row(per_image_mse(img, val_px)), *ci_row(per_image_mse(x_before[variant], reps[n - 1])), kept, losses[variant]])
-        pick = example_rows(len(val_px), analyses.examples)
-        stage_recon = [fwd.pixels(chain(trained.modular, reps[j], j))[pick] for j in range(1, n)]
+        for _, part, reps in val_parts(trained, shards, analyses.batch_size):
+            for variant, (_, inverse, prepare) in variants.items():
+                before, img = through(inverse, prepare, reps)
+                stats[variant]["image"].append(per_image_mse(img, part.pixels))
+                stats[variant]["rep"].append(per_image_mse(before, reps[n - 1]))
+                if fwd.classifier:  # does the reconstruction keep the original's top-1 class?
+                    top1 = fwd.staged.run(fwd.normalise(img)).argmax(-1) == reps[n].argmax(-1)
+                    stats[variant]["kept"].append(top1.float().numpy())
+        _, shown, shown_reps = examples(trained, shards, analyses.examples)
+        columns = [shown.pixels, *[fwd.pixels(chain(trained.modular, shown_reps[j], j)) for j in range(1, n)],
+                   *[through(inverse, prepare, shown_reps)[1] for _, inverse, prepare in variants.values()]]
+    final = trained.meta["final_loss"]
+    losses = {"full distribution": final["modular"][n - 1], "one-hot": final["pred_one_hot"][0]}
+    rows = [[variant, variants[variant][0], *ci_row(np.concatenate(s["image"])), *ci_row(np.concatenate(s["rep"])),
+             float(np.concatenate(s["kept"]).mean()) if s["kept"] else float("nan"), losses[variant]]
+            for variant, s in stats.items()]
     header = ["pred_input", "inverse", "mse", "ci95_low", "ci95_high", f"{fwd.staged.names[n - 2]}_mse",
               f"{fwd.staged.names[n - 2]}_ci95_low", f"{fwd.staged.names[n - 2]}_ci95_high", "top1_kept",
               "final_train_loss"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "prediction_mse.csv", csv_text(header, rows, ".6g"))
-    columns = [val_px[pick], *stage_recon, images["full distribution"][pick], images["one-hot"][pick]]
     save_grid([list(col) for col in zip(*columns)], out_dir / "prediction.png")
     return {"rows": rows, "columns": ["input", *fwd.staged.names[:-1], "pred_FD", "pred_OH"]}
 

@@ -13,6 +13,7 @@ On disk (``<model_dir>``): ``inverses.safetensors`` (state of ``{"modular": [...
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,6 @@ class Split:
     label_space: str
     objects: list[list[tuple[int, torch.Tensor]]] | None
 
-    def categories(self) -> list[int]:
-        """The object categories present, most frequent (by images) first."""
-        counts: dict[int, int] = {}
-        for objs in self.objects or []:
-            for c in {c for c, _ in objs}:
-                counts[c] = counts.get(c, 0) + 1
-        return sorted(counts, key=lambda c: (-counts[c], c))
-
     def category_masks(self, category: int) -> tuple[list[int], torch.Tensor]:
         """The images holding ``category`` and, for each, the union of all its instances (M, 1, H, W)."""
         rows = [i for i, objs in enumerate(self.objects or []) if any(c == category for c, _ in objs)]
@@ -66,30 +59,50 @@ class Split:
         return rows, torch.stack(masks)[:, None] if masks else torch.zeros(0, 1, *self.pixels.shape[-2:], dtype=torch.bool)
 
 
-def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str = "crop") -> Split:
-    """A split's images at ``size`` (H, W): ``fit`` ``crop`` = the largest central box of that aspect
-    ratio, resized; ``resize`` = the whole image resized, its aspect ratio not kept (the paper's ViT
-    224 x 224 and DETR 480 x 640 inputs). Masks follow the same geometry."""
+def split_size(shards: str | Path, split: str) -> int:
+    """Images in a split (its stored images, not the cached views)."""
+    from featinv.data.shards import index_split
+
+    return len(index_split(shards, split, views=False))
+
+
+def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str = "crop",
+               rows: Sequence[int] | None = None) -> Split:
+    """A split's images (or those at ``rows``, in that order) at ``size`` (H, W): ``fit`` ``crop`` =
+    the largest central box of that aspect ratio, resized; ``resize`` = the whole image resized, its
+    aspect ratio not kept (the paper's ViT 224 x 224 and DETR 480 x 640 inputs). Masks follow the
+    same geometry; ``objects`` is a list (empty for an image without objects) for COCO shards."""
     from PIL import Image
 
     from featinv.data.shards import index_split, load_manifest, read_image, read_masks
 
     # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
     index = index_split(shards, split, views=False)
+    if rows is not None:
+        index = [index[r] for r in rows]
+    manifest = load_manifest(shards)
 
     def fitted(img, resample=Image.Resampling.BICUBIC):
         return fit_image(img, size, fit, resample)
 
     pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
-    annotated = read_masks(index)
     objects = None
-    if any(a is not None and len(a[0]) for a in annotated):
+    if manifest.get("label_space") == "coco":
         objects = [[(c, torch.from_numpy(np.asarray(fitted(Image.fromarray(m.astype(np.uint8) * 255),
                                                             Image.Resampling.NEAREST)) > 127))
-                    for m, c in zip(*a)] if a is not None else [] for a in annotated]
-    manifest = load_manifest(shards)
+                    for m, c in zip(*a)] if a is not None else [] for a in read_masks(index)]
     return Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor([e.cls for e in index]),
                  manifest.get("label_space", ""), objects)
+
+
+def split_parts(shards: str | Path, split: str, size: tuple[int, int], fit: str, batch: int,
+                rows: Sequence[int] | None = None) -> Iterator[tuple[list[int], Split]]:
+    """The split (or its ``rows``) as consecutive parts of at most ``batch`` images: (their rows,
+    :func:`load_split` of them), so an analysis holds one part at a time whatever the split's size."""
+    rows = list(range(split_size(shards, split))) if rows is None else list(rows)
+    for start in range(0, len(rows), batch):
+        part = rows[start:start + batch]
+        yield part, load_split(shards, split, size, fit, part)
 
 
 def task_targets(split: Split, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -230,6 +243,7 @@ class Trained:
     mean_image: torch.Tensor | None = None  # (1, 3, H, W) in [0, 1]: the train split's mean, the baseline
     instances: list[tuple[nn.ModuleList, nn.ModuleList]] = field(default_factory=list)  # (modular, classic), 0 first
     pred_one_hot: nn.Module | None = None  # pred_OH^-1 (instance 0): x_pred as one-hot -> x_{n-1}
+    model_dir: Path | None = None  # where they were loaded from (with the train split's representation store)
 
 
 def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None) -> Trained:
@@ -258,4 +272,4 @@ def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None
         bundle.load_state_dict(own, strict=True)
         instances.append((bundle["modular"].eval(), bundle["classic"].eval()))
         pred_one_hot = bundle["pred_one_hot"].eval() if k == 0 else pred_one_hot
-    return Trained(forward, *instances[0], meta, cfg, mean_image, instances, pred_one_hot)
+    return Trained(forward, *instances[0], meta, cfg, mean_image, instances, pred_one_hot, model_dir)
