@@ -29,7 +29,7 @@ TINY = {
                    "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
     "sampling": {"steps": 2, "rows_per_shard": 4, "preview": 4},
     "metrics": {"batch_size": 12, "bootstrap": 200},
-    "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4},
+    "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4, "instances": 1},
     "modular_analyses": {"examples": 2, "finetune": {"steps": 2, "lambdas": [0.0, 1.0]}},
     "applications": {"interpolation": {"pairs": [[0, 5]]}, "composition": {"pairs": [[0, 5]]},
                      "qualitative": {"images": 2, "samples": 2}},

@@ -61,9 +61,12 @@ for _name, _outputs in MODULAR_ANALYSES.items():
         message:
             "featinv {params.verb} of {params.backbone}"
         input:
+            # The inverses are not ancient(): with an ancient input Snakemake drops a job whose
+            # upstream reruns from the plan, params changes and all (snakemake/snakemake#4166), so
+            # retrained inverses would leave stale analyses until a second invocation.
             shards=ancient(rules.build_shards.output.shards),
-            inverses=ancient(MODULAR_INVERSES),
-            meta=ancient(f"{MODULAR_MODEL}/meta.json"),
+            inverses=MODULAR_INVERSES,
+            meta=f"{MODULAR_MODEL}/meta.json",
         output:
             [report(f"{MODULAR}/{out}", caption=f"../report/{_name}.rst", category="Modular inversion")
              if out.endswith(".png") or out == _outputs[0] else f"{MODULAR}/{out}" for out in _outputs],
