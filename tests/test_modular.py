@@ -370,8 +370,9 @@ def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
     with pytest.raises(ValueError, match=r"^modular_analyses\.token_noise\.stages: 'enc' must come before 'bb'"):
         token_noise(trained, backwards, demo_shards, tmp_path)
     assert [r[0] for r in noise["rows"]] == ["bb_man", "enc_man", "enc_man+"]
-    assert noise["rows"][0][3] == 2 * 16 * 16  # 2 of the 4 patches, 16x16 pixels each
-    assert all(r[4] > 0 for r in noise["rows"])  # manipulation changes the reconstruction
+    assert {r[3] for r in noise["rows"]} == {"modular"}  # a ViT's patch inverse is local already: no second one
+    assert noise["rows"][0][4] == 2 * 16 * 16  # 2 of the 4 patches, 16x16 pixels each
+    assert all(r[5] > 0 for r in noise["rows"])  # manipulation changes the reconstruction
     layers = intermediate_layers(trained, analyses, demo_shards, tmp_path)
     # enc's input (x_bb) and its 12 blocks' outputs have the shape of both bb and enc outputs
     assert {(r[1], r[3]) for r in layers["rows"]} == {(k, s) for k in range(13) for s in ("bb", "enc")}
@@ -439,6 +440,25 @@ def test_accuracy_targets_are_labels_only_for_the_models_own_classes():
     assert name == "original top-1" and targets.tolist() == [7, 3]
     targets, name = task_targets(imagenet, logits[:, :10])  # a head over other classes
     assert name == "original top-1"
+
+
+def test_the_local_inverse_reconstructs_each_patch_from_its_own_position_only():
+    from featinv.modular.inverses import inverse_for
+
+    torch.manual_seed(0)
+    local = inverse_for("local", torch.zeros(1, 3, 32, 48), torch.zeros(1, 8, 2, 3), hidden=16)
+    x = torch.randn(1, 8, 2, 3)
+    y = x.clone()
+    y[0, :, 1, 2] += 5.0  # one position changed
+    with torch.no_grad():
+        changed = (local(y) - local(x)).abs().sum(1)[0] > 0
+    assert changed.shape == (32, 48)
+    assert changed[16:, 32:].all() and not changed[:16].any() and not changed[:, :32].any()  # its 16x16 patch only
+    one = inverse_for("conv", torch.zeros(1, 8, 2, 2), torch.zeros(1, 8, 1, 1), hidden=8).eval()
+    assert one(torch.randn(1, 8, 1, 1)).shape == (1, 8, 2, 2)  # one image, a 1x1 map, GroupNorm of 2 channels a group
+    conv = inverse_for("conv", torch.zeros(1, 3, 32, 48), torch.zeros(1, 8, 2, 3), hidden=16)
+    with torch.no_grad():
+        assert ((conv(y) - conv(x)).abs().sum(1)[0, :16, :32] > 0).any()  # the default bb^-1 mixes neighbours
 
 
 def test_an_unknown_inverse_kind_names_the_known_ones():

@@ -75,7 +75,12 @@ def test_detr_inverses_train_and_every_detr_analysis_runs(coco_shards, detr_dir,
     assert [r[1] for r in prediction_inverses(trained, analyses, coco_shards, out)["rows"]] == ["pred_FD", "pred_OH"]
     colour = colour_analysis(trained, analyses, coco_shards, out)
     assert [r[0] for r in colour["pairwise_mse"]] == ["input", *meta["stages"]]
-    assert [r[0] for r in token_noise(trained, analyses, coco_shards, out)["rows"]] == ["bb_man", "enc_man", "enc_man+"]
+    noise = token_noise(trained, analyses, coco_shards, out)["rows"]
+    # with the modular bb^-1 and with the local inverse backbone (section 4.5)
+    assert [(r[0], r[3]) for r in noise] == [("bb_man", "modular"), ("enc_man", "modular"), ("enc_man+", "modular"),
+                                             ("bb_man local", "local"), ("enc_man local", "local"),
+                                             ("enc_man+ local", "local")]
+    assert trained.local_first is not None and meta["parameters"]["local_first"] > 0
     layers = intermediate_layers(trained, analyses, coco_shards, out)["rows"]
     assert {(r[0], r[3]) for r in layers} >= {("enc", "bb"), ("enc", "enc"), ("dec", "dec")}
     rows = detection_errors(trained, analyses, coco_shards, out)["rows"]

@@ -11,7 +11,10 @@ the sizes:
 - ``queries_to_tokens`` (DETR's decoder): blank learned queries, one per output token, cross-attend
   to the decoded object queries;
 - ``mlp`` (a classification head): a two-layer MLP from the logits, reshaped to the input's shape;
-- ``per_token_mlp`` (DETR's prediction head): the same MLP applied to every query.
+- ``per_token_mlp`` (DETR's prediction head): the same MLP applied to every query;
+- ``local`` (the paper's local inverse backbone, section 4.5): each position of a map (B, C, h, w)
+  reconstructs its own f x f image patch alone (1x1 convolutions, then pixel shuffle), so nothing
+  mixes across positions.
 
 ``chain(inverses, x_j, j)`` applies inverses j, j-1, ..., 1: the image-level reconstruction from
 stage j (eq. 2).
@@ -27,7 +30,8 @@ from torch import nn
 
 
 def _groups(channels: int) -> int:
-    return math.gcd(channels, 8)
+    """GroupNorm groups: up to 8, at least 2 channels each (so a single image's 1x1 map normalises)."""
+    return math.gcd(channels, max(1, min(8, channels // 2)))
 
 
 class ConvInverse(nn.Module):
@@ -42,6 +46,18 @@ class ConvInverse(nn.Module):
             layers += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1), norm(), nn.SiLU()]
         layers.append(nn.Conv2d(hidden, out_channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LocalInverse(nn.Module):
+    """Map (B, C, h, w) -> (B, C_out, h*f, w*f), every output patch from its own position only."""
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, hidden, 1), nn.SiLU(),
+                                 nn.Conv2d(hidden, out_channels * factor * factor, 1), nn.PixelShuffle(factor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -131,6 +147,13 @@ def _conv(prev, nxt, hidden, depth, heads) -> nn.Module:
     return ConvInverse(nxt[0], prev[0], factor, hidden)
 
 
+def _local(prev, nxt, hidden, depth, heads) -> nn.Module:
+    factor = prev[1] // nxt[1]
+    if len(nxt) != 3 or prev[1] != factor * nxt[1] or prev[2] != factor * nxt[2]:
+        raise ValueError(f"a local inverse maps a map to one of an integer upsampling, not {nxt} to {prev}")
+    return LocalInverse(nxt[0], prev[0], factor, hidden)
+
+
 def _patch(prev, nxt, hidden, depth, heads) -> nn.Module:
     n_tokens, dim = nxt
     for prefix, side in square_layouts(n_tokens):
@@ -160,6 +183,7 @@ INVERSE_KINDS: dict[str, Callable[..., nn.Module]] = {
     "queries_to_tokens": lambda prev, nxt, hidden, depth, heads: QueryInverse(nxt[1], prev[1], prev[0], depth, heads),
     "mlp": lambda prev, nxt, hidden, depth, heads: MlpInverse(nxt[0], prev, hidden),  # head: logits -> features
     "per_token_mlp": lambda prev, nxt, hidden, depth, heads: MlpInverse(nxt[-1], prev[1:], hidden, per_token=True),
+    "local": _local,  # the local inverse backbone: each map position to its own image patch
 }
 
 

@@ -7,6 +7,10 @@ the modular inverses. For an ``early`` and a ``late`` stage (the paper's bb and 
 - ``<late>_man``: x_late manipulated, reconstructed from late;
 - ``<late>_man+``: x_early manipulated, run forward to late, reconstructed from late.
 
+Where the first stage gives a map (a CNN's stem, DETR's bb), each setting is also reconstructed
+with the first stage's local inverse (the paper's local inverse backbone: each position to its own
+patch), which isolates the later stage's spatial mixing from the backbone inverse's.
+
 Besides the figure, the table measures how local the effect is: the mean absolute pixel change
 against the unmanipulated reconstruction inside the manipulated positions' image patches and outside
 them (ratio >> 1: the representation keeps spatial correspondence, as the paper finds for ViT).
@@ -97,44 +101,55 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
         plan[j] = (positions, noise, prefix, pos_fn() if pos_fn else None)
         masks[j] = pixel_mask(positions, grid, fwd.image_size)
     e_name, l_name = staged.names[early - 1], staged.names[late - 1]
-    # setting -> (manipulated at, reconstructed from)
-    settings = {f"{e_name}_man": (early, early), f"{l_name}_man": (late, late), f"{l_name}_man+": (early, late)}
+    # the first stage's inverse: the modular one and, where trained, the local one (section 4.5)
+    paths = {"modular": trained.modular}
+    if trained.local_first is not None:
+        paths["local"] = torch.nn.ModuleList([trained.local_first, *trained.modular[1:]])
+    # setting -> (manipulated at, reconstructed from, first-stage inverse)
+    settings = {}
+    for kind in paths:
+        tag = "" if kind == "modular" else " local"
+        settings |= {f"{e_name}_man{tag}": (early, early, kind), f"{l_name}_man{tag}": (late, late, kind),
+                     f"{l_name}_man+{tag}": (early, late, kind)}
 
     @torch.no_grad()
     def reconstruct(reps):
-        """The unmanipulated reconstructions from early and late, and each setting's."""
+        """The unmanipulated reconstructions {(kind, j): images} and each setting's."""
         man = {j: replace_positions(reps[j], *plan[j]) for j in (early, late)}
-        default = {j: fwd.pixels(chain(trained.modular, reps[j], j)) for j in (early, late)}
-        made = {f"{e_name}_man": fwd.pixels(chain(trained.modular, man[early], early)),
-                f"{l_name}_man": fwd.pixels(chain(trained.modular, man[late], late)),
-                f"{l_name}_man+": fwd.pixels(chain(trained.modular, staged.run(man[early], early, late), late))}
+        default = {(kind, j): fwd.pixels(chain(path, reps[j], j)) for kind, path in paths.items() for j in (early, late)}
+        made = {}
+        for name, (at, frm, kind) in settings.items():
+            x = man[at] if at == frm else staged.run(man[at], at, frm)
+            made[name] = fwd.pixels(chain(paths[kind], x, frm))
         return default, made
 
     stats = {name: {"default": [], "image": [], "in": [], "out": []} for name in settings}
     for _, part, reps in val_parts(trained, shards, analyses.batch_size):
         default, made = reconstruct(reps)
-        for name, (at, frm) in settings.items():
-            change = (made[name] - default[frm]).abs().mean(1, keepdim=True)  # (N, 1, H, W)
+        for name, (at, frm, kind) in settings.items():
+            change = (made[name] - default[kind, frm]).abs().mean(1, keepdim=True)  # (N, 1, H, W)
             inside = masks[at].expand_as(change)
             stats[name]["in"].append(((change * inside).flatten(1).sum(1) / inside.flatten(1).sum(1)).numpy())
             stats[name]["out"].append(((change * ~inside).flatten(1).sum(1)
                                        / (~inside).flatten(1).sum(1).clamp(min=1)).numpy())
-            stats[name]["default"].append(per_image_mse(made[name], default[frm]))
+            stats[name]["default"].append(per_image_mse(made[name], default[kind, frm]))
             stats[name]["image"].append(per_image_mse(made[name], part.pixels))
     rows = []
-    for name, (at, frm) in settings.items():
+    for name, (at, frm, kind) in settings.items():
         s = {k: np.concatenate(v) for k, v in stats[name].items()}
-        rows.append([name, staged.names[at - 1], staged.names[frm - 1], int(masks[at].sum()), *ci_row(s["default"]),
+        rows.append([name, staged.names[at - 1], staged.names[frm - 1], kind, int(masks[at].sum()), *ci_row(s["default"]),
                      *ci_row(s["image"]), float(s["in"].mean()), float(s["out"].mean()),
-                     float(s["in"].mean() / max(s["out"].mean(), 1e-12))])
-    header = ["setting", "manipulated_at", "reconstructed_from", "manipulated_pixels", "mse_vs_default",
+                     float(s["in"].mean() / s["out"].mean()) if s["out"].mean() > 0 else float("inf")])
+    header = ["setting", "manipulated_at", "reconstructed_from", "first_inverse", "manipulated_pixels", "mse_vs_default",
               "mse_vs_default_ci95_low", "mse_vs_default_ci95_high", "mse_vs_image", "mse_vs_image_ci95_low",
               "mse_vs_image_ci95_high", "change_inside", "change_outside", "inside_outside_ratio"]
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "token_noise.csv", csv_text(header, rows, ".6g"))
     _, shown, shown_reps = examples(trained, shards, min(analyses.examples, 4))
     default, made = reconstruct(shown_reps)
-    grid_rows = [[shown.pixels[i], default[early][i], made[f"{e_name}_man"][i], default[late][i],
-                  made[f"{l_name}_man"][i], made[f"{l_name}_man+"][i]] for i in range(len(shown.pixels))]
+    # per example and first-stage inverse a row: image, default early, early_man, default late, late_man, late_man+
+    grid_rows = [[shown.pixels[i], default[kind, early][i], made[f"{e_name}_man{tag}"][i], default[kind, late][i],
+                  made[f"{l_name}_man{tag}"][i], made[f"{l_name}_man+{tag}"][i]]
+                 for i in range(len(shown.pixels)) for kind, tag in ((k, "" if k == "modular" else " local") for k in paths)]
     save_grid(grid_rows, out_dir / "token_noise.png")
     return {"rows": rows}

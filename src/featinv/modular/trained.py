@@ -135,15 +135,20 @@ def _inverse_kw(cfg: Modular) -> dict[str, int]:
 
 
 def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
-    """Untrained modular inverses, classic paths and pred_OH^-1 (the prediction-head inverse on
-    one-hot x_pred, :mod:`featinv.modular.prediction`)."""
+    """Untrained modular inverses, classic paths, pred_OH^-1 (the prediction-head inverse on
+    one-hot x_pred, :mod:`featinv.modular.prediction`) and, where x_1 is a map, the local inverse of
+    the first stage (each position to its own patch; the paper's local inverse backbone, section 4.5;
+    a ViT's patch inverse is local already)."""
     with torch.no_grad():
         probe = forward.staged.representations(forward.normalise(torch.zeros(1, 3, *forward.image_size)))
     pred = forward.staged.stages[-1].inverse
-    return nn.ModuleDict({"modular": build_inverses(forward.staged, probe, **_inverse_kw(cfg)),
-                          "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg)),
-                          "pred_one_hot": inverse_for(pred, probe[-2], one_hot(probe[-1], _boxes(forward)),
-                                                      **_inverse_kw(cfg))})
+    bundle = nn.ModuleDict({"modular": build_inverses(forward.staged, probe, **_inverse_kw(cfg)),
+                            "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg)),
+                            "pred_one_hot": inverse_for(pred, probe[-2], one_hot(probe[-1], _boxes(forward)),
+                                                        **_inverse_kw(cfg))})
+    if probe[1].ndim == 4:  # the first stage gives a map (a CNN's stem, DETR's bb): its local inverse too
+        bundle["local_first"] = inverse_for("local", probe[0], probe[1], **_inverse_kw(cfg))
+    return bundle
 
 
 def _boxes(forward: ForwardModel) -> int:
@@ -208,6 +213,9 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
         losses_by_instance.append({"modular": train_modular(bundle["modular"], reps, **args),
                                    "classic": train_classic(bundle["classic"], reps, **args),
                                    "pred_one_hot": [_train_one_hot(bundle["pred_one_hot"], reps, forward, **args)]})
+        if "local_first" in bundle:  # trained as the modular inverse of stage 1 is
+            losses_by_instance[-1]["local_first"] = train_modular([bundle["local_first"]], reps[:2],
+                                                                  **{**args, "names": names[:1]})
         tensors |= {_instance_prefix(k) + key: v.contiguous() for key, v in bundle.state_dict().items()}
     model_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -220,13 +228,14 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
             "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(reps[0]),
             "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
                            "classic": [count_parameters(c) for c in bundle["classic"]],
-                           "pred_one_hot": count_parameters(bundle["pred_one_hot"])},
+                           "pred_one_hot": count_parameters(bundle["pred_one_hot"]),
+                           "local_first": count_parameters(bundle["local_first"]) if "local_first" in bundle else 0},
             "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()},
             "instances": cfg.instances,
             "final_loss_by_instance": [{kind: [h[-1] for h in hist] for kind, hist in li.items()}
                                        for li in losses_by_instance]}
     write_json(model_dir / "meta.json", meta)
-    stage_of = {"modular": names, "classic": names, "pred_one_hot": [names[-1]]}
+    stage_of = {"modular": names, "classic": names, "pred_one_hot": [names[-1]], "local_first": [names[0]]}
     rows = [[step, loss, kind, stage_of[kind][j]] for kind, hist in losses.items() for j, h in enumerate(hist)
             for step, loss in enumerate(h, 1)]
     atomic_write_text(loss_csv, csv_text(["step", "loss", "path", "stage"], rows, ".6g"))
@@ -244,6 +253,7 @@ class Trained:
     instances: list[tuple[nn.ModuleList, nn.ModuleList]] = field(default_factory=list)  # (modular, classic), 0 first
     pred_one_hot: nn.Module | None = None  # pred_OH^-1 (instance 0): x_pred as one-hot -> x_{n-1}
     model_dir: Path | None = None  # where they were loaded from (with the train split's representation store)
+    local_first: nn.Module | None = None  # local inverse of stage 1 (instance 0), where x_1 is a map
 
 
 def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None) -> Trained:
@@ -271,5 +281,7 @@ def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None
         bundle = _bundle(forward, cfg)
         bundle.load_state_dict(own, strict=True)
         instances.append((bundle["modular"].eval(), bundle["classic"].eval()))
-        pred_one_hot = bundle["pred_one_hot"].eval() if k == 0 else pred_one_hot
-    return Trained(forward, *instances[0], meta, cfg, mean_image, instances, pred_one_hot, model_dir)
+        if k == 0:
+            pred_one_hot = bundle["pred_one_hot"].eval()
+            local_first = bundle["local_first"].eval() if "local_first" in bundle else None
+    return Trained(forward, *instances[0], meta, cfg, mean_image, instances, pred_one_hot, model_dir, local_first)
