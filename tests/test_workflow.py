@@ -189,7 +189,7 @@ def check_all_outputs(project):
     assert colour == ["input", "stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
     assert len((modular / "colour_accuracy.csv").read_text().splitlines()) == 1 + 7
     assert [line.split(",")[0] for line in (modular / "token_noise.csv").read_text().splitlines()[1:]] == [
-        "stem_man", "blocks1_man", "blocks1_man+"]
+        "stem_man", "blocks1_man", "blocks1_man+", "stem_man local", "blocks1_man local", "blocks1_man+ local"]
     assert [line.split(",")[:2] for line in (modular / "finetune.csv").read_text().splitlines()[1:]] == [
         ["fine-tuned", "0"], ["fine-tuned", "1"], ["modular", "nan"], ["classic", "nan"]]
     assert (modular / "layers_mse.csv").exists() and (modular / "colour_plot.png").exists()
