@@ -467,7 +467,7 @@ def test_an_unknown_inverse_kind_names_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown inverse kind 'rnn' \(one of conv, patch, tokens, "):
         inverse_for("rnn", torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4))
     assert isinstance(inverse_for("conv", torch.zeros(1, 3, 8, 8), torch.zeros(1, 4, 4, 4)), torch.nn.Module)
-    assert len(INVERSE_KINDS) == 7
+    assert len(INVERSE_KINDS) == 8 and "local" in INVERSE_KINDS
 
 
 def test_fit_resizes_the_whole_image_or_crops_its_centre(tmp_path):
