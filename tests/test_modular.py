@@ -423,7 +423,7 @@ def test_coco_masks_limit_the_recolouring(tmp_path):
     from featinv.modular.colour import recolouring_sets
 
     # one set per category (COCO ids), most frequent first: the car in both images, the dog in the second
-    assert recolouring_sets(tmp_path / "shards", (40, 60), "resize") == [(car, [0, 1]), (dog, [1])]
+    assert recolouring_sets(tmp_path / "shards") == [(car, [0, 1]), (dog, [1])]
 
 
 def test_accuracy_targets_are_labels_only_for_the_models_own_classes():

@@ -28,7 +28,7 @@ from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.modular.analysis import ci_row, save_grid
 from featinv.modular.inverses import chain
-from featinv.modular.trained import Trained, representations, split_parts, split_size, task_targets
+from featinv.modular.trained import Trained, has_objects, representations, split_index, split_parts, task_targets
 
 FILTERS = ("red", "green", "blue", "hue120", "hue240", "grayscale")
 LUMINANCE = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -64,7 +64,7 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
     levels = ["input", *fwd.staged.names]
     target = "none (not a classifier)"
     results, example = [], None
-    sets = recolouring_sets(shards, fwd.image_size, fwd.fit)
+    sets = recolouring_sets(shards)
     shown_row = sets[0][1][len(sets[0][1]) // 2]  # the example: the middle image of the first set
     with torch.no_grad():
         for k, (category, rows) in enumerate(sets):
@@ -93,21 +93,20 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
     return {"pairwise_mse": pair_rows, "accuracy": acc_rows}
 
 
-def recolouring_sets(shards: str | Path, size: tuple[int, int], fit: str) -> list[tuple[int | None, list[int]]]:
+def recolouring_sets(shards: str | Path, block: int = 256) -> list[tuple[int | None, list[int]]]:
     """(category, val rows) recoloured together: one set per object category (every instance of it,
     in each image holding it; most frequent first) where the split has object masks, else
-    (None, every row) for the whole images."""
+    (None, every row) for the whole images. Reads the annotations only, block by block."""
+    from featinv.data.shards import read_masks
+
+    index = split_index(shards, "val")
+    if not has_objects(shards):
+        return [(None, list(range(len(index))))]
     counts: dict[int, list[int]] = {}
-    masked = False
-    for part_rows, part in split_parts(shards, "val", size, fit, 256):
-        if part.objects is None:
-            break
-        masked = True
-        for r, objs in zip(part_rows, part.objects):
-            for c in sorted({c for c, _ in objs}):
+    for start in range(0, len(index), block):
+        for r, annotated in enumerate(read_masks(index[start:start + block]), start):
+            for c in sorted(set(annotated[1])) if annotated is not None else []:
                 counts.setdefault(c, []).append(r)
-    if not masked:
-        return [(None, list(range(split_size(shards, "val"))))]
     return [(c, counts[c]) for c in sorted(counts, key=lambda c: (-len(counts[c]), c))]
 
 

@@ -28,7 +28,7 @@ from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
 from featinv.modular.inverses import build_inverses, chain
 from featinv.modular.representations import stage_rows
-from featinv.modular.trained import REPRESENTATIONS, Trained, task_targets
+from featinv.modular.trained import REPRESENTATIONS, Trained, split_index, task_targets
 from featinv.modular.training import fit
 
 
@@ -70,7 +70,7 @@ def train_pairs(trained: Trained, shards: str | Path, block: int = 256):
     """The train split's normalised images x_0 (rows of train_modular's representation store, read
     per batch when they do not fit in memory) and their task targets (labels for ImageNet-1k
     classes, else the model's own top-1, from the store's x_n block by block), and the targets' name."""
-    from featinv.data.shards import index_split, load_manifest
+    from featinv.data.shards import load_manifest
 
     if trained.model_dir is None:
         raise ValueError("fine-tuning reads the train split's representations beside the inverses: load them "
@@ -78,7 +78,7 @@ def train_pairs(trained: Trained, shards: str | Path, block: int = 256):
     reps = stage_rows(trained.model_dir / REPRESENTATIONS)
     x_pred = reps[-1]
     if load_manifest(shards).get("label_space") == "imagenet-1k" and x_pred.shape[-1] == 1000:
-        return reps[0], torch.tensor([e.cls for e in index_split(shards, "train", views=False)]), "label"
+        return reps[0], torch.tensor([e.cls for e in split_index(shards, "train")]), "label"
     top1 = torch.cat([x_pred[s:s + block].argmax(-1) for s in range(0, len(x_pred), block)])
     return reps[0], top1, "original top-1"
 

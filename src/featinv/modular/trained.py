@@ -1,10 +1,10 @@
 """The ``train_modular`` rule's work and what the analyses load: modular and classic inverses of the
 forward model named in ``modular`` params, trained on the train split's images.
 
-Images are the split's target views at ``modular.image_size`` in [0, 1] RGB; the forward model sees
-them normalised. Every stage's representations of the train split are computed once and held in
-memory (tens of MB on the demo; at paper scale, bound the split with ``data.per_class``), so the
-forward model never runs per training step.
+Images are the split's stored images at ``modular.image_size`` in [0, 1] RGB; the forward model sees
+them normalised. Every stage's representations of the train split are computed once into a
+representation store (:mod:`featinv.modular.representations`) and read per batch, so the forward
+model never runs per training step and memory does not grow with the split.
 
 On disk (``<model_dir>``): ``inverses.safetensors`` (state of ``{"modular": [...], "classic": [[...]],
 "pred_one_hot": pred_OH^-1}``, loaded without unpickling), ``meta.json`` (the params, stages, representation shapes, final losses).
@@ -59,11 +59,23 @@ class Split:
         return rows, torch.stack(masks)[:, None] if masks else torch.zeros(0, 1, *self.pixels.shape[-2:], dtype=torch.bool)
 
 
-def split_size(shards: str | Path, split: str) -> int:
-    """Images in a split (its stored images, not the cached views)."""
+def split_index(shards: str | Path, split: str) -> list:
+    """A split's stored images (not the cached augmented views, FeatInv's training data), in manifest order."""
     from featinv.data.shards import index_split
 
-    return len(index_split(shards, split, views=False))
+    return index_split(shards, split, views=False)
+
+
+def split_size(shards: str | Path, split: str) -> int:
+    """Images in a split (its stored images, not the cached views)."""
+    return len(split_index(shards, split))
+
+
+def has_objects(shards: str | Path) -> bool:
+    """Whether the shards carry object masks (COCO)."""
+    from featinv.data.shards import load_manifest
+
+    return load_manifest(shards).get("label_space") == "coco"
 
 
 def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str = "crop",
@@ -72,37 +84,38 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str =
     the largest central box of that aspect ratio, resized; ``resize`` = the whole image resized, its
     aspect ratio not kept (the paper's ViT 224 x 224 and DETR 480 x 640 inputs). Masks follow the
     same geometry; ``objects`` is a list (empty for an image without objects) for COCO shards."""
+    index = split_index(shards, split)
+    return _load_entries(shards, index if rows is None else [index[r] for r in rows], size, fit)
+
+
+def _load_entries(shards: str | Path, index: list, size: tuple[int, int], fit: str) -> Split:
     from PIL import Image
 
-    from featinv.data.shards import index_split, load_manifest, read_image, read_masks
-
-    # The stored images only: the cached augmented views (data.views) are FeatInv's training data.
-    index = index_split(shards, split, views=False)
-    if rows is not None:
-        index = [index[r] for r in rows]
-    manifest = load_manifest(shards)
+    from featinv.data.shards import load_manifest, read_image, read_masks
 
     def fitted(img, resample=Image.Resampling.BICUBIC):
         return fit_image(img, size, fit, resample)
 
     pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
     objects = None
-    if manifest.get("label_space") == "coco":
+    if has_objects(shards):
         objects = [[(c, torch.from_numpy(np.asarray(fitted(Image.fromarray(m.astype(np.uint8) * 255),
                                                             Image.Resampling.NEAREST)) > 127))
                     for m, c in zip(*a)] if a is not None else [] for a in read_masks(index)]
     return Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor([e.cls for e in index]),
-                 manifest.get("label_space", ""), objects)
+                 load_manifest(shards).get("label_space", ""), objects)
 
 
 def split_parts(shards: str | Path, split: str, size: tuple[int, int], fit: str, batch: int,
                 rows: Sequence[int] | None = None) -> Iterator[tuple[list[int], Split]]:
     """The split (or its ``rows``) as consecutive parts of at most ``batch`` images: (their rows,
-    :func:`load_split` of them), so an analysis holds one part at a time whatever the split's size."""
-    rows = list(range(split_size(shards, split))) if rows is None else list(rows)
+    :func:`load_split` of them), so an analysis holds one part at a time whatever the split's size.
+    The split is indexed once."""
+    index = split_index(shards, split)
+    rows = list(range(len(index))) if rows is None else list(rows)
     for start in range(0, len(rows), batch):
         part = rows[start:start + batch]
-        yield part, load_split(shards, split, size, fit, part)
+        yield part, _load_entries(shards, [index[r] for r in part], size, fit)
 
 
 def task_targets(split: Split, logits: torch.Tensor) -> tuple[torch.Tensor, str]:
