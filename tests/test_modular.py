@@ -335,51 +335,105 @@ def test_forward_model_loader_names_missing_weights(monkeypatch):
         load_forward(modular_params(backbone="vit_base_patch16_224.augreg_in1k", image_size=224, groups=[]))
 
 
-def test_vit_analyses_write_their_tables(demo_shards, tmp_path):
-    """Colour, token-noise and intermediate-layer analyses on a tiny random-weight ViT (the paper's
-    forward-model family) over the demo shards."""
+def test_vit_inverses_train_and_every_vit_analysis_runs(demo_shards, tmp_path):
+    """A tiny random-weight ViT (the paper's forward-model family) over the demo shards, trained
+    through train_inverses, then every analysis the ViT's rules run."""
     import csv
 
+    from featinv.modular.analysis import mse_by_stage
+    from featinv.modular.attention import attention_analysis
     from featinv.modular.colour import FILTERS, colour_analysis
+    from featinv.modular.finetune import finetune
     from featinv.modular.layers import intermediate_layers
     from featinv.modular.noise import token_noise
-    from featinv.modular.trained import Trained, _bundle, load_split, representations
-    from featinv.modular.training import train_modular
+    from featinv.modular.prediction import prediction_inverses
+    from featinv.modular.trained import load_trained, train_inverses
+
+    cfg = modular_params(backbone="vit_tiny_patch16_224", groups=[], image_size=32, hidden=16, depth=1, heads=3,
+                         steps=3, batch_size=8)
+    token = {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}
+    tune = {"stage": "enc", "lambdas": [0.0, 1.0], "steps": 2, "lr": 1e-5}
+    analyses = analyses_params(examples=2, token_noise=token, finetune=tune, attention={"steps": 3, "lr": 1e-3})
+    from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    cfg = modular_params(backbone="vit_tiny_patch16_224", groups=[], image_size=32, hidden=16, depth=1, heads=3)
-    token = {"stages": ["bb", "enc"], "fraction": 0.5, "low": 0.0, "high": 1.0, "seed": 0}
-    analyses = analyses_params(examples=2, token_noise=token)
-    from featinv.modular.forward import load_forward
+    weights = str(tmp_path / "vit.safetensors")  # random weights, given as params' backbones.weights would
+    save_file(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32).state_dict(), weights)
+    meta = train_inverses(cfg, demo_shards, tmp_path / "m", tmp_path / "loss.csv", weights, progress=False)
+    assert meta["stages"] == ["bb", "enc", "pred"] and meta["n_train"] == 36
+    assert meta["shapes"] == [[3, 32, 32], [5, 192], [5, 192], [1000]]  # class token + 4 patches; timm's 1000 classes
+    trained = load_trained(cfg, tmp_path / "m", weights)
+    assert trained.local_first is None  # a ViT's patch inverse is local already: no second one
+    out = tmp_path / "out"
 
-    fwd = load_forward(cfg, pretrained=False)
-    assert fwd.staged.names == ["bb", "enc", "pred"] and fwd.image_size == (32, 32)
-    bundle = _bundle(fwd, cfg)
-    train = load_split(demo_shards, "train", fwd.image_size)
-    assert train.pixels.shape == (36, 3, 32, 32) and train.objects is None and train.label_space == "demo-photo"
-    train_modular(bundle["modular"], representations(fwd, train.pixels), steps=3, batch_size=8, lr=1e-3)
-    trained = Trained(fwd, bundle["modular"].eval(), bundle["classic"].eval(),
-                      {"final_loss": {"modular": [0.0] * 3, "classic": [0.0] * 3}}, cfg)
-
-    colour = colour_analysis(trained, analyses, demo_shards, tmp_path)
+    mse = mse_by_stage(trained, analyses, demo_shards, out)["mse"]
+    assert [r[0] for r in mse] == ["bb", "enc", "pred"]
+    assert [r[1] for r in prediction_inverses(trained, analyses, demo_shards, out)["rows"]] == ["pred_FD", "pred_OH"]
+    colour = colour_analysis(trained, analyses, demo_shards, out)
     assert [r[0] for r in colour["pairwise_mse"]] == ["input", "bb", "enc", "pred"]
     assert [r[0] for r in colour["accuracy"]] == ["none", *FILTERS] and colour["accuracy"][0][1] == 1.0
     assert all(r[2] <= r[1] <= r[3] for r in colour["pairwise_mse"])
-    noise = token_noise(trained, analyses, demo_shards, tmp_path)
+    noise = token_noise(trained, analyses, demo_shards, out)
     backwards = analyses_params(examples=2, token_noise={**token, "stages": ["enc", "bb"]})
     with pytest.raises(ValueError, match=r"^modular_analyses\.token_noise\.stages: 'enc' must come before 'bb'"):
-        token_noise(trained, backwards, demo_shards, tmp_path)
+        token_noise(trained, backwards, demo_shards, out)
     assert [r[0] for r in noise["rows"]] == ["bb_man", "enc_man", "enc_man+"]
-    assert {r[3] for r in noise["rows"]} == {"modular"}  # a ViT's patch inverse is local already: no second one
+    assert {r[3] for r in noise["rows"]} == {"modular"}
     assert noise["rows"][0][4] == 2 * 16 * 16  # 2 of the 4 patches, 16x16 pixels each
     assert all(r[5] > 0 for r in noise["rows"])  # manipulation changes the reconstruction
-    layers = intermediate_layers(trained, analyses, demo_shards, tmp_path)
+    layers = intermediate_layers(trained, analyses, demo_shards, out)
     # enc's input (x_bb) and its 12 blocks' outputs have the shape of both bb and enc outputs
     assert {(r[1], r[3]) for r in layers["rows"]} == {(k, s) for k in range(13) for s in ("bb", "enc")}
-    with open(tmp_path / "colour_pairwise_mse.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 4
-    for png in ("colour.png", "colour_plot.png", "token_noise.png", "layers.png"):
-        assert (tmp_path / png).stat().st_size > 0
+
+    tuned = finetune(trained, analyses, demo_shards, out, progress=False)["rows"]
+    assert [(r[0], r[1]) for r in tuned[:2]] == [("fine-tuned", 0.0), ("fine-tuned", 1.0)]
+    assert [r[0] for r in tuned[2:]] == ["modular", "classic"]
+    assert tuned[2][2] == pytest.approx(mse[1][1], rel=1e-5)  # modular from enc: the MSE table's value
+    assert tuned[2][5] == 1.0 and all(r[8] == "accuracy vs original top-1" for r in tuned)
+    removed = attention_analysis(trained, analyses, demo_shards, out, progress=False)["rows"]
+    assert [r[0] for r in removed] == ["self-attention", "cross-attention only", "cross-attention only, fine-tuned"]
+    assert removed[0][1] == 1.0 and removed[2][5] == 3  # the unchanged model agrees with its own top-1
+    with pytest.raises(ValueError, match="removing self-attention is an analysis of ViTs"):
+        attention_analysis(load_trained(modular_params(steps=1, hidden=8), _cnn_inverses(demo_shards, tmp_path)),
+                           analyses, demo_shards, out, progress=False)
+    with open(out / "finetune.csv") as fh:
+        assert [r["variant"] for r in csv.DictReader(fh)] == ["fine-tuned", "fine-tuned", "modular", "classic"]
+    for png in ("reconstructions.png", "prediction.png", "colour.png", "colour_plot.png", "token_noise.png",
+                "layers.png", "finetune.png", "finetune_plot.png", "attention.png"):
+        assert (out / png).stat().st_size > 0
+
+
+def _cnn_inverses(shards, tmp_path):
+    """A model directory of the demo CNN's inverses after one step (for analyses it must refuse)."""
+    from featinv.modular.trained import train_inverses
+
+    train_inverses(modular_params(steps=1, hidden=8), shards, tmp_path / "cnn", tmp_path / "cnn.csv", progress=False)
+    return tmp_path / "cnn"
+
+
+def test_removing_self_attention_leaves_the_class_token_attending_to_every_token(tiny_vit):
+    """In every block an image token's attention sees itself only, the class token's every token;
+    a copy is modified, the model is not."""
+    from featinv.modular.attention import CrossAttentionOnly, cross_attention_only
+
+    removed = cross_attention_only(tiny_vit)
+    assert all(isinstance(b.attn, CrossAttentionOnly) for b in removed.blocks)
+    assert not any(isinstance(b.attn, CrossAttentionOnly) for b in tiny_vit.blocks)
+    torch.manual_seed(1)
+    tokens = torch.randn(2, 5, 192)
+    attn, full = removed.blocks[0].attn, tiny_vit.blocks[0].attn
+    with torch.no_grad():
+        out, reference = attn(tokens), full(tokens)
+        # the class token's row is ordinary attention; an image token's is its own value, projected
+        assert torch.allclose(out[:, 0], reference[:, 0], atol=1e-5)
+        assert not torch.allclose(out[:, 1:], reference[:, 1:], atol=1e-3)
+        value = full.qkv(tokens)[..., 2 * 192:]  # q, k, v of every token; v = heads x head_dim in order
+        assert torch.allclose(out[:, 1:], full.proj(value)[:, 1:], atol=1e-5)
+        # one image token changed: that token and the class token change, no other token
+        moved = tokens.clone()
+        moved[:, 2] += torch.randn(192)  # not a constant: the block's LayerNorm would remove it
+        changed = (removed.blocks[0](moved) - removed.blocks[0](tokens)).abs().amax(-1) > 1e-6
+    assert changed.tolist() == [[True, False, True, False, False]] * 2
 
 
 def test_coco_masks_limit_the_recolouring(tmp_path):

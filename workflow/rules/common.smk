@@ -55,7 +55,7 @@ def job_resources(rule, gpu=None):
 
 def check_resource_rules(names):
     """Per-rule entries in params `resources` must name rules of this workflow (under these params
-    or others: modular_finetune exists for classifiers, modular_detection for DETR)."""
+    or others: modular_detection exists for DETR, modular_attention for ViTs)."""
     for key in ("mem_mb", "runtime"):
         unknown = sorted(set(RESOURCES[key]) - {"default"} - set(names))
         if unknown:

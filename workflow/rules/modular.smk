@@ -3,19 +3,22 @@
 
 MODULAR_MODEL = f"data/models/{DATASET}/modular"
 MODULAR_INVERSES = f"{MODULAR_MODEL}/inverses.safetensors"
-# Fine-tuning (eq. 3) is implemented for classifiers, the detection-error analysis for DETR.
-MODULAR_CLASSIFIER = forward_family(config["modular"]["backbone"]) != "detr"
+# The detection-error analysis is DETR's, removing self-attention a ViT's; a classifier's colour
+# table gives accuracy, DETR's box AP.
+MODULAR_FAMILY = forward_family(config["modular"]["backbone"])
 MODULAR_ANALYSES = {  # rule / featinv verb -> outputs (the first is the rule's table)
     "modular_mse": ["mse_by_stage.csv", "params.csv", "reconstructions.png"],
     "modular_prediction": ["prediction_mse.csv", "prediction.png"],
-    "modular_colour": ["colour_pairwise_mse.csv", "colour_accuracy.csv", "colour.png", "colour_plot.png"],
+    "modular_colour": ["colour_pairwise_mse.csv", "colour_ap.csv" if MODULAR_FAMILY == "detr" else "colour_accuracy.csv",
+                       "colour.png", "colour_plot.png"],
     "modular_noise": ["token_noise.csv", "token_noise.png"],
     "modular_layers": ["layers_mse.csv", "layers.png"],
+    "modular_finetune": ["finetune.csv", "finetune.png", "finetune_plot.png"],
 }
-if MODULAR_CLASSIFIER:
-    MODULAR_ANALYSES["modular_finetune"] = ["finetune.csv", "finetune.png", "finetune_plot.png"]
-else:
+if MODULAR_FAMILY == "detr":
     MODULAR_ANALYSES["modular_detection"] = ["detection.csv", "detection.png"]
+if MODULAR_FAMILY == "vit":
+    MODULAR_ANALYSES["modular_attention"] = ["attention.csv", "attention.png"]
 
 
 def modular_targets():

@@ -10,9 +10,10 @@ converts every pixel of the image, as the paper does, to its luminance (ITU-R 60
 
 Analysis: for every val image the six filtered versions are compared pairwise (mean MSE over the 15
 pairs) at the input and after the modular reconstruction from every stage (Fig 7 left); and the
-model's accuracy on each recolouring, "none" included (Fig 7 right), against
-:func:`featinv.modular.trained.task_targets` of the unperturbed images. With categories, each value
-is the mean over categories of the mean over their images, its interval over categories.
+task score on each recolouring, "none" included (Fig 7 right): a classifier's accuracy against
+:func:`featinv.modular.trained.task_targets` of the unperturbed images (with categories, each value
+is the mean over categories of the mean over their images, its interval over categories); DETR's
+COCO box AP with each filter on the whole image (the paper's Fig 7 right).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.modular.analysis import ci_row, save_grid
+from featinv.modular.boxes import box_ap, detections, ground_truth
 from featinv.modular.inverses import chain
 from featinv.modular.trained import Trained, has_objects, representations, split_index, split_parts, task_targets
 
@@ -57,9 +59,9 @@ def recolour(pixels: torch.Tensor, name: str, mask: torch.Tensor | None = None) 
 
 
 def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """``colour_pairwise_mse.csv``, ``colour_accuracy.csv``, ``colour.png`` (examples) and
-    ``colour_plot.png`` (Fig 7) under ``out_dir``. Each recolouring set streams in parts of
-    ``modular_analyses.batch_size`` images."""
+    """``colour_pairwise_mse.csv``, ``colour_accuracy.csv`` (classifiers) or ``colour_ap.csv``
+    (DETR), ``colour.png`` (examples) and ``colour_plot.png`` (Fig 7) under ``out_dir``. Each
+    recolouring set streams in parts of ``modular_analyses.batch_size`` images."""
     fwd = trained.forward
     levels = ["input", *fwd.staged.names]
     target = "none (not a classifier)"
@@ -83,14 +85,35 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "colour_pairwise_mse.csv",
                       csv_text(["level", "pairwise_mse", "ci95_low", "ci95_high"], pair_rows, ".6g"))
-    acc_rows = [[f, *_over_sets([r["accuracy"][f] for r in results]), target, sets[0][0] is not None]
-                for f in results[0]["accuracy"]]
-    atomic_write_text(out_dir / "colour_accuracy.csv",
-                      csv_text(["filter", "accuracy", "ci95_low", "ci95_high", "target", "object_masks"], acc_rows, ".6g"))
+    if fwd.staged.kind == "detr":
+        task_rows = ap_under_recolouring(trained, shards, analyses.batch_size)
+        atomic_write_text(out_dir / "colour_ap.csv", csv_text(["filter", "ap", "ap50", "ap75"], task_rows, ".6g"))
+        target = "COCO box AP, whole image recoloured"
+    else:
+        task_rows = [[f, *_over_sets([r["accuracy"][f] for r in results]), target, sets[0][0] is not None]
+                     for f in results[0]["accuracy"]]
+        atomic_write_text(out_dir / "colour_accuracy.csv",
+                          csv_text(["filter", "accuracy", "ci95_low", "ci95_high", "target", "object_masks"],
+                                   task_rows, ".6g"))
+        target = f"accuracy vs {target}"
     # one example: rows = filters, columns = input and each stage's reconstruction
     save_grid([[example[f][k] for k in range(len(levels))] for f in ("none", *FILTERS)], out_dir / "colour.png")
-    _plot(levels, pair_rows, acc_rows, target, out_dir / "colour_plot.png")
-    return {"pairwise_mse": pair_rows, "accuracy": acc_rows}
+    _plot(levels, pair_rows, task_rows, target, out_dir / "colour_plot.png")
+    return {"pairwise_mse": pair_rows, "ap" if fwd.staged.kind == "detr" else "accuracy": task_rows}
+
+
+@torch.no_grad()
+def ap_under_recolouring(trained: Trained, shards: str | Path, batch: int) -> list[list]:
+    """[filter, AP, AP50, AP75] of DETR on the val split with each filter ("none" too) applied to
+    every pixel of the image, scored against the split's COCO boxes."""
+    fwd = trained.forward
+    found: dict[str, list] = {f: [] for f in ("none", *FILTERS)}
+    for _, part in split_parts(shards, "val", fwd.image_size, fwd.fit, batch):
+        truth = [ground_truth(objs) for objs in part.objects]
+        for f, images in found.items():
+            x_pred = fwd.staged.run(fwd.normalise(recolour(part.pixels, f)))
+            images += [(t, detections(x, fwd.image_size, 0.0)) for t, x in zip(truth, x_pred)]
+    return [[f, *(box_ap(images)[k] for k in ("AP", "AP50", "AP75"))] for f, images in found.items()]
 
 
 def recolouring_sets(shards: str | Path, block: int = 256) -> list[tuple[int | None, list[int]]]:
@@ -138,7 +161,7 @@ def _over_sets(values: list[np.ndarray]) -> list[float]:
     return ci_row(np.array([v.mean() for v in values]))
 
 
-def _plot(levels, pair_rows, acc_rows, target, path: Path) -> None:
+def _plot(levels, pair_rows, task_rows, target, path: Path) -> None:
     from featinv.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -151,12 +174,13 @@ def _plot(levels, pair_rows, acc_rows, target, path: Path) -> None:
     left.set_xticks(x, levels, rotation=30)
     left.set_ylabel("avg pairwise MSE")
     left.set_title("recoloured versions: input vs reconstructions")
-    if acc_rows:
-        right.bar([r[0] for r in acc_rows], [r[1] for r in acc_rows],
-                  yerr=[[r[1] - r[2] for r in acc_rows], [r[3] - r[1] for r in acc_rows]])
+    if task_rows:
+        with_ci = len(task_rows[0]) > 4  # accuracy rows carry an interval, AP rows AP50 and AP75
+        right.bar([r[0] for r in task_rows], [r[1] for r in task_rows],
+                  yerr=[[r[1] - r[2] for r in task_rows], [r[3] - r[1] for r in task_rows]] if with_ci else None)
         right.set_ylim(0, 1)
         right.tick_params(axis="x", rotation=30)
-    right.set_ylabel(f"accuracy (vs {target})")
-    right.set_title("accuracy under recolouring")
+    right.set_ylabel(target)
+    right.set_title("task score under recolouring")
     fig.tight_layout()
     save_figure(fig, path)

@@ -18,54 +18,9 @@ import torch
 from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, save_grid, val_parts
+from featinv.modular.boxes import detections, ground_truth, match
 from featinv.modular.inverses import chain
 from featinv.modular.trained import Trained, load_split, representations
-
-
-def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) pixel box (exclusive ends) of a (H, W) bool mask; None if empty."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
-def iou(a, b) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def detections(x_pred: torch.Tensor, size: tuple[int, int], threshold: float) -> list[tuple[int, float, tuple]]:
-    """One image's DETR output (Q, C+1+4: logits with no-object last, boxes cx, cy, w, h in [0, 1])
-    as (label, score, (x0, y0, x1, y1) in pixels) for the queries scoring at least ``threshold``,
-    best first (as transformers' ``post_process_object_detection``)."""
-    probs = x_pred[:, :-4].softmax(-1)[:, :-1]
-    scores, labels = probs.max(-1)
-    h, w = size
-    out = []
-    for q in torch.nonzero(scores >= threshold).flatten().tolist():
-        cx, cy, bw, bh = x_pred[q, -4:].tolist()
-        out.append((int(labels[q]), float(scores[q]), ((cx - bw / 2) * w, (cy - bh / 2) * h,
-                                                        (cx + bw / 2) * w, (cy + bh / 2) * h)))
-    return sorted(out, key=lambda d: -d[1])
-
-
-def match(objects: list[tuple[int, tuple]], found: list[tuple[int, float, tuple]], min_iou: float) -> list[bool]:
-    """For each (category, box) object: matched by a detection of its category with IoU >= min_iou,
-    each detection (best first) matching at most one object, the one it overlaps most."""
-    detected = [False] * len(objects)
-    for label, _, box in found:
-        best, best_iou = None, min_iou
-        for k, (category, obj_box) in enumerate(objects):
-            if not detected[k] and category == label and (overlap := iou(box, obj_box)) >= best_iou:
-                best, best_iou = k, overlap
-        if best is not None:
-            detected[best] = True
-    return detected
 
 
 def detection_errors(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
@@ -86,7 +41,7 @@ def detection_errors(trained: Trained, analyses: ModularAnalyses, shards: str | 
                                  "the val split has none")
             recon = [fwd.pixels(chain(trained.modular, reps[j], j)) for j in range(1, n + 1)]
             for i, (row, objs) in enumerate(zip(part_rows, part.objects)):
-                boxed = [(c, b) for c, m in objs if (b := mask_box(m)) is not None]
+                boxed = [(c, b) for c, b, _ in ground_truth(objs)]
                 found = detections(reps[n][i], fwd.image_size, cfg.threshold)
                 matched = match(boxed, found, cfg.iou)
                 for (_, b), hit in zip(boxed, matched):

@@ -89,21 +89,36 @@ def load_split(shards: str | Path, split: str, size: tuple[int, int], fit: str =
 
 
 def _load_entries(shards: str | Path, index: list, size: tuple[int, int], fit: str) -> Split:
-    from PIL import Image
+    from featinv.data.shards import load_manifest, read_image
 
-    from featinv.data.shards import load_manifest, read_image, read_masks
-
-    def fitted(img, resample=Image.Resampling.BICUBIC):
-        return fit_image(img, size, fit, resample)
-
-    pixels = np.stack([np.asarray(fitted(read_image(e))) for e in index]).astype(np.float32) / 255.0
-    objects = None
-    if has_objects(shards):
-        objects = [[(c, torch.from_numpy(np.asarray(fitted(Image.fromarray(m.astype(np.uint8) * 255),
-                                                            Image.Resampling.NEAREST)) > 127))
-                    for m, c in zip(*a)] if a is not None else [] for a in read_masks(index)]
+    pixels = np.stack([np.asarray(fit_image(read_image(e), size, fit)) for e in index]).astype(np.float32) / 255.0
+    objects = _fitted_objects(index, size, fit) if has_objects(shards) else None
     return Split(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), torch.tensor([e.cls for e in index]),
                  load_manifest(shards).get("label_space", ""), objects)
+
+
+def _fitted_objects(index: list, size: tuple[int, int], fit: str) -> list[list[tuple[int, torch.Tensor]]]:
+    """The entries' (category, mask) objects, masks at ``size`` with the images' geometry."""
+    from PIL import Image
+
+    from featinv.data.shards import read_masks
+
+    def fitted(mask):
+        return torch.from_numpy(np.asarray(fit_image(Image.fromarray(mask.astype(np.uint8) * 255), size, fit,
+                                                     Image.Resampling.NEAREST)) > 127)
+
+    return [[(c, fitted(m)) for m, c in zip(*a)] if a is not None else [] for a in read_masks(index)]
+
+
+def split_objects(shards: str | Path, split: str, size: tuple[int, int], fit: str,
+                  block: int = 256) -> Iterator[list[tuple[int, torch.Tensor]]]:
+    """Each image's objects (as :attr:`Split.objects`), read block by block from the annotations
+    alone (no image is decoded)."""
+    if not has_objects(shards):
+        raise ValueError(f"the {split} split of {shards} has no object annotations (COCO shards)")
+    index = split_index(shards, split)
+    for start in range(0, len(index), block):
+        yield from _fitted_objects(index[start:start + block], size, fit)
 
 
 def split_parts(shards: str | Path, split: str, size: tuple[int, int], fit: str, batch: int,

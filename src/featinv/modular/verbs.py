@@ -44,7 +44,7 @@ def modular_mse(args, cfg) -> None:
     _analysis(args, cfg, mse_by_stage)
 
 
-@verb("colour perturbations: pairwise MSE of recoloured versions by stage, accuracy per filter",
+@verb("colour perturbations: pairwise MSE of recoloured versions by stage, task score per filter",
       sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
 def modular_colour(args, cfg) -> None:
     from featinv.modular.colour import colour_analysis
@@ -88,3 +88,11 @@ def modular_finetune(args, cfg) -> None:
     from featinv.modular.finetune import finetune
 
     _analysis(args, cfg, finetune)
+
+
+@verb("ViT without self-attention among image tokens: accuracy as it is and fine-tuned",
+      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
+def modular_attention(args, cfg) -> None:
+    from featinv.modular.attention import attention_analysis
+
+    _analysis(args, cfg, attention_analysis)
