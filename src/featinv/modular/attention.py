@@ -95,8 +95,8 @@ def _plot(rows, target: str, path: Path) -> None:
     from featinv.plots import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    ax.bar([r[0].replace(", ", ",\n") for r in rows], [r[1] for r in rows],
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.bar([r[0].replace(" only", "\nonly") for r in rows], [r[1] for r in rows],
            yerr=[[r[1] - r[2] for r in rows], [r[3] - r[1] for r in rows]], capsize=3)
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"top-1 accuracy (vs {target})")
