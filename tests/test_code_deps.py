@@ -63,12 +63,12 @@ def test_jobs_that_no_single_matrix_describes_are_split_by_a_wildcard():
 
 def test_the_detr_overlay_has_detection_errors_and_no_attention_removal():
     out = subprocess.run([sys.executable, "-c", "import sys; from featinv.dvcyaml import dvc_yaml; "
-                          "sys.stdout.write(dvc_yaml('.', ('config/paper-detr.yaml',)))"],
+                          "sys.stdout.write(dvc_yaml('.', ('config/paper-coco.yaml', 'config/paper-detr.yaml')))"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     doc = yaml.safe_load(out)["stages"]
     assert "modular_attention" not in doc and {"train_modular", "modular_mse", "modular_layers", "modular_detection",
                                                "modular_prediction", "modular_finetune"} <= set(doc)
-    assert "results/modular/coco/colour_ap.csv" in doc["modular_colour"]["outs"]
+    assert "results/modular/coco/detr-facebook-detr-resnet-50/colour_ap.csv" in doc["modular_colour"]["outs"]
 
 
 def test_a_verb_depends_on_what_it_imports_and_not_on_other_verbs_code():

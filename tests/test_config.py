@@ -41,9 +41,14 @@ def test_shipped_params_and_paper_overlay_validate():
         "swinv2_base_window12to24_192to384.ms_in22k_ft_in1k",
     ]
     assert paper["data"]["per_class"]["val"] == 10
-    detr = config.load(REPO / "params.yaml", REPO / "config" / "paper.yaml", REPO / "config" / "paper-detr.yaml")
+    vit_coco = config.load(REPO / "params.yaml", REPO / "config" / "paper.yaml", REPO / "config" / "paper-coco.yaml")
+    config.validate(vit_coco)
+    assert vit_coco["data"]["source"] == "coco" and vit_coco["modular"]["backbone"] == paper["modular"]["backbone"]
+    detr = config.load(REPO / "params.yaml", *(REPO / "config" / f for f in ("paper.yaml", "paper-coco.yaml",
+                                                                           "paper-detr.yaml")))
     config.validate(detr)
     assert detr["modular"]["backbone"] == "detr:facebook/detr-resnet-50" and detr["modular"]["image_size"] == [480, 640]
+    assert detr["data"] == vit_coco["data"]
     # Mappings merge: keys the overlay does not name keep the params.yaml value.
     assert paper["data"]["demo"] == cfg["data"]["demo"]
 

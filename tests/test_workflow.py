@@ -131,13 +131,23 @@ def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(proje
 
 
 def test_the_paper_overlays_plan_every_modular_analysis(project):
-    """ViT (config/paper.yaml) and DETR (+ config/paper-detr.yaml, whose resources still name the
-    ViT's modular_attention): every analysis rule of the forward model's family is planned."""
+    """ViT on ImageNet (config/paper.yaml) and on COCO (+ config/paper-coco.yaml), DETR (+
+    config/paper-detr.yaml, whose resources still name the ViT's modular_attention): every analysis
+    rule of the forward model's family is planned; ViT and DETR share COCO's shards, not their
+    inverses or results."""
     common = {"train-modular", "modular-mse", "modular-prediction", "modular-colour", "modular-noise", "modular-layers",
               "modular-finetune"}
-    assert set(planned_processes(project, "modular", "config/paper.yaml")) == {"build-shards", "modular-attention", *common}
-    assert set(planned_processes(project, "modular", "config/paper.yaml", "config/paper-detr.yaml")) == {
-        "build-shards", "modular-detection", *common}
+    vit, coco, detr = ("config/paper.yaml",), ("config/paper.yaml", "config/paper-coco.yaml"), (
+        "config/paper.yaml", "config/paper-coco.yaml", "config/paper-detr.yaml")
+    assert set(planned_processes(project, "modular", *vit)) == {"build-shards", "modular-attention", *common}
+    assert set(planned_processes(project, "modular", *coco)) == {"build-shards", "modular-attention", *common}
+    assert set(planned_processes(project, "modular", *detr)) == {"build-shards", "modular-detection", *common}
+    plans = {name: run([sys.executable, "-m", "snakemake", "modular", "-n", "-p", "-F", "--configfile", *overlays],
+                       project) for name, overlays in (("vit", coco), ("detr", detr))}
+    for name, run_dir in (("vit", "vit_base_patch16_224.augreg_in1k"), ("detr", "detr-facebook-detr-resnet-50")):
+        assert f"--model-dir data/models/coco/modular/{run_dir} " in plans[name]
+        assert f"--out-dir results/modular/coco/{run_dir} " in plans[name]
+        assert "--shards data/shards/coco " in plans[name]
 
 
 def test_resources_of_an_unknown_rule_are_a_clear_error(project):
@@ -169,9 +179,9 @@ def check_all_outputs(project):
     """The figures and modular analyses of `all`, beyond the tables."""
     assert (project / "results/base/demo/samples.png").exists()
     assert (project / "results/figures/demo/training-loss.png").exists()
-    mse = (project / "results/modular/demo/mse_by_stage.csv").read_text().splitlines()
+    mse = (project / "results/modular/demo/tf_efficientnet_lite0/mse_by_stage.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in mse[1:]] == ["stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
-    params_rows = [line.split(",") for line in (project / "results/modular/demo/params.csv").read_text().splitlines()]
+    params_rows = [line.split(",") for line in (project / "results/modular/demo/tf_efficientnet_lite0/params.csv").read_text().splitlines()]
     total = [r for r in params_rows if r[0] == "total"][0]
     assert int(total[3]) == sum(int(r[2]) for r in params_rows[1:7])  # classic = sum of the modular paths
     figures = project / "results/figures/demo"
@@ -185,7 +195,7 @@ def check_all_outputs(project):
     assert sum(int(r[2]) for r in concepts) == 1280  # the subspaces and their complement span the channels
     assert len((figures / "qualitative.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 maps x 2 models
     assert len((figures / "variability.csv").read_text().splitlines()) == 1 + 2 * 2  # 2 maps x 2 seeds
-    modular = project / "results/modular/demo"
+    modular = project / "results/modular/demo/tf_efficientnet_lite0"
     colour = [line.split(",")[0] for line in (modular / "colour_pairwise_mse.csv").read_text().splitlines()[1:]]
     assert colour == ["input", "stem", "blocks1", "blocks2", "blocks3", "head", "pred"]
     assert len((modular / "colour_accuracy.csv").read_text().splitlines()) == 1 + 7

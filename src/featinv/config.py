@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 import types
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -236,6 +237,14 @@ def forward_family(backbone: str) -> str:
     if backbone.startswith("detr:"):
         return "detr"
     return "vit" if "vit" in backbone.split(".")[0] else "cnn"
+
+
+def modular_run_name(backbone: str) -> str:
+    """The directory name of modular inversion's inverses and results for the forward model
+    ``modular.backbone`` (one dataset's shards serve several forward models: COCO, ViT and DETR):
+    the name with every run of characters other than letters, digits, ``.``, ``_`` and ``-`` as ``-``
+    (``detr:facebook/detr-resnet-50`` -> ``detr-facebook-detr-resnet-50``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", backbone).strip("-")
 
 
 def modular_stage_names(backbone: str, groups: Sequence[Sequence[int]] = ()) -> list[str]:

@@ -9,7 +9,7 @@ import os
 import shlex
 
 from featinv.cli import VERBS
-from featinv.config import forward_family, validate
+from featinv.config import forward_family, modular_run_name, validate
 
 # Stop before any job when params (with any --configfile overlay) break the schema.
 validate(config, schema_path=workflow.source_path("../schemas/params.schema.yaml"), source="config")
@@ -75,7 +75,9 @@ METRICS = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}.json"
 PER_IMAGE = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}-per-image.csv"
 TUNING = f"results/tuning/{DATASET}/{{backbone}}-{{variant}}.csv"
 TABLE1 = "results/table1.csv"
-MODULAR = f"results/modular/{DATASET}"
+# modular inversion: one directory per forward model (COCO serves ViT and DETR)
+MODULAR_RUN = modular_run_name(config["modular"]["backbone"])
+MODULAR = f"results/modular/{DATASET}/{MODULAR_RUN}"
 
 VARIANTS = config["controlnet"]["variants"]
 SAMPLING_SPLIT = config["sampling"]["split"]

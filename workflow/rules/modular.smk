@@ -1,7 +1,7 @@
 # Modular feature inversion (second paper): per-stage inverses vs classic full-path inverses, trained
 # once (train_modular), then one rule per analysis, each writing a table and a figure.
 
-MODULAR_MODEL = f"data/models/{DATASET}/modular"
+MODULAR_MODEL = f"data/models/{DATASET}/modular/{MODULAR_RUN}"
 MODULAR_INVERSES = f"{MODULAR_MODEL}/inverses.safetensors"
 # The detection-error analysis is DETR's, removing self-attention a ViT's; a classifier's colour
 # table gives accuracy, DETR's box AP.
@@ -45,9 +45,9 @@ rule train_modular:
         backbone=config["modular"]["backbone"],
         cfg=verb_config("train_modular"),
     log:
-        f"results/logs/train_modular/{DATASET}.log",
+        f"results/logs/train_modular/{DATASET}/{MODULAR_RUN}.log",
     benchmark:
-        f"results/benchmarks/train_modular/{DATASET}.tsv"
+        f"results/benchmarks/train_modular/{DATASET}/{MODULAR_RUN}.tsv"
     threads: 2
     resources:
         **job_resources("train_modular", gpu="one"),
@@ -78,9 +78,9 @@ for _name, _outputs in MODULAR_ANALYSES.items():
             backbone=config["modular"]["backbone"],
             cfg=verb_config(_name),
         log:
-            f"results/logs/{_name}/{DATASET}.log",
+            f"results/logs/{_name}/{DATASET}/{MODULAR_RUN}.log",
         benchmark:
-            f"results/benchmarks/{_name}/{DATASET}.tsv"
+            f"results/benchmarks/{_name}/{DATASET}/{MODULAR_RUN}.tsv"
         threads: 2
         resources:
             **job_resources(_name, gpu="one"),

@@ -76,17 +76,21 @@ def finetune_one(trained: Trained, lam: float, j: int, train_x: torch.Tensor, ob
     return staged, path.eval(), losses
 
 
-def train_pairs(trained: Trained, shards: str | Path, block: int = 256):
-    """The train split's normalised images x_0 (rows of train_modular's representation store, read
-    per batch when they do not fit in memory) and their classification targets (labels for
-    ImageNet-1k classes, else the model's own top-1, from the store's x_n block by block), and the
-    targets' name."""
-    from featinv.data.shards import load_manifest
-
+def train_representations(trained: Trained) -> list:
+    """The train split's [x_0 (normalised images), ..., x_n]: rows of train_modular's representation
+    store, read per batch when they do not fit in memory."""
     if trained.model_dir is None:
         raise ValueError("fine-tuning reads the train split's representations beside the inverses: load them "
                          "with load_trained")
-    reps = stage_rows(trained.model_dir / REPRESENTATIONS)
+    return stage_rows(trained.model_dir / REPRESENTATIONS)
+
+
+def train_pairs(trained: Trained, shards: str | Path, block: int = 256):
+    """The train split's x_0 and their classification targets (labels for ImageNet-1k classes,
+    else the model's own top-1, from the store's x_n block by block), and the targets' name."""
+    from featinv.data.shards import load_manifest
+
+    reps = train_representations(trained)
     x_pred = reps[-1]
     if load_manifest(shards).get("label_space") == "imagenet-1k" and x_pred.shape[-1] == 1000:
         return reps[0], torch.tensor([e.cls for e in split_index(shards, "train")]), "label"
@@ -101,8 +105,10 @@ def objective(trained: Trained, shards: str | Path) -> tuple[torch.Tensor, Objec
         model = fwd.staged.model
         labels = [detr_targets(ground_truth(objs), fwd.image_size, model.config.num_labels)
                   for objs in split_objects(shards, "train", fwd.image_size, fwd.fit)]
-        train_x, _, _ = train_pairs(trained, shards)
-        return train_x, lambda x_pred, idx: detr_loss(model, x_pred, [labels[i] for i in idx.tolist()]), "box AP"
+        def detection_loss(x_pred: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return detr_loss(model, x_pred, [labels[i] for i in idx.tolist()])
+
+        return train_representations(trained)[0], detection_loss, "box AP"
     if not fwd.classifier:
         raise ValueError(f"fine-tuning (eq. 3) needs the objective of {fwd.name}: implemented for classifiers and DETR")
     train_x, train_y, target = train_pairs(trained, shards)
