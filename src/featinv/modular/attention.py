@@ -81,7 +81,8 @@ def attention_analysis(trained: Trained, analyses: ModularAnalyses, shards: str 
         for _, part, reps in val_parts(trained, shards, analyses.batch_size):
             val_y, _ = task_targets(part, reps[-1])  # the unchanged model's targets
             for k, (_, model, _, _) in enumerate(variants):
-                hits[k].append((model(reps[0]).argmax(-1) == val_y).float().numpy())
+                logits = reps[-1] if model is original else model(reps[0])  # x_pred is the original's
+                hits[k].append((logits.argmax(-1) == val_y).float().numpy())
     rows = [[name, *ci_row(np.concatenate(h)), target, steps, loss]
             for (name, _, steps, loss), h in zip(variants, hits)]
     out_dir = Path(out_dir)

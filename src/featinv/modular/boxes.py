@@ -14,6 +14,7 @@ import io
 
 import torch
 
+
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1) pixel box (exclusive ends) of a (H, W) bool mask; None if empty."""
     ys, xs = torch.nonzero(mask, as_tuple=True)
@@ -63,6 +64,13 @@ def match(objects: list[tuple[int, tuple]], found: list[tuple[int, float, tuple]
 def ground_truth(objects: list[tuple[int, torch.Tensor]]) -> list[tuple[int, tuple[int, int, int, int], int]]:
     """One image's (category, mask) objects as (category, mask box, mask area); empty masks dropped."""
     return [(c, b, int(m.sum())) for c, m in objects if (b := mask_box(m)) is not None]
+
+
+def scored_detections(objects: list[list[tuple[int, torch.Tensor]]], x_pred: torch.Tensor,
+                      size: tuple[int, int]) -> list[tuple[list, list]]:
+    """Per image, (:func:`ground_truth` of its (category, mask) objects, :func:`detections` of its
+    x_pred with every query's best class): what :func:`box_ap` scores, as COCO's DETR evaluation does."""
+    return [(ground_truth(objs), detections(x, size, 0.0)) for objs, x in zip(objects, x_pred)]
 
 
 def detr_targets(objects: list[tuple[int, tuple, int]], size: tuple[int, int], num_labels: int) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.pairwise import pairwise_mse
 from featinv.modular.analysis import ci_row, save_grid
-from featinv.modular.boxes import box_ap, detections, ground_truth
+from featinv.modular.boxes import box_ap, scored_detections
 from featinv.modular.inverses import chain
 from featinv.modular.trained import Trained, has_objects, representations, split_index, split_parts, task_targets
 
@@ -98,7 +98,7 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
         target = f"accuracy vs {target}"
     # one example: rows = filters, columns = input and each stage's reconstruction
     save_grid([[example[f][k] for k in range(len(levels))] for f in ("none", *FILTERS)], out_dir / "colour.png")
-    _plot(levels, pair_rows, task_rows, target, out_dir / "colour_plot.png")
+    _plot(levels, pair_rows, task_rows, target, fwd.staged.kind != "detr", out_dir / "colour_plot.png")
     return {"pairwise_mse": pair_rows, "ap" if fwd.staged.kind == "detr" else "accuracy": task_rows}
 
 
@@ -109,10 +109,9 @@ def ap_under_recolouring(trained: Trained, shards: str | Path, batch: int) -> li
     fwd = trained.forward
     found: dict[str, list] = {f: [] for f in ("none", *FILTERS)}
     for _, part in split_parts(shards, "val", fwd.image_size, fwd.fit, batch):
-        truth = [ground_truth(objs) for objs in part.objects]
         for f, images in found.items():
             x_pred = fwd.staged.run(fwd.normalise(recolour(part.pixels, f)))
-            images += [(t, detections(x, fwd.image_size, 0.0)) for t, x in zip(truth, x_pred)]
+            images += scored_detections(part.objects, x_pred, fwd.image_size)
     return [[f, *(box_ap(images)[k] for k in ("AP", "AP50", "AP75"))] for f, images in found.items()]
 
 
@@ -161,7 +160,9 @@ def _over_sets(values: list[np.ndarray]) -> list[float]:
     return ci_row(np.array([v.mean() for v in values]))
 
 
-def _plot(levels, pair_rows, task_rows, target, path: Path) -> None:
+def _plot(levels, pair_rows, task_rows, target, intervals: bool, path: Path) -> None:
+    """Fig 7: pairwise MSE by level (left), the task score per filter (right; ``intervals``: the
+    rows' columns 2-3 are its 95% interval)."""
     from featinv.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -175,9 +176,8 @@ def _plot(levels, pair_rows, task_rows, target, path: Path) -> None:
     left.set_ylabel("avg pairwise MSE")
     left.set_title("recoloured versions: input vs reconstructions")
     if task_rows:
-        with_ci = len(task_rows[0]) > 4  # accuracy rows carry an interval, AP rows AP50 and AP75
         right.bar([r[0] for r in task_rows], [r[1] for r in task_rows],
-                  yerr=[[r[1] - r[2] for r in task_rows], [r[3] - r[1] for r in task_rows]] if with_ci else None)
+                  yerr=[[r[1] - r[2] for r in task_rows], [r[3] - r[1] for r in task_rows]] if intervals else None)
         right.set_ylim(0, 1)
         right.tick_params(axis="x", rotation=30)
     right.set_ylabel(target)

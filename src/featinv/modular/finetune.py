@@ -21,8 +21,8 @@ next to the modular and classic inverses of the unchanged model.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from torch import nn
 from featinv.config import ModularAnalyses, ModularAnalysesFinetune
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
-from featinv.modular.boxes import box_ap, detections, detr_loss, detr_targets, ground_truth
+from featinv.modular.boxes import box_ap, detr_loss, detr_targets, ground_truth, scored_detections
 from featinv.modular.inverses import build_inverses, chain
 from featinv.modular.representations import stage_rows
 from featinv.modular.trained import REPRESENTATIONS, Trained, split_index, split_objects, task_targets
@@ -105,6 +105,7 @@ def objective(trained: Trained, shards: str | Path) -> tuple[torch.Tensor, Objec
         model = fwd.staged.model
         labels = [detr_targets(ground_truth(objs), fwd.image_size, model.config.num_labels)
                   for objs in split_objects(shards, "train", fwd.image_size, fwd.fit)]
+
         def detection_loss(x_pred: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return detr_loss(model, x_pred, [labels[i] for i in idx.tolist()])
 
@@ -124,8 +125,7 @@ class _Score:
 
     def add(self, part, reps: list[torch.Tensor], x_pred: torch.Tensor) -> None:
         if self.forward.staged.kind == "detr":
-            self.values += [(ground_truth(objs), detections(x, self.forward.image_size, 0.0))
-                            for objs, x in zip(part.objects, x_pred)]
+            self.values += scored_detections(part.objects, x_pred, self.forward.image_size)
         else:
             val_y, _ = task_targets(part, reps[-1])
             self.values.append((x_pred.argmax(-1) == val_y).float().numpy())
