@@ -1,9 +1,10 @@
 # Shared helpers: params validation, wildcard constraints and the paths every rule refers to.
 #
-# Every rule input is ancient(): a job reruns when its output is missing, its params, shell command
-# or set of inputs changed, or an upstream job reruns, never on modification times alone. DVC
-# versions the contents, and `dvc checkout` / `dvc pull` restore outputs with fresh mtimes in
-# arbitrary order; with mtimes, Snakemake would then rerun everything.
+# Every rule input is ancient(): a job reruns when its output is missing or its own params, shell
+# command or set of inputs changed, never on modification times alone. DVC versions the contents,
+# and `dvc checkout` / `dvc pull` restore outputs with fresh mtimes in arbitrary order; with mtimes,
+# Snakemake would then rerun everything. The price: a job does not rerun because an upstream job
+# reruns (snakemake#668, #4166), so params changes propagate through `dvc repro`, not `snakemake`.
 import json
 import os
 import shlex
