@@ -17,6 +17,10 @@ include: "workflow/rules/applications.smk"
 include: "workflow/rules/modular.smk"
 
 
+onsuccess:
+    record_in_dvc()
+
+
 check_resource_rules({r.name for r in workflow.rules} | set(VERBS))  # a verb's rule may exist under other params only
 
 

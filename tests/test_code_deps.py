@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from featinv.cli import VERBS
-from featinv.codedeps import rule_code, rule_verbs, verb_modules
-from featinv.dvcyaml import Job, stages
+from featinv.codedeps import rule_code, rule_code_hash, verb_modules
+from featinv.dvcyaml import Job, job_command, snakemake_jobs, stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,8 +84,16 @@ def test_a_verb_depends_on_what_it_imports_and_not_on_other_verbs_code():
     assert "featinv.modular.finetune" not in colour  # a sibling verb's import, in the same verbs module
 
 
-def test_every_rule_runs_the_verb_of_its_own_name():
-    ran = rule_verbs(REPO)
-    assert ran == {rule: {VERBS[rule].command} for rule in ran}
+def test_every_rule_runs_the_verb_of_its_own_name_and_stamps_its_own_provenance():
+    """Read from Snakemake's own DAG (every job of `all`, forced): each job's command runs the verb
+    of its rule's name, and its stamp names that rule, its verb's params sections and code, and
+    exactly the job's files."""
+    jobs = snakemake_jobs(REPO)
     assert {"build_shards", "extract_features", "train_controlnet", "sample", "evaluate", "tables", "train_modular",
-            "modular_noise", "concepts_figure", "qualitative_figure"} <= set(ran)
+            "modular_noise", "concepts_figure", "qualitative_figure", "plot_losses"} <= {j.rule for j in jobs}
+    for job in jobs:
+        args = job_command(job)
+        verb, stamp = args.verb, args.stamp
+        assert verb == VERBS[job.rule].command, job.rule
+        assert stamp["rule"] == job.rule and stamp["code"] == rule_code_hash(job.rule)
+        assert stamp["inputs"] == list(job.inputs) and set(stamp["outputs"]) == set(job.outputs + job.metrics)

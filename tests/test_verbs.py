@@ -2,8 +2,6 @@
 all come from the stage packages' declarations (featinv.verbs)."""
 
 import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 import yaml
 
 from featinv.cli import VERBS, build_parser, main
+from featinv.dvcyaml import job_command, snakemake_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,19 +48,16 @@ def test_a_verb_gets_its_sections_validated_and_a_missing_one_is_named(capsys):
 
 
 def test_each_rule_passes_exactly_its_verbs_sections_from_params():
-    plan = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1", "all"],
-                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    """Every job of `all` (Snakemake's own DAG, forced), its command read by featinv's parser."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     seen = set()
-    for line in plan.splitlines():
-        if "Shell command: featinv" not in line or "--config" not in line:
+    for job in snakemake_jobs(REPO):
+        args = job_command(job)
+        verb = VERBS[job.rule]
+        if not verb.sections:
             continue
-        words = shlex.split(line.split("Shell command: ", 1)[1].split(" > ")[0])
-        command = next(w for w in words[1:] if not w.startswith("-") and not w.isdigit())
-        verb = next(v for v in VERBS.values() if v.command == command)
-        sections = json.loads(words[words.index("--config") + 1])
-        assert list(sections) == sorted(verb.sections), command
-        assert all(sections[name] == params[name] for name in verb.sections), command
+        assert list(args.config) == sorted(verb.sections), job.rule
+        assert all(args.config[name] == params[name] for name in verb.sections), job.rule
         seen.add(verb.name)
     assert {"build_shards", "extract_features", "train_controlnet", "sample", "evaluate", "tables",
             "train_modular", "modular_colour", "composition_figure"} <= seen

@@ -25,8 +25,20 @@ def validate(args, cfg) -> None:
     print(f"ok: {' + '.join(args.params)}")
 
 
+@verb("after `dvc pull` / `dvc checkout`: once `dvc status` confirms that the restored outputs are what "
+      "dvc.lock records, mark their jobs done for Snakemake (outputs touched in DAG order, params and code "
+      "recorded), so that `snakemake -n` has nothing to do and later params changes still propagate", args=(
+    Arg("targets", "Snakemake targets (default: the default target, `all`)", nargs="*"),
+    Arg("--configfile", "params overlays, as for snakemake", nargs="*", default=[])))
+def sync(args, cfg) -> None:
+    from featinv.restore import sync as mark
+
+    mark(args.targets, args.configfile)
+    print("ok: Snakemake's records now match the outputs DVC restored")
+
+
 # Every verb, by name (= Snakemake rule), in pipeline order.
-VERBS: dict[str, Verb] = {v.name: v for v in [validate] + [
+VERBS: dict[str, Verb] = {v.name: v for v in [validate, sync] + [
     v for module in (data, features, diffusion, metrics, modular, applications) for v in verbs_of(module)]}
 
 
@@ -45,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--processes", type=int, default=1,
                         help=f"run as N processes under `accelerate launch` (one per GPU; gloo on CPU): {multi} "
                              "split their work; 0 or 1 = one process")
+    parser.add_argument("--stamp", type=_json_arg, default=None,
+                        help="the pipeline's provenance of this job as JSON (rule, params, code, inputs, outputs): "
+                             "recorded in its outputs once the verb succeeds (featinv.provenance)")
     sub = parser.add_subparsers(dest="verb", required=True)
     for v in VERBS.values():
         p = sub.add_parser(v.command, help=v.help)
@@ -79,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     from featinv.distributed import launched
 
     if args.processes > 1 and not launched():
-        return _relaunch(args, argv)
+        code = _relaunch(args, argv)
+        return _stamp(args) if code == 0 else code
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from featinv.allocator import keep_freed_memory
@@ -95,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     except (params.ParamsError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"featinv {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    return 0 if launched() else _stamp(args)
+
+
+def _stamp(args) -> int:
+    """Record the job's provenance (``--stamp``) in its outputs, once, after the verb succeeded."""
+    if args.stamp:
+        from featinv.provenance import stamp
+
+        s = args.stamp
+        stamp(s["rule"], s["params"], s["code"], s["inputs"], s["outputs"])
     return 0
 
 

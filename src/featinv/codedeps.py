@@ -1,34 +1,15 @@
 """The code each pipeline rule runs, for dvc.yaml's code dependencies: the `featinv` verb of the
 rule's name, the CLI entry it goes through, and every project module the verb imports, transitively
-(import-linter's graph, grimp), as source files. ``rule_verbs`` reads what each rule really runs from
-Snakemake's dry run, so a test can check that every rule runs the verb of its own name."""
+(import-linter's graph, grimp), as source files. The same set feeds dvc.yaml's code deps and the code
+hash each rule passes Snakemake as a param (``rule_code_hash``)."""
 
 from __future__ import annotations
 
 import ast
-import re
-import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-SHELL = re.compile(r"Shell command: featinv (?:--threads \d+ )?(?:--processes \d+ )?([a-z][a-z-]+) ")
-LOG = re.compile(r"> results/logs/(\w+)[/.]")
-
-
-def rule_verbs(workdir: str | Path) -> dict[str, set[str]]:
-    """Rule -> the verbs its jobs run, read from Snakemake's dry run of every job of ``all``."""
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "1", "all"],
-                         cwd=workdir, capture_output=True, text=True, check=True).stdout
-    verbs: dict[str, set[str]] = {}
-    for line in out.splitlines():
-        verb, rule = SHELL.search(line), LOG.search(line)
-        if verb and rule:
-            verbs.setdefault(rule.group(1), set()).add(verb.group(1))
-    return verbs
-
-
 @lru_cache(maxsize=1)
 def _graph():
     import grimp
@@ -99,8 +80,17 @@ def module_file(module: str) -> str:
     return path.relative_to(PACKAGE.parent.parent).as_posix()
 
 
+@lru_cache(maxsize=1)
 def rule_code() -> dict[str, list[str]]:
     """Rule (= verb) -> the source files its verb runs, sorted."""
     from featinv.cli import VERBS
 
     return {name: sorted(module_file(m) for m in verb_modules(name)) for name in VERBS}
+
+
+def rule_code_hash(rule: str) -> str:
+    """A short hash of the source files ``rule``'s verb runs: a rule param, so that Snakemake reruns
+    the rule (and what reads its outputs) when that code changes, as DVC does."""
+    from featinv.provenance import code_hash
+
+    return code_hash(rule_code()[rule], root=PACKAGE.parent.parent)

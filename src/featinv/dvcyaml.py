@@ -41,6 +41,7 @@ class Job:
     outputs: tuple[str, ...]
     metrics: tuple[str, ...]
     rule_file: str
+    shell: str = ""  # the job's shell command, formatted
 
 
 def snakemake_jobs(workdir: str | Path, configfiles: tuple[str, ...] = ()) -> list[Job]:
@@ -66,8 +67,21 @@ def snakemake_jobs(workdir: str | Path, configfiles: tuple[str, ...] = ()) -> li
             metrics = {str(job.output.get(METRICS[job.rule.name]))} if job.rule.name in METRICS else set()
             jobs.append(Job(job.rule.name, dict(job.wildcards_dict), tuple(dict.fromkeys(map(str, job.input))),
                             tuple(o for o in map(str, job.output) if o not in metrics), tuple(sorted(metrics)),
-                            Path(job.rule.snakefile).resolve().relative_to(workdir).as_posix()))
+                            Path(job.rule.snakefile).resolve().relative_to(workdir).as_posix(), job.shellcmd or ""))
     return sorted(jobs, key=lambda j: (order[j.rule], sorted(j.wildcards.items())))
+
+
+def job_command(job: Job) -> argparse.Namespace:
+    """A job's shell command as ``featinv``'s parser reads it (``.verb``, ``.stamp``, ``.config``, ...)."""
+    import shlex
+
+    from featinv.cli import build_parser
+
+    words = shlex.split(job.shell)
+    if not words or words[0] != "featinv":
+        raise ValueError(f"rule {job.rule}: its command does not start with `featinv`: {job.shell[:80]}")
+    words = words[1 : words.index(">")] if ">" in words else words[1:]
+    return build_parser().parse_args(words)
 
 
 def _template(path: str, values: dict[str, str]) -> str:

@@ -30,17 +30,19 @@ for _rule, _outs in APP_FIGURES.items():
         name:
             _rule
         message:
-            "featinv {params.verb} with the unpooled {params.backbone} model"
+            "featinv --stamp {params.stamp:q} {params.verb} with the unpooled {params.backbone} model"
         input:
             base=base_input,
-            model=ancient(APP_MODEL),
-            store=ancient(APP_STORE),
-            train_store=[ancient(APP_TRAIN_STORE)] if _rule == "concepts_figure" else [],
-            shards=ancient(rules.build_shards.output.shards),
+            model=APP_MODEL,
+            store=APP_STORE,
+            train_store=[APP_TRAIN_STORE] if _rule == "concepts_figure" else [],
+            shards=rules.build_shards.output.shards,
         output:
             png=report(f"{FIGURES}/{_outs[0]}", caption=f"../report/{_rule}.rst", category="Applications"),
             csv=f"{FIGURES}/{_outs[1]}",
         params:
+            stamp=stamp(_rule),
+            code=rule_code_hash(_rule),
             verb=VERBS[_rule].command,  # directives are evaluated here; shell/message later, so no loop variables there
             backbone=APP_BACKBONE,
             base=BASE,
@@ -54,7 +56,7 @@ for _rule, _outs in APP_FIGURES.items():
         resources:
             **job_resources(_rule, gpu="one"),
         shell:
-            "featinv --threads {threads} {params.verb} --base {params.base:q} --model {input.model}"
+            "featinv --stamp {params.stamp:q} --threads {threads} {params.verb} --base {params.base:q} --model {input.model}"
             " --store {input.store} --shards {input.shards} --split {SAMPLING_SPLIT} --out-png {output.png}"
             " --out-csv {output.csv} {params.train} --config {params.cfg:q} > {log} 2>&1"
 
@@ -68,17 +70,19 @@ rule qualitative_figure:
         "Every trained model's reconstructions side by side; samples per map"
     input:
         base=base_input,
-        model=ancient(APP_MODEL),
-        store=ancient(APP_STORE),
-        shards=ancient(rules.build_shards.output.shards),
-        samples=[ancient(p) for p in sample_stores()],
-        per_image=[ancient(p) for p in expand(PER_IMAGE, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)],
+        model=APP_MODEL,
+        store=APP_STORE,
+        shards=rules.build_shards.output.shards,
+        samples=sample_stores(),
+        per_image=expand(PER_IMAGE, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT),
     output:
         png=report(f"{FIGURES}/qualitative.png", caption="../report/qualitative_figure.rst", category="Applications"),
         csv=f"{FIGURES}/qualitative.csv",
         variability=report(f"{FIGURES}/variability.png", caption="../report/variability.rst", category="Applications"),
         variability_csv=f"{FIGURES}/variability.csv",
     params:
+        stamp=stamp("qualitative_figure"),
+        code=rule_code_hash("qualitative_figure"),
         base=BASE,
         samples=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(_models(), input.samples)),
         per_image=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(_models(), input.per_image)),
@@ -91,7 +95,7 @@ rule qualitative_figure:
     resources:
         **job_resources("qualitative_figure", gpu="one"),
     shell:
-        "featinv --threads {threads} qualitative-figure --base {params.base:q} --model {input.model}"
+        "featinv --stamp {params.stamp:q} --threads {threads} qualitative-figure --base {params.base:q} --model {input.model}"
         " --store {input.store} --shards {input.shards} --split {SAMPLING_SPLIT} --out-png {output.png}"
         " --out-csv {output.csv} --samples {params.samples} --per-image {params.per_image}"
         " --variability-png {output.variability} --variability-csv {output.variability_csv}"

@@ -1,16 +1,19 @@
 # Shared helpers: params validation, wildcard constraints and the paths every rule refers to.
 #
-# Every rule input is ancient(): a job reruns when its output is missing or its own params, shell
-# command or set of inputs changed, never on modification times alone. DVC versions the contents,
-# and `dvc checkout` / `dvc pull` restore outputs with fresh mtimes in arbitrary order; with mtimes,
-# Snakemake would then rerun everything. The price: a job does not rerun because an upstream job
-# reruns (snakemake#668, #4166), so params changes propagate through `dvc repro`, not `snakemake`.
+# Staleness: a job reruns when an input is newer than its outputs, or when its params (the sections
+# its verb reads) or its code (the source its verb runs, `stamp`) changed, and then so does every job
+# downstream of it, in the same invocation: no input is . After `dvc pull` / `dvc checkout`
+# (fresh mtimes, no .snakemake metadata) `featinv sync-pipeline` marks the restored outputs up to date,
+# once DVC has confirmed they are. Every job records its provenance in its outputs (`stamp`), which
+# the tables and figures check before they read a metrics file.
 import json
 import os
 import shlex
 
 from featinv.cli import VERBS
+from featinv.codedeps import rule_code_hash
 from featinv.config import forward_family, modular_run_name, validate
+from featinv.provenance import params_hash
 
 # Stop before any job when params (with any --configfile overlay) break the schema.
 validate(config, schema_path=workflow.source_path("../schemas/params.schema.yaml"), source="config")
@@ -31,6 +34,39 @@ def verb_config(rule):
     Snakemake reruns a job when these values change."""
     text = json.dumps({name: config[name] for name in VERBS[rule].sections}, sort_keys=True)
     return lambda wildcards: text
+
+
+def stamp(rule):
+    """The job's provenance as the JSON `featinv --stamp` takes: its rule, params hash (the sections its
+    verb reads), code hash (the source its verb runs) and files. Every rule also passes its code hash as
+    a plain param (`code=rule_code_hash(rule)`): Snakemake's params trigger ignores params computed
+    from a job's files, such as this one, and reruns the job, and everything downstream, when a plain
+    param (`cfg`, `code`) changes."""
+    params, code = params_hash({name: config[name] for name in VERBS[rule].sections}), rule_code_hash(rule)
+
+    def text(wildcards, input, output):
+        return json.dumps({"rule": rule, "params": params, "code": code, "inputs": [str(p) for p in input],
+                           "outputs": [str(p) for p in output]}, sort_keys=True)
+
+    return text
+
+
+def record_in_dvc():
+    """On success (the Snakefile's onsuccess): record what this invocation built in dvc.lock, so that
+    `dvc status` and `snakemake -n` agree. Not inside `dvc repro` (DVC records its own stages), not
+    without a DVC repository, and not under --configfile overlays (dvc.yaml's params are
+    params.yaml's)."""
+    from featinv.restore import commit
+
+    if os.environ.get("DVC_STAGE") or not (os.path.isdir(".dvc") and os.path.exists("dvc.yaml")):
+        return
+    if workflow.overwrite_configfiles:
+        print("note: built under --configfile overlays: not recorded in dvc.lock (its params are params.yaml's)")
+        return
+    jobs = workflow.dag.targetjobs
+    targets = sorted({str(f) for job in jobs for f in (job.output or job.input)})
+    if targets:
+        commit(targets)
 
 
 def weights_arg(wildcards):
@@ -100,8 +136,8 @@ def base_input(wildcards):
     """The base model as a rule input: the one this pipeline trains, or a local directory (the
     shipped models/demo-base, a downloaded miniSD); a hub id names no file."""
     if BASE_TRAINED_HERE:
-        return [ancient(TRAINED_BASE)]
-    return [ancient(BASE)] if os.path.isdir(BASE) else []
+        return [TRAINED_BASE]
+    return [BASE] if os.path.isdir(BASE) else []
 
 
 def sample_stores():

@@ -7,6 +7,8 @@ rule build_shards:
     output:
         shards=directory(SHARDS),
     params:
+        stamp=stamp("build_shards"),
+        code=rule_code_hash("build_shards"),
         cfg=verb_config("build_shards"),
     log:
         f"results/logs/build_shards/{DATASET}.log",
@@ -16,4 +18,4 @@ rule build_shards:
     resources:
         **job_resources("build_shards"),
     shell:
-        "featinv --threads {threads} build-shards --out {output.shards} --config {params.cfg:q} > {log} 2>&1"
+        "featinv --stamp {params.stamp:q} --threads {threads} build-shards --out {output.shards} --config {params.cfg:q} > {log} 2>&1"

@@ -5,10 +5,12 @@ rule encode_targets:
     message:
         "Caching diffusion targets of {wildcards.split}"
     input:
-        shards=ancient(rules.build_shards.output.shards),
+        shards=rules.build_shards.output.shards,
     output:
         targets=directory(TARGETS),
     params:
+        stamp=stamp("encode_targets"),
+        code=rule_code_hash("encode_targets"),
         cfg=verb_config("encode_targets"),
     log:
         f"results/logs/encode_targets/{DATASET}-{{split}}.log",
@@ -18,7 +20,7 @@ rule encode_targets:
     resources:
         **job_resources("encode_targets", gpu="one"),
     shell:
-        "featinv --threads {threads} encode-targets --shards {input.shards} --split {wildcards.split}"
+        "featinv --stamp {params.stamp:q} --threads {threads} encode-targets --shards {input.shards} --split {wildcards.split}"
         " --out {output.targets} --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -26,11 +28,13 @@ rule train_base:
     message:
         "Training the embedded base diffusion model on the train split"
     input:
-        targets=ancient(expand(TARGETS, split="train")),
+        targets=expand(TARGETS, split="train"),
     output:
         model=directory(TRAINED_BASE),
         loss=f"results/training/{DATASET}/base-loss.csv",
     params:
+        stamp=stamp("train_base"),
+        code=rule_code_hash("train_base"),
         cfg=verb_config("train_base"),
     log:
         f"results/logs/train_base/{DATASET}.log",
@@ -40,7 +44,7 @@ rule train_base:
     resources:
         **job_resources("train_base", gpu="all"),
     shell:
-        "featinv --threads {threads} --processes {resources.gpu} train-base"
+        "featinv --stamp {params.stamp:q} --threads {threads} --processes {resources.gpu} train-base"
         " --targets {input.targets} --out {output.model}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
@@ -50,10 +54,12 @@ rule preview_base:
         "Sampling the base model for a preview grid"
     input:
         base=base_input,
-        targets=ancient(expand(TARGETS, split="train")),
+        targets=expand(TARGETS, split="train"),
     output:
         grid=report(f"results/base/{DATASET}/samples.png", caption="../report/base.rst", category="Base model"),
     params:
+        stamp=stamp("preview_base"),
+        code=rule_code_hash("preview_base"),
         base=BASE,
         cfg=verb_config("preview_base"),
     log:
@@ -64,7 +70,7 @@ rule preview_base:
     resources:
         **job_resources("preview_base", gpu="one"),
     shell:
-        "featinv --threads {threads} preview-base --base {params.base:q} --targets {input.targets}"
+        "featinv --stamp {params.stamp:q} --threads {threads} preview-base --base {params.base:q} --targets {input.targets}"
         " --out {output.grid} --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -75,9 +81,9 @@ def training_data(wildcards):
     """What a ControlNet trains on: the train split's cached maps and targets, or (augment online) its
     shards, from which every step draws its views."""
     if ONLINE_VIEWS:
-        return {"shards": ancient(rules.build_shards.output.shards)}
-    return {"features": ancient(STORE.format(backbone=wildcards.backbone, split="train")),
-            "targets": ancient(TARGETS.format(split="train"))}
+        return {"shards": rules.build_shards.output.shards}
+    return {"features": STORE.format(backbone=wildcards.backbone, split="train"),
+            "targets": TARGETS.format(split="train")}
 
 
 rule train_controlnet:
@@ -90,6 +96,8 @@ rule train_controlnet:
         model=directory(CONTROLNET),
         loss=f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv",
     params:
+        stamp=stamp("train_controlnet"),
+        code=rule_code_hash("train_controlnet"),
         base=BASE,
         cfg=verb_config("train_controlnet"),
         data=lambda wildcards, input: (f"--shards {input.shards} --backbone {wildcards.backbone}" if ONLINE_VIEWS
@@ -102,7 +110,7 @@ rule train_controlnet:
     resources:
         **job_resources("train_controlnet", gpu="all"),
     shell:
-        "featinv --threads {threads} --processes {resources.gpu} train-controlnet"
+        "featinv --stamp {params.stamp:q} --threads {threads} --processes {resources.gpu} train-controlnet"
         " --base {params.base:q} {params.data} --variant {wildcards.variant} --out {output.model}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
@@ -112,13 +120,15 @@ rule tune_sampling:
         "Tuning control strength and guidance scale of {wildcards.backbone} ({wildcards.variant})"
     input:
         base=base_input,
-        model=ancient(CONTROLNET),
-        features=ancient(STORE.replace("{split}", SAMPLING_SPLIT)),
+        model=CONTROLNET,
+        features=STORE.replace("{split}", SAMPLING_SPLIT),
     output:
         table=TUNING,
         figure=report(TUNING.replace(".csv", ".png"), caption="../report/tuning.rst", category="Sampling tuning"),
         chosen=TUNING.replace(".csv", ".json"),
     params:
+        stamp=stamp("tune_sampling"),
+        code=rule_code_hash("tune_sampling"),
         base=BASE,
         cfg=verb_config("tune_sampling"),
     log:
@@ -129,7 +139,7 @@ rule tune_sampling:
     resources:
         **job_resources("tune_sampling", gpu="one"),
     shell:
-        "featinv --threads {threads} tune-sampling --model {input.model} --base {params.base:q}"
+        "featinv --stamp {params.stamp:q} --threads {threads} tune-sampling --model {input.model} --base {params.base:q}"
         " --features {input.features} --out-csv {output.table} --out-png {output.figure}"
         " --out-json {output.chosen} --config {params.cfg:q} > {log} 2>&1"
 
@@ -152,12 +162,14 @@ rule sample:
         "Reconstructing {wildcards.split} feature maps of {wildcards.backbone} ({wildcards.variant})"
     input:
         base=base_input,
-        model=ancient(CONTROLNET),
-        features=ancient(STORE),
+        model=CONTROLNET,
+        features=STORE,
         tuned=tuned_input,
     output:
         samples=directory(SAMPLES),
     params:
+        stamp=stamp("sample"),
+        code=rule_code_hash("sample"),
         base=BASE,
         cfg=verb_config("sample"),
         tuned=lambda wildcards, input: f"--tuned {input.tuned}" if input.tuned else "",
@@ -169,7 +181,7 @@ rule sample:
     resources:
         **job_resources("sample", gpu="all"),
     shell:
-        "featinv --threads {threads} --processes {resources.gpu} sample"
+        "featinv --stamp {params.stamp:q} --threads {threads} --processes {resources.gpu} sample"
         " --model {input.model} --base {params.base:q}"
         " --features {input.features} --out {output.samples} {params.tuned} --config {params.cfg:q} > {log} 2>&1"
 
@@ -178,12 +190,14 @@ rule preview_samples:
     message:
         "Preview grid of {wildcards.backbone} ({wildcards.variant}) reconstructions"
     input:
-        samples=ancient(SAMPLES),
-        shards=ancient(rules.build_shards.output.shards),
+        samples=SAMPLES,
+        shards=rules.build_shards.output.shards,
     output:
         grid=report(f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
                     caption="../report/samples.rst", category="Reconstructions"),
     params:
+        stamp=stamp("preview_samples"),
+        code=rule_code_hash("preview_samples"),
         n=config["sampling"]["preview"],
     log:
         f"results/logs/preview_samples/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
@@ -193,5 +207,5 @@ rule preview_samples:
     resources:
         **job_resources("preview_samples"),
     shell:
-        "featinv preview-samples --samples {input.samples} --shards {input.shards} --split {wildcards.split}"
+        "featinv --stamp {params.stamp:q} preview-samples --samples {input.samples} --shards {input.shards} --split {wildcards.split}"
         " --n {params.n} --out {output.grid} > {log} 2>&1"

@@ -5,11 +5,13 @@ rule extract_features:
     message:
         f"Extracting {{wildcards.backbone}} feature maps of {DATASET}/{{wildcards.split}}"
     input:
-        shards=ancient(rules.build_shards.output.shards),
+        shards=rules.build_shards.output.shards,
     output:
         store=directory(STORE),
         report=BACKBONE_REPORT,
     params:
+        stamp=stamp("extract_features"),
+        code=rule_code_hash("extract_features"),
         weights=weights_arg,
         cfg=verb_config("extract_features"),
     log:
@@ -20,7 +22,7 @@ rule extract_features:
     resources:
         **job_resources("extract_features", gpu="all"),
     shell:
-        "featinv --threads {threads} --processes {resources.gpu} extract-features"
+        "featinv --stamp {params.stamp:q} --threads {threads} --processes {resources.gpu} extract-features"
         " --backbone {wildcards.backbone} {params.weights}"
         " --shards {input.shards} --split {wildcards.split} --store {output.store}"
         " --report {output.report} --config {params.cfg:q} > {log} 2>&1"

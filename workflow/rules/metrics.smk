@@ -12,7 +12,7 @@ def train_store_input(wildcards):
     """The conditioning backbone's train feature store, for Table 1's nearest-train oracle."""
     if not config["metrics"]["oracles"]["nearest_train"]:
         return []
-    return [ancient(expand(STORE, backbone=wildcards.backbone, split="train")[0])]
+    return [expand(STORE, backbone=wildcards.backbone, split="train")[0]]
 
 
 def train_store_arg(wildcards, input):
@@ -23,14 +23,16 @@ rule evaluate:
     message:
         "Scoring {wildcards.backbone} ({wildcards.variant}) reconstructions of {wildcards.split}"
     input:
-        samples=ancient(SAMPLES),
-        stores=lambda wildcards: ancient(expand(STORE, backbone=evaluators(wildcards), split=wildcards.split)),
-        shards=ancient(rules.build_shards.output.shards),
+        samples=SAMPLES,
+        stores=lambda wildcards: expand(STORE, backbone=evaluators(wildcards), split=wildcards.split),
+        shards=rules.build_shards.output.shards,
         train_store=train_store_input,
     output:
         metrics=METRICS,
         per_image=PER_IMAGE,
     params:
+        stamp=stamp("evaluate"),
+        code=rule_code_hash("evaluate"),
         cfg=verb_config("evaluate"),
         train_store=train_store_arg,
     log:
@@ -41,7 +43,7 @@ rule evaluate:
     resources:
         **job_resources("evaluate", gpu="one"),
     shell:
-        "featinv --threads {threads} evaluate --samples {input.samples} --stores {input.stores}"
+        "featinv --stamp {params.stamp:q} --threads {threads} evaluate --samples {input.samples} --stores {input.stores}"
         " --shards {input.shards} {params.train_store} --out {output.metrics} --per-image {output.per_image}"
         " --config {params.cfg:q} > {log} 2>&1"
 
@@ -50,7 +52,7 @@ rule tables:
     message:
         "Assembling Table 1 and Table 2"
     input:
-        metrics=ancient(metric_files()),
+        metrics=metric_files(),
     output:
         table1=report(TABLE1, caption="../report/table1.rst", category="Tables"),
         table1_md="results/table1.md",
@@ -58,6 +60,8 @@ rule tables:
         table2_md="results/table2.md",
         summary="results/metrics.json",
     params:
+        stamp=stamp("tables"),
+        code=rule_code_hash("tables"),
         cfg=verb_config("tables"),
     log:
         "results/logs/tables.log",
@@ -67,7 +71,7 @@ rule tables:
     resources:
         **job_resources("tables"),
     shell:
-        "featinv tables --metrics {input.metrics} --out-dir results --metrics-json {output.summary}"
+        "featinv --stamp {params.stamp:q} tables --metrics {input.metrics} --out-dir results --metrics-json {output.summary}"
         " --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -75,9 +79,12 @@ rule plot_losses:
     message:
         "Plotting training losses"
     input:
-        ancient(loss_csvs()),
+        loss_csvs(),
     output:
         png=report(f"results/figures/{DATASET}/training-loss.png", caption="../report/losses.rst", category="Training"),
+    params:
+        stamp=stamp("plot_losses"),
+        code=rule_code_hash("plot_losses"),
     log:
         f"results/logs/plot_losses/{DATASET}.log",
     benchmark:
@@ -86,4 +93,4 @@ rule plot_losses:
     resources:
         **job_resources("plot_losses"),
     shell:
-        "featinv plot-losses --csv {input} --out {output.png} > {log} 2>&1"
+        "featinv --stamp {params.stamp:q} plot-losses --csv {input} --out {output.png} > {log} 2>&1"

@@ -35,13 +35,15 @@ rule train_modular:
     message:
         "Modular and classic inverses of every stage of {params.backbone}"
     input:
-        shards=ancient(rules.build_shards.output.shards),
+        shards=rules.build_shards.output.shards,
     output:
         inverses=MODULAR_INVERSES,
         meta=f"{MODULAR_MODEL}/meta.json",
         representations=directory(f"{MODULAR_MODEL}/train-representations.zarr"),
         loss=f"{MODULAR}/training-loss.csv",
     params:
+        stamp=stamp("train_modular"),
+        code=rule_code_hash("train_modular"),
         backbone=config["modular"]["backbone"],
         cfg=verb_config("train_modular"),
     log:
@@ -52,7 +54,7 @@ rule train_modular:
     resources:
         **job_resources("train_modular", gpu="one"),
     shell:
-        "featinv --threads {threads} train-modular --shards {input.shards} --model-dir {MODULAR_MODEL}"
+        "featinv --stamp {params.stamp:q} --threads {threads} train-modular --shards {input.shards} --model-dir {MODULAR_MODEL}"
         " --loss-csv {output.loss} --config {params.cfg:q} > {log} 2>&1"
 
 
@@ -62,18 +64,17 @@ for _name, _outputs in MODULAR_ANALYSES.items():
         name:
             _name
         message:
-            "featinv {params.verb} of {params.backbone}"
+            "featinv --stamp {params.stamp:q} {params.verb} of {params.backbone}"
         input:
-            # The inverses are not ancient(): with an ancient input Snakemake drops a job whose
-            # upstream reruns from the plan, params changes and all (snakemake/snakemake#4166), so
-            # retrained inverses would leave stale analyses until a second invocation.
-            shards=ancient(rules.build_shards.output.shards),
+            shards=rules.build_shards.output.shards,
             inverses=MODULAR_INVERSES,
             meta=f"{MODULAR_MODEL}/meta.json",
         output:
             [report(f"{MODULAR}/{out}", caption=f"../report/{_name}.rst", category="Modular inversion")
              if out.endswith(".png") or out == _outputs[0] else f"{MODULAR}/{out}" for out in _outputs],
         params:
+            stamp=stamp(_name),
+            code=rule_code_hash(_name),
             verb=VERBS[_name].command,  # directives are evaluated here; shell/message later, so no loop variables there
             backbone=config["modular"]["backbone"],
             cfg=verb_config(_name),
@@ -85,5 +86,5 @@ for _name, _outputs in MODULAR_ANALYSES.items():
         resources:
             **job_resources(_name, gpu="one"),
         shell:
-            "featinv --threads {threads} {params.verb} --shards {input.shards}"
+            "featinv --stamp {params.stamp:q} --threads {threads} {params.verb} --shards {input.shards}"
             " --model-dir {MODULAR_MODEL} --out-dir {MODULAR} --config {params.cfg:q} > {log} 2>&1"

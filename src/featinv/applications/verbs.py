@@ -68,11 +68,13 @@ def composition_figure(args, cfg) -> None:
 def qualitative_figure(args, cfg) -> None:
     from featinv.applications.figures import qualitative_figure as figure
     from featinv.applications.figures import variability_figure
+    from featinv.provenance import check_or_warn
 
     gen, score = _setup(args, cfg)
     q = cfg.applications.qualitative
     stores = dict(item.split("=", 1) for item in args.samples)
     per_image = dict(item.split("=", 1) for item in args.per_image)
+    check_or_warn([*per_image.values(), *stores.values()], target=args.out_png)
     figure(stores, per_image, args.shards, args.split, q, args.out_png, args.out_csv)
     variability_figure(gen, score, args.store, args.shards, args.split, q, args.variability_png, args.variability_csv)
     print(Path(args.out_csv).read_text())

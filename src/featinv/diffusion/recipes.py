@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +11,7 @@ import torch
 
 from featinv import rowstore
 from featinv.backbones import Backbone
-from featinv.config import Controlnet, DiffusionBase, plain
+from featinv.config import Controlnet, DiffusionBase
 from featinv.data.shards import index_split
 from featinv.diffusion.base import BaseModel, create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
@@ -21,11 +19,7 @@ from featinv.diffusion.online import OnlineViews
 from featinv.diffusion.train import RowData, TrainingRows, batch_rows, diffusion_loss, run, step_generator
 from featinv.features.store import conditioning
 from featinv.fileio import write_json
-
-
-def params_hash(*sections: Any) -> str:
-    """A short hash of params sections (typed or plain), recorded with what they made."""
-    return hashlib.sha256(json.dumps(plain(sections), sort_keys=True).encode()).hexdigest()[:16]
+from featinv.provenance import params_hash
 
 
 def draw_timesteps(gen: torch.Generator, n: int, timesteps: int, how: str) -> torch.Tensor:
@@ -79,7 +73,7 @@ def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: s
 
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, device, checkpoint_dir(out), loss_csv,
                  desc="base model", progress=progress)
-    return _finish(result, base_cfg, out, save)
+    return _finish(result, (base_cfg, {"prompt": prompt}), out, save)
 
 
 @torch.no_grad()
@@ -157,7 +151,7 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
     fmap_shape = tuple(attrs["fmap_shape"])
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
             "fmap_shape": list(fmap_shape), "variant": variant, "base_model": base_source,
-            "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt})}
+            "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt})}  # as training.json's
     torch.manual_seed(cn_cfg.train.seed)
     net = FeatureControlNet.from_unet(base.unet, in_channels=fmap_shape[0], fmap_size=fmap_shape[1:],
                                       hidden=cn_cfg.encoder.hidden, depth=cn_cfg.encoder.depth,
@@ -183,13 +177,13 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
         trained.meta.update({"steps": settings.steps, "final_loss": result["final_loss"]})
         trained.save_pretrained(out)
 
-    return _finish(result, cn_cfg, out, save)
+    return _finish(result, (cn_cfg, {"prompt": prompt}), out, save)
 
 
-def _finish(result: dict[str, Any], cfg: Any, out: str | Path, save: Callable[[torch.nn.Module], None]):
+def _finish(result: dict[str, Any], cfg: tuple[Any, ...], out: str | Path, save: Callable[[torch.nn.Module], None]):
     """On the main process: save the trained module (``save``) and ``training.json``, then drop the
     checkpoints. Returns the training summary."""
-    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(cfg)}
+    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(*cfg)}
     if result["is_main"]:
         save(result["unwrapped"].eval())
         write_json(Path(out) / "training.json", summary)

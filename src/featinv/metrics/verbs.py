@@ -33,7 +33,9 @@ def evaluate(args, cfg) -> None:
     Arg("--metrics-json", "summary for `dvc metrics show`", required=True)))
 def tables(args, cfg) -> None:
     from featinv.metrics.tables import write_tables
+    from featinv.provenance import check_or_warn
 
+    check_or_warn(args.metrics, target=str(Path(args.out_dir) / "table1.csv"))
     metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
     write_tables(metrics, args.out_dir, cfg.data.dataset, cfg.metrics.cross_model_variant, args.metrics_json)
     print((Path(args.out_dir) / "table1.md").read_text())

@@ -1,0 +1,63 @@
+"""After ``dvc pull`` / ``dvc checkout``: tell Snakemake that the outputs DVC restored are up to date.
+
+DVC restores outputs with fresh modification times in arbitrary order and without Snakemake's own
+records (``.snakemake/metadata``: the params and code each output was made with). Snakemake would
+then rerun jobs whose inputs look newer than their outputs, and could not see a later params change.
+``featinv sync`` first asks DVC whether every stage is what its params, code and inputs make (``dvc
+status``, which compares content hashes with ``dvc.lock``); only then does it let Snakemake mark
+the targets' jobs as done (``snakemake --touch --forceall``: outputs touched in DAG order, the
+current params and code recorded for every job). It never marks a stale output up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+class NotRestoredError(ValueError):
+    """DVC reports stages whose outputs are not what dvc.lock records: nothing to mark."""
+
+
+def dvc_changes(targets: list[str], workdir: str | Path = ".") -> dict:
+    """``dvc status --json`` of ``targets`` (output paths or stages) and every stage upstream of them
+    (all stages when none): stage -> what changed ({} when everything is up to date)."""
+    cmd = [sys.executable, "-m", "dvc", "status", "--json"] + (["--with-deps", *targets] if targets else [])
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NotRestoredError(f"`dvc status` failed in {Path(workdir).resolve()}: {proc.stderr.strip()[-500:]}")
+    text = proc.stdout.strip()
+    return json.loads(text) if text else {}
+
+
+def sync(targets: list[str], configfiles: list[str], workdir: str | Path = ".") -> list[str]:
+    """Mark every job of ``targets`` done for Snakemake, after DVC confirms that their outputs are
+    the ones dvc.lock records; returns the command it ran."""
+    changes = dvc_changes(targets, workdir)
+    if changes:
+        stages = ", ".join(sorted(changes))
+        raise NotRestoredError(
+            f"dvc status reports {len(changes)} stage(s) that are not what dvc.lock records ({stages}): "
+            "run `dvc pull` (or `dvc checkout`) to restore them, or `snakemake --cores all` / `dvc repro` "
+            "to rebuild them; nothing was marked up to date")
+    cmd = [sys.executable, "-m", "snakemake", "--touch", "--forceall", "--cores", "1", "--quiet", "all"]
+    if configfiles:
+        cmd += ["--configfile", *configfiles]
+    cmd += ["--", *targets]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NotRestoredError(f"snakemake --touch failed:\n{(proc.stdout + proc.stderr).strip()[-3000:]}")
+    return cmd
+
+
+def commit(targets: list[str], workdir: str | Path = ".") -> None:
+    """After Snakemake built ``targets`` (output paths) under params.yaml: record them and every stage
+    upstream in dvc.lock (``dvc commit``), so that ``dvc status`` agrees with ``snakemake -n`` that
+    nothing is stale, and ``dvc push`` carries what Snakemake made."""
+    cmd = [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", "--with-deps", *targets]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"warning: `dvc commit` of what Snakemake built failed, so `dvc status` will call it changed "
+              f"until `dvc commit` or `dvc repro`:\n{(proc.stdout + proc.stderr).strip()[-2000:]}", file=sys.stderr)
