@@ -42,7 +42,7 @@ def sync(targets: list[str], configfiles: list[str], workdir: str | Path = ".") 
             f"dvc status reports {len(changes)} stage(s) that are not what dvc.lock records ({stages}): "
             "run `dvc pull` (or `dvc checkout`) to restore them, or `snakemake --cores all` / `dvc repro` "
             "to rebuild them; nothing was marked up to date")
-    cmd = [sys.executable, "-m", "snakemake", "--touch", "--forceall", "--cores", "1", "--quiet", "all"]
+    cmd = [sys.executable, "-m", "snakemake", "--touch", "--forceall", "--no-hooks", "--cores", "1", "--quiet", "all"]
     if configfiles:
         cmd += ["--configfile", *configfiles]
     cmd += ["--", *targets]
