@@ -24,7 +24,8 @@ from featinv.diffusion.train import diffusion_loss
 from featinv.devices import resolve_device
 
 # Dense bf16 tensor-core peaks (FLOP/s), by substring of the device name.
-PEAKS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12,
+PEAKS = {"H200": 790e12,  # H200: as measured here (8192^3 bf16 matmul ~788 TFLOP/s; issue 26), datasheet 989e12
+          "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12,
          "A10": 125e12, "4090": 165e12}
 
 SD_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
