@@ -17,6 +17,7 @@ from conftest import REPO, TEST_PHOTOS
 from featinv import rowstore
 from featinv.codedeps import rule_code
 from featinv.config import deep_merge
+from featinv.dvcyaml import parse_command
 
 TINY = {
     "data": {"per_class": {"train": None, "val": 1}, "shard_maxcount": 8,
@@ -113,9 +114,8 @@ def planned_processes(project, target, *overlays) -> dict[str, str | None]:
     commands = [c for c in commands if c.strip() != "None"]  # an aggregate rule (e.g. modular) runs nothing
     processes = {}
     for cmd in commands:
-        words = cmd.split()
-        n = words[words.index("--processes") + 1] if "--processes" in words else None
-        processes[next(w for w in words[1:] if not w.startswith("-") and not w.isdigit())] = n
+        args = parse_command(cmd)
+        processes[args.verb] = str(args.processes) if "--processes" in cmd.split() else None
     return processes
 
 

@@ -73,13 +73,18 @@ def snakemake_jobs(workdir: str | Path, configfiles: tuple[str, ...] = ()) -> li
 
 def job_command(job: Job) -> argparse.Namespace:
     """A job's shell command as ``featinv``'s parser reads it (``.verb``, ``.stamp``, ``.config``, ...)."""
+    return parse_command(job.shell, f"rule {job.rule}")
+
+
+def parse_command(shell: str, what: str = "the command") -> argparse.Namespace:
+    """A ``featinv ... > log 2>&1`` shell command as ``featinv``'s parser reads it."""
     import shlex
 
     from featinv.cli import build_parser
 
-    words = shlex.split(job.shell)
+    words = shlex.split(shell)
     if not words or words[0] != "featinv":
-        raise ValueError(f"rule {job.rule}: its command does not start with `featinv`: {job.shell[:80]}")
+        raise ValueError(f"{what} does not start with `featinv`: {shell[:80]}")
     words = words[1 : words.index(">")] if ">" in words else words[1:]
     return build_parser().parse_args(words)
 
