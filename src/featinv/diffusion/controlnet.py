@@ -38,11 +38,11 @@ class FeatureControlNet(nn.Module):
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, in_channels: int, fmap_size: tuple[int, int], hidden: int,
-                  depth: int, pooled: bool, meta: dict[str, Any]) -> "FeatureControlNet":
+                  depth: int, pooled: bool, meta: dict[str, Any], first_layer: str = "direct") -> "FeatureControlNet":
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16,), conditioning_channels=3)
         encoder = FeatureConditioningEncoder(
             in_channels=in_channels, fmap_size=tuple(fmap_size), grid=int(unet.config.sample_size), hidden=hidden,
-            depth=depth, out_channels=int(unet.config.block_out_channels[0]), pooled=pooled,
+            depth=depth, out_channels=int(unet.config.block_out_channels[0]), pooled=pooled, first_layer=first_layer,
         )
         return cls(controlnet, encoder, {**meta, "pooled": pooled})
 

@@ -7,6 +7,14 @@ hidden->out. The paper uses hidden=512, depth=2, out=320 (miniSD).
 
 Pooled variant: the pooled (B, C) vector is copied over the whole grid and goes through the same
 encoder (bilinear upsampling of a 1x1 map is exactly that copy).
+
+The first layer can be computed two exact ways (``first_layer``): ``direct``, a 3x3 convolution over
+the upsampled map, or ``factored``: bilinear upsampling is linear per channel and a 1x1 channel mix
+commutes with it, so each of the nine taps is a 1x1 convolution at the map's own grid, upsampled,
+shifted by its offset and summed. Factored costs 9·C·hidden per *map* position instead of per grid
+position, plus the upsampling of 9·hidden channels: cheaper when C is wide and the map much coarser
+than the grid (the demo: 5× on CPU), dearer where the 9·hidden upsampled channels dominate (the
+paper's shape on CPU). Same weights, same outputs (to rounding), same gradients.
 """
 
 from __future__ import annotations
@@ -25,13 +33,30 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
+FIRST_LAYER = ("direct", "factored")
+
+
+def upsampled_conv3x3(x: torch.Tensor, conv: nn.Conv2d, grid: int) -> torch.Tensor:
+    """``conv(bilinear_upsample(x, grid))`` for a 3x3, padding-1 ``conv``, computed as nine 1x1
+    convolutions at ``x``'s own grid, each upsampled, shifted by its tap's offset and summed."""
+    b, c = x.shape[:2]
+    h = conv.out_channels
+    taps = conv.weight.permute(2, 3, 0, 1).reshape(9 * h, c, 1, 1)  # (ky, kx, out) stacked
+    y = F.interpolate(F.conv2d(x, taps), size=(grid, grid), mode="bilinear", align_corners=False)
+    y = F.pad(y, (1, 1, 1, 1)).view(b, 3, 3, h, grid + 2, grid + 2)
+    out = sum(y[:, i, j, :, i : i + grid, j : j + grid] for i in range(3) for j in range(3))
+    return out + conv.bias.view(1, h, 1, 1)
+
+
 class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int, fmap_size: tuple[int, int], grid: int, hidden: int = 512,
-                 depth: int = 2, out_channels: int = 320, pooled: bool = False):
+                 depth: int = 2, out_channels: int = 320, pooled: bool = False, first_layer: str = "direct"):
         super().__init__()
         if depth < 1:
             raise ValueError(f"encoder depth must be >= 1, got {depth}")
+        if first_layer not in FIRST_LAYER:
+            raise ValueError(f"encoder first_layer must be one of {', '.join(FIRST_LAYER)}, got {first_layer!r}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU()]
@@ -59,5 +84,8 @@ class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
         if cond.ndim == 2:
             cond = cond[:, :, None, None]
         grid = self.config.grid
-        x = F.interpolate(cond.to(self.dtype), size=(grid, grid), mode="bilinear", align_corners=False)
+        cond = cond.to(self.dtype)
+        if self.config.first_layer == "factored":
+            return self.net[1:](upsampled_conv3x3(cond, self.net[0], grid))
+        x = F.interpolate(cond, size=(grid, grid), mode="bilinear", align_corners=False)
         return self.net(x)
