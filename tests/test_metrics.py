@@ -111,7 +111,9 @@ def _fake_metrics(backbone, variant, cos, top5, top1, evaluators):
             "confidence": 0.95, "cosine_sim": stat(cos), "cosine_sim_unrelated": 0.05, "match": match,
             "fid": {"features": "bb_a", "dim": 8, "n_real": 10, "n_fake": 10, "value": 12.5},
             "oracle_copy": oracle(0.9, 1.0),
-            "oracle_nearest_train": oracle(0.45, 0.6) if backbone == "bb_a" else None}
+            "oracle_nearest_train": oracle(0.45, 0.6) if backbone == "bb_a" else None,
+            "cosine_sim_mismatched": stat(0.05),
+            "cosine_sim_per_map": {"keys": ["k0", "k1", "k2", "k3"], "values": [cos + d for d in (-0.1, 0.1, 0.0, 0.0)]}}
 
 
 def test_table_assembly(tmp_path):
@@ -124,8 +126,11 @@ def test_table_assembly(tmp_path):
     header, rows = t1.header, t1.rows
     assert header[:5] == ["backbone", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
     assert "fid[bb_a pooled, N=10]" in header
-    assert header[12:15] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
-    assert header[15:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
+    assert header[11:17] == ["cosine_sim_mismatched", "cosine_sim_mismatched_ci95_low", "cosine_sim_mismatched_ci95_high",
+                             "unpooled_minus_pooled_cosine_sim", "unpooled_minus_pooled_cosine_sim_ci95_low",
+                             "unpooled_minus_pooled_cosine_sim_ci95_high"]
+    assert header[18:21] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
+    assert header[21:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
                            "oracle_nearest_train_top5_match", "scoring"]
     assert t1.scoring == "eval_transform"  # metrics without a scoring key: scored as before it existed
     assert [(r.backbone, r.variant) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
@@ -139,6 +144,17 @@ def test_table_assembly(tmp_path):
                              "oracle_nearest_train_cosine_sim": 0.45, "oracle_nearest_train_top5_match": 0.6}
     assert rows[1].oracles["oracle_copy_cosine_sim"] == 0.9  # bb_b: no nearest-train oracle
     assert np.isnan(rows[1].oracles["oracle_nearest_train_cosine_sim"])
+    # the paired difference: per image, the same offsets cancel (bb_a 0.6 - 0.25 at every image)
+    assert first.mismatched == Interval(0.05, -0.05, pytest.approx(0.15))
+    assert first.paired == Interval(pytest.approx(0.35), pytest.approx(0.35), pytest.approx(0.35))
+    assert np.isnan(rows[2].paired.mean)  # a pooled row has none
+    assert table1(metrics, {"n_boot": 200, "level": 0.95, "seed": 0}).rows[1].paired.mean == pytest.approx(0.3)  # bb_b: 0.5 - 0.2
+    shifted = [*metrics[:2], {**metrics[2], "cosine_sim_per_map": {"keys": ["k0", "k1", "k2", "k3"],
+                                                                    "values": [0.25, 0.25, 0.05, 0.45]}}, metrics[3]]
+    p = table1(shifted, {"n_boot": 500, "level": 0.95, "seed": 0}).rows[0].paired  # diffs 0.25, 0.45, 0.55, 0.15
+    assert p.mean == pytest.approx(0.35) and 0.15 <= p.low < 0.35 < p.high <= 0.55
+    with pytest.raises(ValueError, match="scored different images"):
+        table1([*metrics[:2], {**metrics[2], "cosine_sim_per_map": {"keys": ["x"], "values": [0.1]}}, metrics[3]])
     t2 = table2(metrics, "unpooled")
     assert t2.header == ["conditioning", "bb_a:top5", "bb_a:top1", "bb_b:top5", "bb_b:top1"]
     assert t2.cells() == [["bb_a", 0.8, 0.5, 0.4, 0.5], ["bb_b", 0.35, 0.4, 0.7, 0.4]]
@@ -147,6 +163,7 @@ def test_table_assembly(tmp_path):
         assert len(list(csv.reader(fh))) == 5
     md = (tmp_path / "table1.md").read_text()
     assert "| bb_a | unpooled | 0.600 [0.500, 0.700] |" in md and "| 0.900 / 1.000 | 0.450 / 0.600 |" in md
+    assert "| 0.050 [-0.050, 0.150] | 0.350 [0.350, 0.350] |" in md and "| 0.050 [-0.050, 0.150] | — |" in md
     assert md.startswith("# Table 1: reconstruction quality (demo, scoring: eval_transform)")
     resized = table1([{**m, "scoring": "resize"} for m in metrics])
     assert resized.scoring == "resize" and resized.csv_rows()[0][-1] == "resize"
@@ -156,6 +173,8 @@ def test_table_assembly(tmp_path):
     assert summary["table1"]["bb_b/pooled"]["cosine_sim"] == 0.2
     assert summary["table1"]["bb_a/pooled"]["oracle_nearest_train_cosine_sim"] == 0.45
     assert "oracle_nearest_train_cosine_sim" not in summary["table1"]["bb_b/pooled"]  # NaN is left out
+    assert summary["table1"]["bb_a/unpooled"]["unpooled_minus_pooled_cosine_sim"]["mean"] == pytest.approx(0.35)
+    assert "unpooled_minus_pooled_cosine_sim" not in summary["table1"]["bb_a/pooled"]
     assert summary["table2"]["bb_b"]["bb_b:top5"] == 0.7
     mixed = metrics + [{**_fake_metrics("bb_c", "pooled", 0, 0, 0, ["bb_c"]),
                         "fid": {"features": "inception", "n_fake": 10, "value": 1.0}}]
@@ -208,6 +227,11 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     with open(tmp_path / "same.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["key"] for r in rows] == keys and float(rows[0]["cosine_sim"]) > 0.999
+    # Perfect reconstructions scored against another image's original: the chance pairing exactly.
+    assert perfect["cosine_sim_mismatched"]["mean"] == pytest.approx(perfect["cosine_sim_unrelated"], abs=1e-3)
+    assert perfect["cosine_sim_per_map"]["keys"] == keys
+    assert np.mean(perfect["cosine_sim_per_map"]["values"]) == pytest.approx(perfect["cosine_sim"]["mean"], abs=1e-9)
+    assert float(rows[0]["cosine_sim_mismatched"]) < 0.9
 
     # Every reconstruction swapped with another image's original: far worse on every measure.
     swapped = evaluate_samples(_sample_store(tmp_path / "swapped.zarr", originals[::-1].copy(), keys), stores,

@@ -10,6 +10,11 @@
 - FID between all reconstructions and the originals as the diffusion model sees them (the target
   view at the sample resolution), on the features named in ``metrics.fid.features``.
 
+- Mismatched: each reconstruction's cosine-sim against *another* image's original (the original half
+  the split away, the pairing of the chance column): what a reconstruction scores without carrying
+  information about its own image. The per-map cosine-sims are kept for paired comparisons between
+  models of the same images (Table 1's unpooled − pooled).
+
 - Oracles, through the same scoring path (the image at the sample resolution, the conditioning
   backbone through ``metrics.scoring``): ``oracle_copy`` scores the original itself, the ceiling of a
   perfect reconstruction at this resolution; ``oracle_nearest_train`` scores, for each original, the
@@ -177,7 +182,13 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             cos = cosine_per_position(ref_maps, recon["features"])
             result["cosine_sim"] = summarise(_per_map(cos, n), **boot)
             result["cosine_sim_unrelated"] = unrelated_cosine(originals["features"][:])
-            per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1}
+            # the honest baseline: each reconstruction against another image's original (chance's pairing)
+            cos_mismatched = (cosine_per_position(np.roll(ref_maps, (n // 2) * s, axis=0), recon["features"])
+                              if n >= 2 else np.full(n * s, np.nan, dtype=np.float32))
+            result["cosine_sim_mismatched"] = summarise(_per_map(cos_mismatched, n), **boot)
+            result["cosine_sim_per_map"] = {"keys": keys, "values": _per_map(cos, n).tolist()}  # paired comparisons
+            per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1,
+                         "cosine_sim_mismatched": cos_mismatched}
             maps, top1_ref = originals["features"][:].astype(np.float32), originals["topk_indices"][:, 0]
             result["oracle_copy"] = score_images(backbone, real_views, maps, top1_ref, cfg, device, boot)
             result["oracle_nearest_train"] = _nearest_train_oracle(backbone, maps, top1_ref, train_store, shards,

@@ -6,12 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featinv.features.store import VARIANTS
 from featinv.fileio import atomic_write_text, csv_text, write_json
+from featinv.metrics.stats import summarise
 
 MEASURES = ("cosine_sim", "top5_match", "top1_match")
 ORACLES = ("oracle_copy", "oracle_nearest_train")
 ORACLE_MEASURES = (("cosine_sim", "cosine_sim"), ("top5_match", "top5"))
+# Baselines of the cosine-sim: against another image's original; paired unpooled - pooled per image.
+EXTRA = ("cosine_sim_mismatched", "unpooled_minus_pooled_cosine_sim")
+
 
 
 def _fid_column(metrics: list[dict[str, Any]]) -> str:
@@ -46,6 +52,25 @@ class Interval:
     high: float
 
 
+NAN = Interval(float("nan"), float("nan"), float("nan"))
+
+
+def _interval(summary: dict[str, float] | None) -> Interval:
+    return NAN if summary is None else Interval(summary["mean"], summary["ci_low"], summary["ci_high"])
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], boot: dict[str, Any]) -> Interval:
+    """Mean of a's per-image cosine-sim minus b's, over the images both scored (same keys: same
+    images, same seeds), with a bootstrap interval over images: a paired interval."""
+    if "cosine_sim_per_map" not in a or "cosine_sim_per_map" not in b:
+        return NAN
+    pa, pb = a["cosine_sim_per_map"], b["cosine_sim_per_map"]
+    if pa["keys"] != pb["keys"]:
+        raise ValueError(f"{a['model']['backbone']}: the unpooled and pooled models scored different images")
+    diff = np.asarray(pa["values"], dtype=np.float64) - np.asarray(pb["values"], dtype=np.float64)
+    return _interval(summarise(diff, **boot))
+
+
 @dataclass(frozen=True)
 class Table1Row:
     """One model's row of Table 1."""
@@ -58,12 +83,13 @@ class Table1Row:
     samples_per_map: int
     cosine_sim_unrelated: float
     oracles: dict[str, float]  # "<oracle>_<measure>" for ORACLES x ORACLE_MEASURES, NaN where not computed
+    mismatched: Interval  # cosine-sim of each reconstruction against another image's original
+    paired: Interval  # unpooled row: its cosine-sim minus the pooled model's, per image (NaN elsewhere)
 
     def cells(self) -> list[Any]:
         """The row's cells, in :attr:`Table1.header` order (without the table's ``scoring``)."""
         out: list[Any] = [self.backbone, self.variant]
-        for name in MEASURES:
-            i = self.measures[name]
+        for i in [*(self.measures[name] for name in MEASURES), self.mismatched, self.paired]:
             out += [i.mean, i.low, i.high]
         return out + [self.fid, self.n_images, self.samples_per_map, self.cosine_sim_unrelated, *self.oracles.values()]
 
@@ -78,7 +104,7 @@ class Table1:
     @property
     def header(self) -> list[str]:
         header = ["backbone", "variant"]
-        for name in MEASURES:
+        for name in [*MEASURES, *EXTRA]:
             header += [name, f"{name}_ci{self.level}_low", f"{name}_ci{self.level}_high"]
         header += [self.fid_column, "n_images", "samples_per_map", "cosine_sim_unrelated"]
         return header + oracle_columns() + ["scoring"]
@@ -92,16 +118,20 @@ def oracle_columns() -> list[str]:
     return [f"{o}_{name}" for o in ORACLES for name, _ in ORACLE_MEASURES]
 
 
-def table1(metrics: list[dict[str, Any]]) -> Table1:
-    """One row per (backbone, variant), unpooled models first as in the paper."""
+def table1(metrics: list[dict[str, Any]], boot: dict[str, Any] | None = None) -> Table1:
+    """One row per (backbone, variant), unpooled models first as in the paper. ``boot``: the bootstrap
+    settings (n_boot, level, seed) of the paired unpooled - pooled interval."""
     order = {v: i for i, v in enumerate(VARIANTS)}
+    by_model = {(m["model"]["backbone"], m["model"]["variant"]): m for m in metrics}
     rows = []
     for m in sorted(metrics, key=lambda m: (order.get(m["model"]["variant"], 2), m["model"]["backbone"])):
-        measures = {name: Interval(s["mean"], s["ci_low"], s["ci_high"]) for name in MEASURES
-                    for s in [_measure(m, name)]}
+        measures = {name: _interval(_measure(m, name)) for name in MEASURES}
         oracles = {f"{o}_{name}": _oracle_value(m, o, key) for o in ORACLES for name, key in ORACLE_MEASURES}
-        rows.append(Table1Row(m["model"]["backbone"], m["model"]["variant"], measures, m["fid"]["value"],
-                              m["n_images"], m["samples_per_map"], m["cosine_sim_unrelated"], oracles))
+        backbone, variant = m["model"]["backbone"], m["model"]["variant"]
+        pooled = by_model.get((backbone, "pooled"))
+        paired = paired_difference(m, pooled, boot or {}) if variant == "unpooled" and pooled else NAN
+        rows.append(Table1Row(backbone, variant, measures, m["fid"]["value"], m["n_images"], m["samples_per_map"],
+                              m["cosine_sim_unrelated"], oracles, _interval(m.get("cosine_sim_mismatched")), paired))
     return Table1(_fid_column(metrics), round(100 * metrics[0]["confidence"]), _scoring(metrics), rows)
 
 
@@ -148,12 +178,14 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table1_markdown(table: Table1, dataset: str) -> str:
-    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", table.fid_column, "N",
+    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", "mismatched cosine-sim",
+                 "unpooled − pooled (paired)", table.fid_column, "N",
                  "chance cosine-sim", "copy: cosine-sim / top5", "nearest train: cosine-sim / top5"]
     body = []
     for r in table.rows:
         cells = [r.backbone, r.variant]
-        cells += [f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]" for i in (r.measures[name] for name in MEASURES)]
+        cells += ["—" if i.mean != i.mean else f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]"
+                  for i in (*(r.measures[name] for name in MEASURES), r.mismatched, r.paired)]
         cells += [f"{r.fid:.1f}", str(r.n_images), f"{r.cosine_sim_unrelated:.3f}"]
         cells += [" / ".join(f"{r.oracles[f'{o}_{name}']:.3f}" for name, _ in ORACLE_MEASURES) for o in ORACLES]
         body.append(cells)
@@ -164,7 +196,10 @@ def table1_markdown(table: Table1, dataset: str) -> str:
             f"{table.level}% bootstrap intervals. cosine-sim: feature cosine per "
             "spatial position with the conditioning backbone; top5(1) match: the original's top-1 class among "
             "the reconstruction's top 5 (its top 1); FID: between reconstructions and originals on the named "
-            "features; chance: cosine-sim between unrelated originals (another image of the split); copy: the "
+            "features; mismatched: each reconstruction's cosine-sim against another image's original (the "
+            "pairing of chance: what a reconstruction scores without information about its own image); "
+            "unpooled − pooled: per image, the unpooled model's cosine-sim minus the pooled one's (same images "
+            "and seeds, a paired interval); chance: cosine-sim between unrelated originals (another image of the split); copy: the "
             "original itself through the same scoring path (the ceiling at this resolution); nearest train: for "
             "each original, the training image whose map is closest (what recalling the training set reaches; "
             "nan where not computed).\n\n" + _md_table(md_header, body))
@@ -180,10 +215,10 @@ def table2_markdown(table: Table2, dataset: str, variant: str) -> str:
 
 
 def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: str, cross_variant: str,
-                 metrics_json: str | Path) -> None:
+                 metrics_json: str | Path, boot: dict[str, Any] | None = None) -> None:
     """results/table1.{csv,md}, results/table2.{csv,md} and the metrics file DVC reads."""
     out_dir = Path(out_dir)
-    t1, t2 = table1(metrics), table2(metrics, cross_variant)
+    t1, t2 = table1(metrics, boot), table2(metrics, cross_variant)
     atomic_write_text(out_dir / "table1.csv", csv_text(t1.header, t1.csv_rows()))
     atomic_write_text(out_dir / "table1.md", table1_markdown(t1, dataset))
     atomic_write_text(out_dir / "table2.csv", csv_text(t2.header, t2.cells()))
@@ -192,7 +227,9 @@ def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: st
                    "cosine_sim": r.measures["cosine_sim"].mean, "top5_match": r.measures["top5_match"].mean,
                    "top1_match": r.measures["top1_match"].mean, "fid": r.fid,
                    "cosine_sim_unrelated": r.cosine_sim_unrelated,
-                   **{k: v for k, v in r.oracles.items() if v == v}} for r in t1.rows},
+                   **{k: v for k, v in r.oracles.items() if v == v},
+                   **{name: {"mean": i.mean, "ci_low": i.low, "ci_high": i.high}
+                      for name, i in zip(EXTRA, (r.mismatched, r.paired)) if i.mean == i.mean}} for r in t1.rows},
                "table2": {c: {f"{e}:{k}": by[e][k] for e in t2.evaluators for k in ("top5", "top1")}
                           for c, by in t2.rows.items()}}
     write_json(metrics_json, summary)

@@ -37,7 +37,8 @@ def tables(args, cfg) -> None:
 
     check_or_warn(args.metrics, target=str(Path(args.out_dir) / "table1.csv"))
     metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
-    write_tables(metrics, args.out_dir, cfg.data.dataset, cfg.metrics.cross_model_variant, args.metrics_json)
+    boot = {"n_boot": cfg.metrics.bootstrap, "level": cfg.metrics.confidence, "seed": cfg.metrics.seed}
+    write_tables(metrics, args.out_dir, cfg.data.dataset, cfg.metrics.cross_model_variant, args.metrics_json, boot)
     print((Path(args.out_dir) / "table1.md").read_text())
     print((Path(args.out_dir) / "table2.md").read_text())
 
