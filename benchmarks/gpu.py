@@ -110,11 +110,10 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def flops(fn: Callable[[], Any]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one call of ``fn`` (featinv.diffusion.bench's counter; imported late: torch)."""
+    from featinv.diffusion.bench import flops as count
 
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
+    return count(fn)
 
 
 def build_on(dev, make: Callable[[], Any]):
@@ -202,7 +201,7 @@ def set_dtype(base, net, dtype, channels_last: bool) -> None:
 
 def section_sampling(res: Result, tiny: bool, deadline: float) -> None:
     torch = _torch()
-    from featinv.diffusion.bench import peer_pipeline
+    from featinv.diffusion.bench import peer_pipeline, step_flops
     from featinv.diffusion.sample import MIN_ROWS, denoise, make_scheduler
 
     dev = device_of(tiny)
@@ -235,18 +234,8 @@ def section_sampling(res: Result, tiny: bool, deadline: float) -> None:
         return n / (now() - t0)
 
     # FLOPs of one image: 2 branches x steps x (UNet + ControlNet) + hint encoder + VAE decode.
-    hint = net.encoder(torch.randn(2, *fmap, device=dev)).detach()
-
-    def one_call():
-        x = torch.randn(2, *latent, device=dev)
-        tt = torch.tensor([500, 500], device=dev)
-        down, mid = net(x, tt, text, scale=1.0, hint=hint)
-        return base.unet(x, tt, encoder_hidden_states=text, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid)
-
+    per_call, per_hint = step_flops(base, net, text, fmap, latent, dev)
     with torch.no_grad():
-        per_call = flops(one_call) / 2
-        per_hint = flops(lambda: net.encoder(torch.randn(2, *fmap, device=dev))) / 2
         per_decode = flops(lambda: base.codec.decode(torch.randn(1, *latent, device=dev)))
 
     def per_image(n_steps: int) -> float:

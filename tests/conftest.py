@@ -21,6 +21,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each (not four)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Torch on two threads for one test (the default on this 2-core machine), then back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
 
 # The twelve photographs the tests use (the embedded default uses all of DEMO_PHOTOS).
 TEST_PHOTOS = ["astronaut", "brick", "chelsea", "china", "coffee", "flower", "grace_hopper", "grass", "gravel",

@@ -133,7 +133,9 @@ def write_features(path, n=10, channels=24, fmap=(3, 3), seed=0):
     rowstore.finalize(path)
 
 
-def test_sampling_is_batch_size_invariant_and_survives_save_and_reload(base, tmp_path):
+def test_sampling_is_batch_size_invariant_and_survives_save_and_reload(base, tmp_path, two_threads):
+    # On two threads; on one, oneDNN's convolutions differ in the last bit between batch sizes here
+    # (seen 2026-12-04), so this invariance is a property of the thread count too.
     net = make_net(base)
     randomise(net.encoder, 2)
     randomise(net.controlnet, 3)

@@ -59,12 +59,30 @@ def _demo_base():
     return create_demo_base(params.diffusion.base), (1280, 7, 7), params.controlnet.encoder.hidden
 
 
-def _flops(fn) -> float:
+def flops(fn) -> float:
+    """FLOPs of one call of ``fn`` (PyTorch's FLOP counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         fn()
     return float(counter.get_total_flops())
+
+
+def step_flops(base, net: FeatureControlNet, text: torch.Tensor, fmap: tuple[int, ...], latent: tuple[int, ...],
+               device) -> tuple[float, float]:
+    """FLOPs per image of one denoising row (UNet + ControlNet, the hint encoded beforehand, as the
+    sampler does) and of encoding its hint once."""
+    hint = net.encoder(torch.randn(2, *fmap, device=device)).detach()
+
+    def one_call():
+        x = torch.randn(2, *latent, device=device)
+        tt = torch.tensor([500, 500], device=device)
+        down, mid = net(x, tt, text, scale=1.0, hint=hint)
+        return base.unet(x, tt, encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid)
+
+    with torch.no_grad():
+        return flops(one_call) / 2, flops(lambda: net.encoder(torch.randn(2, *fmap, device=device))) / 2
 
 
 def peer_pipeline(base, net: FeatureControlNet):
@@ -133,7 +151,7 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
         train_step()
     _sync(device)
     out["train_samples_per_s"] = train_steps * train_batch / (time.perf_counter() - t0)
-    train_flops = 3 * _flops(lambda: diffusion_loss(base.unet, base.noise_scheduler, lat, txt, lat, t,
+    train_flops = 3 * flops(lambda: diffusion_loss(base.unet, base.noise_scheduler, lat, txt, lat, t,
                                                     residuals=lambda x, tt, tx: net(x, tt, tx, cond)).detach())
     out["train_flops_per_sample"] = train_flops / train_batch
     net.eval()
@@ -179,18 +197,7 @@ def bench_scale(scale: str, device: torch.device, steps: int, batch_size: int, t
         peer()
     _sync(device)
     stock = single_n / (time.perf_counter() - t0)
-    hint = net.encoder(torch.randn(2, *fmap, device=device)).detach()
-
-    def one_call():  # UNet + ControlNet on 2 rows, the hint encoded beforehand (as the sampler does)
-        x = torch.randn(2, *latent, device=device)
-        tt = torch.tensor([500, 500], device=device)
-        down, mid = net(x, tt, text, scale=1.0, hint=hint)
-        return base.unet(x, tt, encoder_hidden_states=text, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid)
-
-    with torch.no_grad():
-        per_image_step = _flops(one_call) / 2  # one row of UNet + ControlNet
-        per_image_hint = _flops(lambda: net.encoder(torch.randn(2, *fmap, device=device))) / 2
+    per_image_step, per_image_hint = step_flops(base, net, text, fmap, latent, device)
     out.update({"sampling_steps": steps, "guidance": 1.75, "batch_size": b, "images_per_s": batched,
                 "images_per_s_one_at_a_time": single, "batched_speedup": batched / single,
                 "images_per_s_diffusers_pipeline": stock, "speedup_vs_diffusers_pipeline": batched / stock,
