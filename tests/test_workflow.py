@@ -297,12 +297,15 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     # The issue's reproduction: a sampling param changed after the pull reruns sample, evaluate and
     # tables in one plain `snakemake` invocation; Table 1 changes; both tools then call it up to date.
     set_param(clone, "sampling", "guidance_scale", 2.5)
+    refused = subprocess.run([sys.executable, "-m", "featinv", "sync", "results/table1.csv"], cwd=clone,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "sample@" in refused.stderr  # DVC sees the stale samples: nothing is marked
     ran = run(snake + ["results/table1.csv"], clone)
     assert all(message in ran for message in ("Reconstructing val", "Scoring", "Assembling Table 1"))  # the rules' messages
     assert "Training the FeatInv ControlNet" not in ran
     assert (clone / "results/table1.csv").read_text() != table1
     assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], clone)
-    assert "up to date" in run(dvc + ["status", "results/table1.csv", "--with-deps"], clone)
+    assert "up to date" in run(dvc + ["status", "tables", "--with-deps"], clone)  # Snakemake's onsuccess: dvc commit
     set_param(clone, "sampling", "guidance_scale", 1.75)
     run(snake + ["results/table1.csv"], clone)
     assert (clone / "results/table1.csv").read_text() == table1  # same params, same samples, same table

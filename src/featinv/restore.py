@@ -21,10 +21,31 @@ class NotRestoredError(ValueError):
     """DVC reports stages whose outputs are not what dvc.lock records: nothing to mark."""
 
 
+def dvc_stages(targets: list[str], workdir: str | Path = ".") -> list[str]:
+    """The DVC stages (``name`` or ``name@item``) whose outputs are ``targets`` (output paths, or
+    files inside an output directory); a target that is already a stage stays as it is. DVC's
+    ``--with-deps`` follows the pipeline upstream only from stage names: given an output path, it
+    takes that one stage alone."""
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        outs = {str(out.def_path): stage.addressing for stage in repo.index.stages for out in stage.outs}
+        names = {stage.addressing for stage in repo.index.stages} | {stage.name for stage in repo.index.stages}
+    stages = []
+    for target in targets:
+        stage = outs.get(target) or next((s for o, s in outs.items() if target.startswith(o + "/")), None)
+        if stage is None and target not in names:
+            raise NotRestoredError(f"{target} is no output of a stage in dvc.yaml (regenerate it: "
+                                   "`python -m featinv.dvcyaml`)")
+        stages.append(stage or target)
+    return list(dict.fromkeys(stages))
+
+
 def dvc_changes(targets: list[str], workdir: str | Path = ".") -> dict:
-    """``dvc status --json`` of ``targets`` (output paths or stages) and every stage upstream of them
-    (all stages when none): stage -> what changed ({} when everything is up to date)."""
-    cmd = [sys.executable, "-m", "dvc", "status", "--json"] + (["--with-deps", *targets] if targets else [])
+    """``dvc status --json`` of the stages that make ``targets`` (output paths or stages) and every
+    stage upstream of them (all stages when none): stage -> what changed ({} when up to date)."""
+    stages = dvc_stages(targets, workdir) if targets else []
+    cmd = [sys.executable, "-m", "dvc", "status", "--json"] + (["--with-deps", *stages] if stages else [])
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise NotRestoredError(f"`dvc status` failed in {Path(workdir).resolve()}: {proc.stderr.strip()[-500:]}")
@@ -56,7 +77,12 @@ def commit(targets: list[str], workdir: str | Path = ".") -> None:
     """After Snakemake built ``targets`` (output paths) under params.yaml: record them and every stage
     upstream in dvc.lock (``dvc commit``), so that ``dvc status`` agrees with ``snakemake -n`` that
     nothing is stale, and ``dvc push`` carries what Snakemake made."""
-    cmd = [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", "--with-deps", *targets]
+    try:
+        stages = dvc_stages(targets, workdir)
+    except NotRestoredError as exc:
+        print(f"warning: not recorded in dvc.lock: {exc}", file=sys.stderr)
+        return
+    cmd = [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", "--with-deps", *stages]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"warning: `dvc commit` of what Snakemake built failed, so `dvc status` will call it changed "
