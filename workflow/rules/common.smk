@@ -1,10 +1,10 @@
 # Shared helpers: params validation, wildcard constraints and the paths every rule refers to.
 #
 # Staleness: a job reruns when an input is newer than its outputs, or when its params (the sections
-# its verb reads) or its code (the source its verb runs, `stamp`) changed, and then so does every job
-# downstream of it, in the same invocation: no input is . After `dvc pull` / `dvc checkout`
-# (fresh mtimes, no .snakemake metadata) `featinv sync-pipeline` marks the restored outputs up to date,
-# once DVC has confirmed they are. Every job records its provenance in its outputs (`stamp`), which
+# its verb reads, `cfg`) or its code (the source its verb runs, `code`) changed, and then so does
+# every job downstream of it, in the same invocation: no input is ancient(). After `dvc pull` /
+# `dvc checkout` (fresh mtimes, no .snakemake metadata) `featinv sync` marks the restored outputs up
+# to date, once DVC has confirmed they are. Every job records its provenance in its outputs (`stamp`), which
 # the tables and figures check before they read a metrics file.
 import json
 import os
