@@ -88,6 +88,7 @@ def rule_code() -> dict[str, list[str]]:
     return {name: sorted(module_file(m) for m in verb_modules(name)) for name in VERBS}
 
 
+@lru_cache(maxsize=None)
 def rule_code_hash(rule: str) -> str:
     """A short hash of the source files ``rule``'s verb runs: a rule param, so that Snakemake reruns
     the rule (and what reads its outputs) when that code changes, as DVC does."""

@@ -19,7 +19,6 @@ ORACLE_MEASURES = (("cosine_sim", "cosine_sim"), ("top5_match", "top5"))
 EXTRA = ("cosine_sim_mismatched", "unpooled_minus_pooled_cosine_sim")
 
 
-
 def _fid_column(metrics: list[dict[str, Any]]) -> str:
     """``fid[<features>, N=<n>]``: the extractor and the number of reconstructions, so nobody takes
     a backbone-feature FID for an Inception one."""
