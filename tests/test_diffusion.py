@@ -213,9 +213,10 @@ def test_patch_codec_is_lossless():
     assert torch.equal(codec.decode(z), x)
 
 
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("beta_schedule", ["scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, beta_schedule):
+def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, beta_schedule, spacing):
     """A denoiser that knows x0 makes deterministic DDIM return x0 from any starting noise."""
     from types import SimpleNamespace
 
@@ -234,8 +235,25 @@ def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, bet
 
     base.unet = Oracle()
     text = base.prompt_embeddings(PROMPT)
-    out = denoise(base, None, None, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base), 10, 1.75, 1.0)
+    out = denoise(base, None, None, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base, spacing),
+                  10, 1.75, 1.0)
     torch.testing.assert_close(out, base.codec.decode(x0), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "unipc", "dpmsolver"])
+def test_timestep_spacing_decides_where_the_solver_starts(base, solver):
+    """trailing starts at the last training timestep (pure noise is t = 999); leading, Stable
+    Diffusion's, at 1000 - 1000 / steps; every spacing ends at or near 0 and descends."""
+    firsts = {}
+    for spacing in ("leading", "trailing", "linspace"):
+        sched = make_scheduler(solver, base, spacing)
+        sched.set_timesteps(10)
+        ts = [int(t) for t in sched.timesteps]
+        assert ts == sorted(ts, reverse=True) and len(ts) == 10 and ts[-1] <= 100
+        firsts[spacing] = ts[0]
+    assert firsts == {"leading": 900, "trailing": 999, "linspace": 999}
+    with pytest.raises(ValueError, match="unknown scheduler 'euler'"):
+        make_scheduler("euler", base)
 
 
 def test_control_strength_is_per_backbone_with_one_as_the_default():

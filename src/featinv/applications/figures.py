@@ -64,8 +64,8 @@ class FeatInvGenerator:
             noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
                                  for s in seeds[rows]]).to(self.device)
             images = denoise(self.base, self.net, fmaps[rows].float().to(self.device), noise, self.text,
-                             make_scheduler(self.sampling.scheduler, self.base), self.sampling.steps,
-                             self.sampling.guidance_scale, self.strength)
+                             make_scheduler(self.sampling.scheduler, self.base, self.sampling.timestep_spacing),
+                             self.sampling.steps, self.sampling.guidance_scale, self.strength)
             out.append(((images.float().clamp(-1, 1) + 1) / 2).cpu())
         return torch.cat(out)
 

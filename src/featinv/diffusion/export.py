@@ -105,7 +105,8 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
     export_base(model, out)
     objective = base_objective(out, base_cfg, diffusion.prompt, targets)
     samples = sample_base(out, n, diffusion.prompt, sampling.scheduler, sampling.steps,
-                          sampling.guidance_scale, sampling.seed, device=diffusion.device)
+                          sampling.guidance_scale, sampling.seed, device=diffusion.device,
+                          spacing=sampling.timestep_spacing)
     image_grid([[hwc(x) for x in samples[r:r + 16]] for r in range(0, 64, 16)]
                ).save(Path(out) / "samples.png")
     figures = base_figures(samples, shards, backbone, cfg.backbones.weights.get(backbone),
@@ -143,7 +144,8 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
             "logged_steps": len(losses),
             "device": "2-core CPU"}) + (f"\n\n{history}" if history else "")),
         ("Quality", (
-            f"{figures['n_samples']} samples ({sampling.scheduler}, {sampling.steps} steps, guidance "
+            f"{figures['n_samples']} samples ({sampling.scheduler}, {sampling.steps} steps, {sampling.timestep_spacing} "
+            f"timestep spacing, guidance "
             f"{sampling.guidance_scale}, seed {sampling.seed}; `samples.png` shows the first 64), scored on "
             f"{figures['backbone']} at {figures['resolution']} px against the {figures['n_train_views']} training views "
             f"and the {figures['n_val_images']} held-out val crops:\n\n"

@@ -40,7 +40,8 @@ def preview_base(base_source: str, targets: str | Path, out_png: str | Path, dif
     rows_idx = spread_rows(store["keys"].shape[0], n)
     real = base.codec.decode(torch.from_numpy(store["latents"].get_orthogonal_selection((rows_idx,)).astype(np.float32)).to(dev))
     fake_u8 = sample_unconditional(base, 2 * n, diffusion.prompt, sampling.scheduler, sampling.steps,
-                                   sampling.guidance_scale, sampling.seed, key="base-preview")
+                                   sampling.guidance_scale, sampling.seed, key="base-preview",
+                                   spacing=sampling.timestep_spacing)
     real_u8 = to_uint8(real)
     rows = [[hwc(x) for x in real_u8], [hwc(x) for x in fake_u8[:n]], [hwc(x) for x in fake_u8[n:]]]
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,10 @@ from featinv.metrics.evaluate import backbone_outputs, nearest_by_cosine
 
 
 def sample_base(base_dir: str | Path, n: int, prompt: str, scheduler: str, steps: int, guidance: float, seed: int,
-                device: str = "auto") -> np.ndarray:
+                device: str = "auto", spacing: str = "leading") -> np.ndarray:
     """``n`` samples of the base model alone: (n, 3, R, R) uint8."""
     base = load_base(base_dir).to(resolve_device(device))
-    return sample_unconditional(base, n, prompt, scheduler, steps, guidance, seed)
+    return sample_unconditional(base, n, prompt, scheduler, steps, guidance, seed, spacing=spacing)
 
 
 def _mean(values: np.ndarray) -> float:

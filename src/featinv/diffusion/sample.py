@@ -40,17 +40,19 @@ def _schedulers() -> dict[str, Callable]:
 
     return {
         # eta = 0 (deterministic); the last step returns the predicted x0 (alpha_prev = 1).
-        "ddim": lambda cfg: DDIMScheduler.from_config(cfg, clip_sample=False, set_alpha_to_one=True),
-        "unipc": lambda cfg: UniPCMultistepScheduler.from_config(cfg),
-        "dpmsolver": lambda cfg: DPMSolverMultistepScheduler.from_config(cfg),
+        "ddim": lambda cfg, **kw: DDIMScheduler.from_config(cfg, clip_sample=False, set_alpha_to_one=True, **kw),
+        "unipc": lambda cfg, **kw: UniPCMultistepScheduler.from_config(cfg, **kw),
+        "dpmsolver": lambda cfg, **kw: DPMSolverMultistepScheduler.from_config(cfg, **kw),
     }
 
 
-def make_scheduler(name: str, base: BaseModel):
+def make_scheduler(name: str, base: BaseModel, spacing: str = "leading"):
+    """Solver ``name`` on the base model's noise schedule, visiting the timesteps ``spacing`` picks
+    (``sampling.timestep_spacing``: leading, trailing or linspace)."""
     table = _schedulers()
     if name not in table:
         raise ValueError(f"unknown scheduler '{name}' (one of {', '.join(table)})")
-    return table[name](base.noise_scheduler.config)
+    return table[name](base.noise_scheduler.config, timestep_spacing=spacing)
 
 
 def control_strength(sampling: Sampling, backbone: str) -> float:
@@ -144,7 +146,8 @@ def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor |
 
 @torch.inference_mode()
 def sample_unconditional(base: BaseModel, n: int, prompt: str, scheduler: str, steps: int, guidance: float,
-                         seed: int, key: str = "base-sample", batch_size: int = 64) -> np.ndarray:
+                         seed: int, key: str = "base-sample", batch_size: int = 64,
+                         spacing: str = "leading") -> np.ndarray:
     """``n`` samples of the base model alone, (n, 3, R, R) uint8; sample i starts from the noise of
     key ``<key>-<i>`` (on the base model's device)."""
     device = next(base.unet.parameters()).device
@@ -153,7 +156,7 @@ def sample_unconditional(base: BaseModel, n: int, prompt: str, scheduler: str, s
     for start in range(0, n, batch_size):
         keys = [f"{key}-{i}" for i in range(start, min(n, start + batch_size))]
         noise = initial_noise(keys, [0] * len(keys), seed, base.latent_shape).to(device)
-        out.append(to_uint8(denoise(base, None, None, noise, text, make_scheduler(scheduler, base), steps, guidance, 1.0)))
+        out.append(to_uint8(denoise(base, None, None, noise, text, make_scheduler(scheduler, base, spacing), steps, guidance, 1.0)))
     return np.concatenate(out)
 
 
@@ -178,6 +181,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
     batch_size = cfg.batch_size or auto_batch_size(dev, base.latent_shape)
     res = base.resolution
     attrs = {"model": net.meta, "features": str(features), "scheduler": cfg.scheduler, "steps": cfg.steps,
+             "timestep_spacing": cfg.timestep_spacing,
              "guidance_scale": guidance, "control_strength": strength, "seed": cfg.seed,
              "samples_per_map": samples, "resolution": res, "prompt": prompt}
     arrays = {"images": ((samples, 3, res, res), "uint8", 0), "keys": ((), "str", None)}
@@ -196,7 +200,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
         item_samples = [s for _ in rows for s in range(samples)]
         noise = initial_noise(item_keys, item_samples, cfg.seed, base.latent_shape).to(dev)
         with torch.autocast(dev.type, dtype=precision, enabled=precision is not None):
-            images = denoise(base, net, cond, noise, text, make_scheduler(cfg.scheduler, base), cfg.steps,
+            images = denoise(base, net, cond, noise, text, make_scheduler(cfg.scheduler, base, cfg.timestep_spacing), cfg.steps,
                              guidance, strength)
         writer.add(rows, {"images": to_uint8(images).reshape(len(rows), samples, 3, res, res)})
     seconds = time.perf_counter() - started
