@@ -34,39 +34,33 @@ from featinv.fileio import atomic_write_text, csv_text
 
 class FeatInvGenerator:
     """FeatInv as a function: (feature maps (B, C, h, w), seeds) -> images (B, 3, R, R) in [0, 1]; the
-    starting noise of a row depends only on its seed, so equal seeds give comparable images."""
+    starting noise of a row depends only on its seed, so equal seeds give comparable images. A
+    :class:`~featinv.diffusion.pipeline.FeatInvPipeline` at the ``sampling`` section's settings."""
 
     def __init__(self, base_source: str, model_dir: str | Path, diffusion: Diffusion, sampling: Sampling):
         from featinv.devices import resolve_device
-        from featinv.diffusion.base import load_base
-        from featinv.diffusion.controlnet import FeatureControlNet
+        from featinv.diffusion.pipeline import FeatInvPipeline
         from featinv.diffusion.sample import control_strength
 
-        self.net = FeatureControlNet.from_pretrained(model_dir)
+        self.pipe = FeatInvPipeline.from_pretrained(model_dir, base=base_source, device=str(resolve_device(diffusion.device)),
+                                                    resolution=diffusion.base.resolution, scheduler=sampling.scheduler,
+                                                    timestep_spacing=sampling.timestep_spacing)
+        self.net = self.pipe.controlnet
         if self.net.meta["variant"] != "unpooled":
             raise ValueError(f"{model_dir} is a {self.net.meta['variant']} model: the applications edit spatial "
                              f"feature maps and need an unpooled one")
-        self.device = resolve_device(diffusion.device)
-        self.base = load_base(base_source, diffusion.base.resolution).to(self.device)
-        self.net.to(self.device)
         self.sampling = sampling
         self.strength = control_strength(sampling, self.net.meta["backbone"])
-        self.text = self.base.prompt_embeddings(diffusion.prompt).to(self.device)
         self.batch_size = sampling.batch_size or 32
 
     def __call__(self, fmaps: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        from featinv.diffusion.sample import denoise, make_scheduler
-
-        shape = self.base.latent_shape
         out = []
         for i in range(0, len(fmaps), self.batch_size):
             rows = slice(i, i + self.batch_size)
-            noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)))
-                                 for s in seeds[rows]]).to(self.device)
-            images = denoise(self.base, self.net, fmaps[rows].float().to(self.device), noise, self.text,
-                             make_scheduler(self.sampling.scheduler, self.base, self.sampling.timestep_spacing),
-                             self.sampling.steps, self.sampling.guidance_scale, self.strength)
-            out.append(((images.float().clamp(-1, 1) + 1) / 2).cpu())
+            images = self.pipe(feature_maps=fmaps[rows].float(), num_inference_steps=self.sampling.steps,
+                               guidance_scale=self.sampling.guidance_scale, control_strength=self.strength,
+                               generator=[torch.Generator().manual_seed(int(s)) for s in seeds[rows]]).images
+            out.append(torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images]).float() / 255)
         return torch.cat(out)
 
 
@@ -160,7 +154,7 @@ def concepts_figure(gen: FeatInvGenerator, train_store: str | Path, val_store: s
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     keys = [val_keys[r] for r in val_rows]
     maps = _maps(val, val_rows)
-    originals = _originals(shards, split, keys, gen.base.resolution)
+    originals = _originals(shards, split, keys, gen.pipe.base.resolution)
     recon = gen(maps, [seeds[0]] * len(maps))
     rows, panels = [], []
     for i, key in enumerate(keys):
@@ -193,7 +187,7 @@ def interpolation_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | 
         combined = interpolate(phi[0], phi[1], cfg.alphas)
         recon = gen(combined, [cfg.seed] * len(combined))
         cos = scorer(recon, combined)
-        originals = _originals(shards, split, [keys[a], keys[b]], gen.base.resolution)
+        originals = _originals(shards, split, [keys[a], keys[b]], gen.pipe.base.resolution)
         row = [(originals[0], keys[a])]
         for alpha, img, c in zip(cfg.alphas, recon, cos):
             row.append((img, f"alpha={alpha:g} cos={c:.3f}"))
@@ -217,7 +211,7 @@ def composition_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Pa
         maps = torch.stack([phi[0], phi[1], compose(phi[0], phi[1], mask)])
         recon = gen(maps, [cfg.seed] * 3)
         cos = scorer(recon, maps)
-        originals = _originals(shards, split, [keys[a], keys[b]], gen.base.resolution)
+        originals = _originals(shards, split, [keys[a], keys[b]], gen.pipe.base.resolution)
         edge = outline(image_mask(mask, tuple(recon.shape[-2:])))
         panels.append([(originals[0], keys[a]), (originals[1], keys[b]), (recon[0], f"a cos={cos[0]:.3f}"),
                        (recon[1], f"b cos={cos[1]:.3f}"), (_paint(recon[2], edge), f"a + b in box cos={cos[2]:.3f}")])
@@ -271,7 +265,7 @@ def variability_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Pa
     n = cfg.samples
     recon = gen(maps.repeat_interleave(n, 0), [cfg.seed + s for _ in pick for s in range(n)])
     cos = scorer(recon, maps.repeat_interleave(n, 0))
-    originals = _originals(shards, split, [keys[r] for r in pick], gen.base.resolution)
+    originals = _originals(shards, split, [keys[r] for r in pick], gen.pipe.base.resolution)
     panels, rows = [], []
     for i, r in enumerate(pick):
         row = [(originals[i], keys[r])]

@@ -23,7 +23,7 @@ def _setup(args, cfg, scorer: bool = True):
 
     gen = FeatInvGenerator(args.base, args.model, cfg.diffusion, cfg.sampling)
     name = gen.net.meta["backbone"]
-    score = MapScorer(args.store, cfg.backbones.weights.get(name), gen.device) if scorer else None
+    score = MapScorer(args.store, cfg.backbones.weights.get(name), gen.pipe.device) if scorer else None
     return gen, score
 
 

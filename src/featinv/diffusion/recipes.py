@@ -151,7 +151,9 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
     fmap_shape = tuple(attrs["fmap_shape"])
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
             "fmap_shape": list(fmap_shape), "variant": variant, "base_model": base_source,
-            "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt})}  # as training.json's
+            "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt}),  # as training.json's
+            # how the backbone saw each training image, for FeatInvPipeline.features
+            "input_size": int(attrs["preprocessing"]["input_size"][-1]), "view": attrs.get("view", "eval_transform")}
     torch.manual_seed(cn_cfg.train.seed)
     net = FeatureControlNet.from_unet(base.unet, in_channels=fmap_shape[0], fmap_size=fmap_shape[1:],
                                       hidden=cn_cfg.encoder.hidden, depth=cn_cfg.encoder.depth,
