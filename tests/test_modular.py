@@ -1,5 +1,7 @@
 """Modular inversion: forward models split into stages that compose to the model's own forward."""
 
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -411,6 +413,46 @@ def _cnn_inverses(shards, tmp_path):
     return tmp_path / "cnn"
 
 
+def test_modular_inversion_loads_from_its_directory_alone_and_inverts_as_the_analyses_do(demo_shards, tmp_path):
+    """ModularInversion.from_pretrained needs no params file (meta.json carries the modular section);
+    its reconstructions are the chained inverses' of the training path's pixels; the card agrees."""
+    from PIL import Image
+
+    from featinv.cards import read_card
+    from featinv.data.shards import read_image
+    from featinv.modular import ModularInversion
+    from featinv.modular.inverses import chain
+    from featinv.modular.trained import load_split, representations, split_index
+
+    model_dir = _cnn_inverses(demo_shards, tmp_path)
+    inv = ModularInversion.from_pretrained(model_dir)
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert inv.stages == meta["stages"] and len(inv.stages) >= 3
+    split = load_split(demo_shards, "val", inv.forward.image_size, inv.forward.fit, rows=[0, 1])
+    photos = [read_image(e) for e in split_index(demo_shards, "val")[:2]]
+    assert torch.equal(inv.pixels(photos), split.pixels)  # fitted as the training split was
+    reps = representations(inv.forward, split.pixels)
+    for j in (1, len(inv.stages)):
+        expected = inv.forward.pixels(chain(inv.trained.modular, reps[j], j))
+        torch.testing.assert_close(inv.invert(photos, stage=j, as_pil=False), expected)
+        assert torch.equal(inv.invert(representation=reps[j], stage=j, as_pil=False), expected)
+    classic = inv.invert(photos, stage=inv.stages[-1], path="classic", as_pil=False)
+    assert not torch.allclose(classic, inv.invert(photos, stage=-1, as_pil=False))  # another network
+    pil = inv.invert(photos, stage=-1)
+    assert len(pil) == 2 and pil[0].size == tuple(reversed(inv.forward.image_size))
+    with pytest.raises(ValueError, match=f"unknown stage 'nope' of .*: one of {', '.join(inv.stages)}"):
+        inv.invert(photos, stage="nope")
+    with pytest.raises(ValueError, match="out of range"):
+        inv.invert(photos, stage=len(inv.stages) + 1)
+
+    front, body = read_card(model_dir / "README.md")
+    facts = front["featinv"]
+    assert facts["stages"] == meta["stages"] and facts["shapes"] == meta["shapes"]
+    assert facts["n_train"] == meta["n_train"] and facts["steps"] == meta["config"]["steps"] == 1
+    assert front["base_model"] == meta["config"]["backbone"] and front["datasets"] == ["demo"]
+    assert "ModularInversion.from_pretrained" in body and "snakemake --cores all" in body
+
+
 def test_removing_self_attention_leaves_the_class_token_attending_to_every_token(tiny_vit):
     """In every block an image token's attention sees itself only, the class token's every token;
     a copy is modified, the model is not."""
@@ -601,7 +643,7 @@ def test_learning_rates_per_stage_and_instances_with_their_spread(demo_shards, t
     from featinv.modular.onehot import one_hot
     from featinv.modular.prediction import prediction_inverses
     from featinv.modular.inverses import chain
-    from featinv.modular.trained import load_split, representations
+    from featinv.modular.trained import load_split, representations, split_index
 
     assert not all(torch.equal(a, b) for a, b in zip(trained.pred_one_hot.state_dict().values(),
                                                      _bundle(trained.forward, cfg)["pred_one_hot"].state_dict().values()))

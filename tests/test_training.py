@@ -12,6 +12,7 @@ from conftest import featinv, finish, kill_at_checkpoint
 from featinv.config import section
 from featinv import rowstore
 from featinv.backbones import create_backbone
+from featinv.cards import read_card
 from featinv.diffusion.codec import PatchCodec
 from featinv.diffusion.recipes import train_base, train_controlnet
 from featinv.features.extract import extract
@@ -95,6 +96,22 @@ def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path
     meta = json.loads((tmp_path / "cn" / "featinv.json").read_text())
     assert meta["backbone"] == "tf_efficientnet_lite0" and meta["variant"] == "unpooled"
     assert meta["fmap_shape"] == [1280, 7, 7] and meta["base_model"] == str(tmp_path / "base")
+    assert meta["input_size"] == 224 and meta["view"] == "eval_transform"
+    # its model card: Hugging Face front matter that agrees with the meta and the training summary
+    front, body = read_card(tmp_path / "cn" / "README.md")
+    training = json.loads((tmp_path / "cn" / "training.json").read_text())
+    assert front["library_name"] == "diffusers" and front["license"] == "other"
+    assert front["base_model"] == meta["base_model"] and {"featinv", "controlnet", "unpooled"} <= set(front["tags"])
+    facts = front["featinv"]
+    assert {k: facts[k] for k in ("backbone", "layer", "variant", "fmap_shape", "view", "input_size",
+                                  "weights_source")} == {k: meta[k] for k in ("backbone", "layer", "variant", "fmap_shape",
+                                                                              "view", "input_size", "weights_source")}
+    assert facts["steps"] == CN["train"]["steps"] == training["steps"]
+    assert facts["params_hash"] == training["params_hash"] == meta["params_hash"]
+    assert facts["final_loss"] == pytest.approx(training["final_loss"], abs=1e-5)
+    assert facts["train_rows"] == rowstore.open_complete(tmp_path / "f.zarr")["keys"].shape[0]
+    assert front["datasets"] == ["demo"]
+    assert f"snakemake --cores all {(tmp_path / 'cn').as_posix()}" in body
 
 
 def test_bf16_autocast_trains_on_cpu_deterministically(demo_targets, tmp_path):

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from featinv import rowstore
+from featinv.cards import controlnet_card
 from featinv.backbones import Backbone
-from featinv.config import Controlnet, DiffusionBase
+from featinv.config import Controlnet, DiffusionBase, plain
 from featinv.data.shards import index_split
 from featinv.diffusion.base import BaseModel, create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
@@ -179,6 +180,9 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
     def save(trained: FeatureControlNet) -> None:
         trained.meta.update({"steps": settings.steps, "final_loss": result["final_loss"]})
         trained.save_pretrained(out)
+        controlnet_card(out, trained.meta, {**result, "params_hash": meta["params_hash"]},
+                        {"dataset": attrs.get("dataset"), "split": attrs.get("split"), "rows": data.n},
+                        plain(settings))
 
     return _finish(result, (cn_cfg, {"prompt": prompt}), out, save)
 

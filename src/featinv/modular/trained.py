@@ -13,6 +13,7 @@ On disk (``<model_dir>``): ``inverses.safetensors`` (state of ``{"modular": [...
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from featinv.cards import modular_card
 from featinv.config import Modular, plain
+from featinv.data.shards import load_manifest
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.modular.forward import ForwardModel, load_forward
 from featinv.modular.inverses import build_inverses, inverse_for
@@ -224,6 +227,7 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
     """Train modular (eq. 1) and classic inverses of every stage on the train split; save them with
     the split's mean image (the baseline). The split's stage representations are computed once into
     a rowstore in ``model_dir`` and read per batch, so memory does not grow with the split."""
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     forward = load_forward(cfg, weights)
     model_dir = Path(model_dir)
@@ -261,8 +265,12 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
             "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()},
             "instances": cfg.instances,
             "final_loss_by_instance": [{kind: [h[-1] for h in hist] for kind, hist in li.items()}
-                                       for li in losses_by_instance]}
+                                       for li in losses_by_instance],
+            "config": plain(cfg),  # the whole modular section: ModularInversion.from_pretrained needs no params file
+            "seconds": time.perf_counter() - started}
     write_json(model_dir / "meta.json", meta)
+    modular_card(model_dir, meta, cfg.backbone, load_manifest(shards)["dataset"], meta["seconds"],
+                 model_dir.as_posix())
     stage_of = {"modular": names, "classic": names, "pred_one_hot": [names[-1]], "local_first": [names[0]]}
     rows = [[step, loss, kind, stage_of[kind][j]] for kind, hist in losses.items() for j, h in enumerate(hist)
             for step, loss in enumerate(h, 1)]
