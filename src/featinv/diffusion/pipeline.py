@@ -142,7 +142,7 @@ class FeatInvPipeline:
         """What the backbone saw of each training image (``features.view``)."""
         return str(self.meta.get("view", "eval_transform"))
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers edit the maps in place (composition)
     def _backbone_outputs(self, images, view: str, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """(spatial maps (B, C, h, w), top-5 classes (B, 5)) of PIL-like images seen as ``view``."""
         transform = self.backbone.preprocessing.transform(view)
