@@ -36,3 +36,5 @@ rule all:
         rules.plot_losses.output.png,
         application_figures(),
         modular_targets(),
+        comparisons(),
+        layer_studies(),

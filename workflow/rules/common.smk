@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 
+from featinv.backbones.layers import LAST, backbone_name, source_id, valid_layers
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code_hash
 from featinv.config import forward_family, modular_run_name, validate
@@ -22,10 +23,44 @@ DATASET = config["data"]["dataset"]
 RESOURCES = config["resources"]
 BACKBONES = config["backbones"]["names"]
 
+
+def layers_of(name):
+    """The layers of backbone ``name`` that params name (features.layer; default the last map)."""
+    layers = config["features"]["layer"].get(name, [LAST])
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def check_layers():
+    """Stop before any job when a named layer does not exist, listing the valid ones (models are built
+    with random weights, only for backbones with a layer other than the last)."""
+    wanted = {name: set(layers_of(name)) for name in BACKBONES}
+    study = config["layers"]
+    if study["backbone"]:
+        if study["backbone"] not in BACKBONES:
+            raise ValueError(f"params layers.backbone: '{study['backbone']}' is not one of backbones.names")
+        if study["layer"] == LAST:
+            raise ValueError("params layers.layer: an intermediate layer, not last (the study sets it beside the last)")
+        wanted[study["backbone"]].add(study["layer"])
+    for name in config["features"]["layer"]:
+        if name not in BACKBONES:
+            raise ValueError(f"params features.layer.{name}: not one of backbones.names")
+    for name, layers in wanted.items():
+        if layers - {LAST}:
+            valid = valid_layers(name)
+            bad = sorted(layers - set(valid))
+            if bad:
+                raise ValueError(f"params: backbone '{name}' has no layer {', '.join(repr(b) for b in bad)}; "
+                                 f"valid layers: {', '.join(valid)}")
+
+
+check_layers()
+# A source is a (backbone, layer) pair: the backbone's name for its last map, name@layer for another.
+SOURCES = [source_id(name, layer) for name in BACKBONES for layer in layers_of(name)]
+
 wildcard_constraints:
-    backbone=r"[A-Za-z0-9_.\-]+",
+    backbone=r"[A-Za-z0-9_.\-]+(@[A-Za-z0-9_.]+)?",
     split=r"[A-Za-z0-9_]+",
-    variant=r"unpooled|pooled",
+    variant=r"unpooled|pooled|inverse",  # inverse: the deterministic inverse's reconstructions (rule invert)
 
 
 def verb_config(rule):
@@ -71,7 +106,7 @@ def record_in_dvc():
 
 def weights_arg(wildcards):
     """`--weights FILE` where params name a local weights file for this backbone, else nothing."""
-    path = config["backbones"]["weights"].get(wildcards.backbone)
+    path = config["backbones"]["weights"].get(backbone_name(wildcards.backbone))
     return f"--weights {shlex.quote(path)}" if path else ""
 
 
@@ -125,11 +160,11 @@ BASE = TRAINED_BASE if BASE_TRAINED_HERE else config["diffusion"]["base"]["sourc
 
 
 def feature_stores():
-    return expand(STORE, backbone=BACKBONES, split=config["features"]["splits"])
+    return expand(STORE, backbone=SOURCES, split=config["features"]["splits"])
 
 
 def backbone_reports():
-    return expand(BACKBONE_REPORT, backbone=BACKBONES, split=config["features"]["splits"])
+    return expand(BACKBONE_REPORT, backbone=SOURCES, split=config["features"]["splits"])
 
 
 def base_input(wildcards):
@@ -141,13 +176,13 @@ def base_input(wildcards):
 
 
 def sample_stores():
-    return expand(SAMPLES, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
+    return expand(SAMPLES, backbone=SOURCES, variant=VARIANTS, split=SAMPLING_SPLIT)
 
 
 # The helpers below refer to the rules' own outputs (`rules.X.output`), so each path is written once,
 # in its rule; they run after the rule files are included.
 def sample_previews():
-    return expand(rules.preview_samples.output.grid, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
+    return expand(rules.preview_samples.output.grid, backbone=SOURCES, variant=VARIANTS, split=SAMPLING_SPLIT)
 
 
 def base_previews():
@@ -155,10 +190,10 @@ def base_previews():
 
 
 def metric_files():
-    return expand(METRICS, backbone=BACKBONES, variant=VARIANTS, split=SAMPLING_SPLIT)
+    return expand(METRICS, backbone=SOURCES, variant=VARIANTS, split=SAMPLING_SPLIT)
 
 
 def loss_csvs():
     """Training-loss CSVs of every model this pipeline trains."""
     base = [rules.train_base.output.loss] if BASE_TRAINED_HERE else []
-    return base + expand(rules.train_controlnet.output.loss, backbone=BACKBONES, variant=VARIANTS)
+    return base + expand(rules.train_controlnet.output.loss, backbone=SOURCES, variant=VARIANTS)

@@ -87,6 +87,8 @@ def training_data(wildcards):
 
 
 rule train_controlnet:
+    wildcard_constraints:
+        variant=r"unpooled|pooled",
     message:
         "Training the FeatInv ControlNet for {wildcards.backbone} ({wildcards.variant})"
     input:
@@ -147,7 +149,7 @@ rule tune_sampling:
 rule tuning:
     """Every model's sampling tuning (table, heat map, choice), whatever sampling.tuning says."""
     input:
-        expand(TUNING, backbone=BACKBONES, variant=VARIANTS),
+        expand(TUNING, backbone=SOURCES, variant=VARIANTS),
 
 
 def tuned_input(wildcards):
@@ -158,6 +160,8 @@ def tuned_input(wildcards):
 
 
 rule sample:
+    wildcard_constraints:
+        variant=r"unpooled|pooled",
     message:
         "Reconstructing {wildcards.split} feature maps of {wildcards.backbone} ({wildcards.variant})"
     input:

@@ -3,9 +3,9 @@
 
 
 def evaluators(wildcards):
-    """The conditioning backbone first; for the cross-model variant also every other backbone (Table 2)."""
-    others = [b for b in BACKBONES if b != wildcards.backbone]
-    return [wildcards.backbone] + (others if wildcards.variant == CROSS_VARIANT else [])
+    """The conditioning source first, then every backbone's last map (its own too, for an intermediate
+    layer): cosine-sim and top-k match on each (Table 2, the comparison's other-backbone columns)."""
+    return [wildcards.backbone] + [b for b in BACKBONES if b != wildcards.backbone]
 
 
 def train_store_input(wildcards):
@@ -94,3 +94,139 @@ rule plot_losses:
         **job_resources("plot_losses"),
     shell:
         "featinv --stamp {params.stamp:q} plot-losses --csv {input} --out {output.png} > {log} 2>&1"
+
+
+# FeatInv beside a deterministic inverse of the same map (results/comparison/), and the layer study
+# (results/layers/): side-by-side reports from the metric JSONs and sample stores.
+INVERSE = f"data/models/{DATASET}/inverse/{{backbone}}"
+COMPARISON = f"results/comparison/{DATASET}/{{backbone}}"
+LAYER_STUDY = f"results/layers/{DATASET}/{{backbone}}"
+STUDY = config["layers"]
+
+
+rule train_inverse:
+    message:
+        "Training the deterministic inverse of {wildcards.backbone}'s map"
+    input:
+        features=STORE.replace("{split}", "train"),
+        targets=TARGETS.format(split="train"),
+    output:
+        model=directory(INVERSE),
+        loss=f"results/training/{DATASET}/{{backbone}}-inverse-loss.csv",
+    params:
+        stamp=stamp("train_inverse"),
+        code=rule_code_hash("train_inverse"),
+        cfg=verb_config("train_inverse"),
+    log:
+        f"results/logs/train_inverse/{DATASET}-{{backbone}}.log",
+    benchmark:
+        f"results/benchmarks/train_inverse/{DATASET}-{{backbone}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("train_inverse", gpu="all"),
+    shell:
+        "featinv --stamp {params.stamp:q} --threads {threads} --processes {resources.gpu} train-inverse"
+        " --features {input.features} --targets {input.targets} --out {output.model} --loss-csv {output.loss}"
+        " --config {params.cfg:q} > {log} 2>&1"
+
+
+rule invert:
+    message:
+        "Reconstructing {wildcards.split} maps of {wildcards.backbone} with the deterministic inverse"
+    input:
+        model=INVERSE,
+        features=STORE,
+    output:
+        samples=directory(SAMPLES.replace("{variant}", "inverse")),
+    params:
+        stamp=stamp("invert"),
+        code=rule_code_hash("invert"),
+        cfg=verb_config("invert"),
+    log:
+        f"results/logs/invert/{DATASET}-{{backbone}}-{{split}}.log",
+    benchmark:
+        f"results/benchmarks/invert/{DATASET}-{{backbone}}-{{split}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("invert", gpu="one"),
+    shell:
+        "featinv --stamp {params.stamp:q} --threads {threads} invert --model {input.model} --features {input.features}"
+        " --out {output.samples} --config {params.cfg:q} > {log} 2>&1"
+
+
+def compared(wildcards, path):
+    return expand(path, backbone=wildcards.backbone, variant=[*VARIANTS, "inverse"], split=SAMPLING_SPLIT)
+
+
+rule compare:
+    message:
+        "FeatInv beside the deterministic inverse of {wildcards.backbone}'s map"
+    input:
+        metrics=lambda wildcards: compared(wildcards, METRICS),
+        samples=lambda wildcards: compared(wildcards, SAMPLES),
+        shards=rules.build_shards.output.shards,
+    output:
+        csv=report(COMPARISON + ".csv", caption="../report/comparison.rst", category="Comparison"),
+        md=COMPARISON + ".md",
+        png=report(COMPARISON + ".png", caption="../report/comparison.rst", category="Comparison"),
+    params:
+        stamp=stamp("compare"),
+        code=rule_code_hash("compare"),
+        cfg=verb_config("compare"),
+    log:
+        f"results/logs/compare/{DATASET}-{{backbone}}.log",
+    benchmark:
+        f"results/benchmarks/compare/{DATASET}-{{backbone}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("compare"),
+    shell:
+        "featinv --stamp {params.stamp:q} compare --metrics {input.metrics} --samples {input.samples}"
+        " --shards {input.shards} --out-csv {output.csv} --out-md {output.md} --out-png {output.png}"
+        " --config {params.cfg:q} > {log} 2>&1"
+
+
+def studied(wildcards, path):
+    return expand(path, backbone=[wildcards.backbone, source_id(wildcards.backbone, STUDY["layer"])],
+                  variant="unpooled", split=SAMPLING_SPLIT)
+
+
+rule layer_study:
+    message:
+        "FeatInv of {wildcards.backbone} from its last map and from layer " + STUDY["layer"]
+    input:
+        metrics=lambda wildcards: studied(wildcards, METRICS),
+        samples=lambda wildcards: studied(wildcards, SAMPLES),
+        shards=rules.build_shards.output.shards,
+    output:
+        csv=report(LAYER_STUDY + ".csv", caption="../report/layer_study.rst", category="Layers"),
+        png=report(LAYER_STUDY + ".png", caption="../report/layer_study.rst", category="Layers"),
+    params:
+        stamp=stamp("layer_study"),
+        code=rule_code_hash("layer_study"),
+        cfg=verb_config("layer_study"),
+    log:
+        f"results/logs/layer_study/{DATASET}-{{backbone}}.log",
+    benchmark:
+        f"results/benchmarks/layer_study/{DATASET}-{{backbone}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("layer_study"),
+    shell:
+        "featinv --stamp {params.stamp:q} layer-study --metrics {input.metrics} --samples {input.samples}"
+        " --shards {input.shards} --out-csv {output.csv} --out-png {output.png} --config {params.cfg:q} > {log} 2>&1"
+
+
+def comparisons():
+    return expand(rules.compare.output.csv, backbone=SOURCES)
+
+
+def layer_studies():
+    return expand(rules.layer_study.output.csv, backbone=STUDY["backbone"]) if STUDY["backbone"] else []
+
+
+rule comparison:
+    """FeatInv beside the deterministic inverse, for every source; the layer study."""
+    input:
+        comparisons(),
+        layer_studies(),

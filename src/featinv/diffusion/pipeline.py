@@ -150,9 +150,9 @@ class FeatInvPipeline:
         maps, top = [], []
         for i in range(0, len(pil), batch_size):
             x = torch.stack([transform(img) for img in pil[i:i + batch_size]]).to(self.device)
-            fmap = self.backbone.spatial(x)
+            fmap, logits = self.backbone.outputs(x)
             maps.append(fmap.float().cpu())
-            top.append(self.backbone.head(fmap).topk(5, dim=-1).indices.cpu())
+            top.append(logits.topk(5, dim=-1).indices.cpu())
         return torch.cat(maps), torch.cat(top)
 
     def features(self, images) -> torch.Tensor:

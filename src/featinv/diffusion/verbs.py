@@ -81,11 +81,13 @@ def train_controlnet(args, cfg) -> None:
     common = dict(device=cfg.diffusion.device, resolution=cfg.diffusion.base.resolution)
     if cfg.controlnet.train.augment.mode == "online":
         from featinv.backbones import create_backbone
+        from featinv.backbones.layers import backbone_name
 
         if not (args.shards and args.backbone):
             raise ValueError("controlnet.train.augment.mode online trains from --shards and --backbone")
-        backbone = create_backbone(args.backbone, weights=cfg.backbones.weights.get(args.backbone),
-                                   input_size=cfg.backbones.input_size.get(args.backbone))
+        name = backbone_name(args.backbone)
+        backbone = create_backbone(args.backbone, weights=cfg.backbones.weights.get(name),
+                                   input_size=cfg.backbones.input_size.get(name))
         summary = recipes.train_controlnet_online(args.base, args.shards, args.split, backbone, args.variant,
                                                   cfg.controlnet, cfg.diffusion.prompt, args.out, args.loss_csv,
                                                   **common)
@@ -116,6 +118,34 @@ def sample(args, cfg) -> None:
     strength, guidance = sampling_settings(sampling, net.meta["backbone"], args.tuned)
     summary = sample_store(base, net, args.features, args.out, sampling, strength, cfg.diffusion.prompt,
                            device=cfg.diffusion.device, guidance=guidance)
+    print(json.dumps(summary, indent=1))
+
+
+@verb("train the deterministic inverse (a plain decoder, pixel MSE) of a backbone's map, FeatInv's comparison",
+      sections=("inverse", "diffusion"), processes=True, args=(
+          Arg("--features", "feature store of the train split", required=True),
+          Arg("--targets", "cached targets of the train split", required=True),
+          Arg("--out", "output directory", required=True),
+          Arg("--loss-csv", required=True)))
+def train_inverse(args, cfg) -> None:
+    from featinv.diffusion.inverse import train_inverse as train
+    from featinv.diffusion.targets import target_codec
+
+    codec, _ = target_codec(cfg.diffusion)
+    summary = train(args.features, args.targets, codec, cfg.inverse, args.out, args.loss_csv, device=cfg.diffusion.device)
+    print(json.dumps(summary, indent=1))
+
+
+@verb("reconstruct a feature store's maps with a trained deterministic inverse (a sample store)",
+      sections=("inverse", "diffusion"), args=(
+          Arg("--model", "trained inverse directory", required=True),
+          Arg("--features", "feature store of the sampling split", required=True),
+          Arg("--out", "output sample store (zarr)", required=True)))
+def invert(args, cfg) -> None:
+    from featinv.diffusion.inverse import invert_store
+
+    summary = invert_store(args.model, args.features, args.out, batch_size=cfg.inverse.batch_size,
+                           device=cfg.diffusion.device)
     print(json.dumps(summary, indent=1))
 
 

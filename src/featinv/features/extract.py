@@ -85,8 +85,8 @@ def extract(backbone: Backbone, shards: str | Path, split: str, out: str | Path,
         writer = rowstore.BlockWriter(group)
         for images, rows in shard_batches(index, backbone.preprocessing.transform(view), batches, num_workers, dev,
                                           f"{backbone.name} {split}", progress and procs.is_main):
-            fmap = backbone.spatial(images)
-            probs = backbone.head(fmap).float().softmax(-1)
+            fmap, logits = backbone.outputs(images)
+            probs = logits.float().softmax(-1)
             top_p, top_i = probs.topk(min(topk, probs.shape[-1]), dim=-1)
             writer.add(rows, {
                 "features": fmap.to(torch.float16).cpu().numpy(),

@@ -8,7 +8,7 @@ from featinv.verbs import Arg, verb
 
 
 @verb("extract a split's feature maps into a zarr store", sections=("features", "backbones"), processes=True, args=(
-    Arg("--backbone", "timm model name", required=True),
+    Arg("--backbone", "timm model name, @layer for an intermediate layer (features.layer)", required=True),
     Arg("--weights", "local weights file (optional)", default=""),
     Arg("--shards", "shard directory with manifest.json", required=True),
     Arg("--split", required=True),
@@ -19,9 +19,11 @@ def extract_features(args, cfg) -> None:
     from featinv.features.extract import accuracy_report, extract
     from featinv.fileio import write_json
 
+    from featinv.backbones.layers import backbone_name
+
     feats = cfg.features
     backbone = create_backbone(args.backbone, weights=args.weights or None,
-                               input_size=cfg.backbones.input_size.get(args.backbone))
+                               input_size=cfg.backbones.input_size.get(backbone_name(args.backbone)))
     summary = extract(backbone, args.shards, args.split, args.store, batch_size=feats.batch_size,
                       num_workers=feats.num_workers, device=feats.device, rows_per_shard=feats.rows_per_shard,
                       rows_per_chunk=feats.rows_per_chunk, topk=feats.topk, view=feats.view)

@@ -15,6 +15,10 @@
   information about its own image. The per-map cosine-sims are kept for paired comparisons between
   models of the same images (Table 1's unpooled − pooled).
 
+- Pixel MSE of each reconstruction against the original's target view (in [0, 1] units), and
+  cosine-sim on every evaluating source (``cosine_sim_by``: another backbone's map is a perceptual
+  proxy the reconstruction was not made for, Table 2's idea).
+
 - Oracles, through the same scoring path (the image at the sample resolution, the conditioning
   backbone through ``metrics.scoring``): ``oracle_copy`` scores the original itself, the ceiling of a
   perfect reconstruction at this resolution; ``oracle_nearest_train`` scores, for each original, the
@@ -38,6 +42,7 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.backbones import Backbone, create_backbone
+from featinv.backbones.layers import backbone_name
 from featinv.config import Metrics
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device
@@ -63,10 +68,10 @@ def backbone_outputs(backbone: Backbone, images: np.ndarray, batch_size: int, de
     out: dict[str, list[np.ndarray]] = {"features": [], "pooled": [], "topk": []}
     for i in _batches(len(images), batch_size, f"{backbone.name} on reconstructions"):
         x = torch.stack([transform(Image.fromarray(a.transpose(1, 2, 0))) for a in images[i:i + batch_size]])
-        fmap = backbone.spatial(x.to(device))
+        fmap, logits = backbone.outputs(x.to(device))
         out["features"].append(fmap.float().cpu().numpy())
         out["pooled"].append(backbone.pooled(fmap).float().cpu().numpy())
-        out["topk"].append(backbone.head(fmap).topk(topk, dim=-1).indices.cpu().numpy())
+        out["topk"].append(logits.topk(topk, dim=-1).indices.cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -138,12 +143,21 @@ def _per_map(values: np.ndarray, n_maps: int) -> np.ndarray:
     return values.reshape(n_maps, -1).astype(np.float64).mean(axis=1)
 
 
+def pixel_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image mean squared error of two (M, 3, R, R) uint8 image arrays, in [0, 1] units."""
+    diff = a.astype(np.float32) / 255 - b.astype(np.float32) / 255
+    return (diff ** 2).reshape(len(a), -1).mean(axis=1)
+
+
 def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards: str | Path, cfg: Metrics,
                      weights: Mapping[str, str] | None = None, per_image_csv: str | Path | None = None,
                      train_store: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of one sample store. ``stores`` maps each evaluating backbone to its feature store of
-    the originals (same split, same rows); the conditioning backbone must be among them.
-    ``train_store``: the conditioning backbone's train feature store, for ``oracle_nearest_train``."""
+    """Metrics of one sample store. ``stores`` maps each evaluating source (backbone, ``@layer`` for an
+    intermediate one) to its feature store of the originals (same split, same rows); the conditioning
+    source must be among them. Every evaluator scores cosine-sim (``cosine_sim_by``) and top-k match
+    (``match``); the conditioning one also the baselines and oracles (the oracles on every evaluator's
+    cosine too). ``train_store``: the conditioning source's train feature store, for
+    ``oracle_nearest_train``."""
     weights = weights or {}
     group = rowstore.open_complete(samples)
     attrs = dict(group.attrs)
@@ -158,41 +172,58 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
     device = resolve_device(cfg.device)
     boot = {"n_boot": cfg.bootstrap, "level": cfg.confidence, "seed": cfg.seed}
 
-    split = dict(rowstore.open_complete(stores[conditioning]).attrs)["split"]
+    cond_store = rowstore.open_complete(stores[conditioning])
+    split = dict(cond_store.attrs)["split"]
     result: dict[str, Any] = {"model": model, "samples": str(samples), "split": split,
                               "n_images": n, "samples_per_map": s, "resolution": int(images.shape[-1]),
-                              "confidence": cfg.confidence, "scoring": cfg.scoring, "match": {}}
+                              "confidence": cfg.confidence, "scoring": cfg.scoring, "match": {}, "cosine_sim_by": {}}
     per_image: dict[str, np.ndarray] = {}
     resolution = int(images.shape[-1])
     real_views = original_views(shards, split, keys, resolution)
-    for name, store_path in stores.items():
-        originals = rowstore.open_complete(store_path)
+    mse = pixel_mse(flat, np.repeat(real_views, s, axis=0))
+    result["pixel_mse"] = summarise(_per_map(mse, n), **boot)
+    # The oracles' images: the original itself; the nearest training view by the conditioning map.
+    oracle_images = {"oracle_copy": real_views,
+                     "oracle_nearest_train": _nearest_train_images(cond_store, train_store, shards, resolution, cfg)}
+    for name in [conditioning] + [k for k in stores if k != conditioning]:
+        originals = rowstore.open_complete(stores[name])
         stored_keys = [str(k) for k in originals["keys"][:]]
         if stored_keys != keys:
-            raise ValueError(f"feature store {store_path} holds other images than {samples} (keys differ)")
-        backbone = store_backbone(originals.attrs, weights.get(name) or None)
+            raise ValueError(f"feature store {stores[name]} holds other images than {samples} (keys differ)")
+        backbone = store_backbone(originals.attrs, weights.get(backbone_name(name)) or None)
         recon = backbone_outputs(backbone, flat, cfg.batch_size, device, view=cfg.scoring)
         reference = np.repeat(originals["topk_indices"][:, 0], s)
         top5 = topk_match(reference, recon["topk"], 5)
         top1 = topk_match(reference, recon["topk"], 1)
         result["match"][name] = {"top5": summarise(_per_map(top5, n), **boot),
                                  "top1": summarise(_per_map(top1, n), **boot)}
+        maps, top1_ref = originals["features"][:].astype(np.float32), originals["topk_indices"][:, 0]
+        ref_maps = np.repeat(maps, s, axis=0)
+        cos = cosine_per_position(ref_maps, recon["features"])
+        result["cosine_sim_by"][name] = summarise(_per_map(cos, n), **boot)
+        for oracle, chosen in oracle_images.items():
+            if chosen is None:
+                result.setdefault(oracle, None)
+                continue
+            scored = score_images(backbone, chosen, maps, top1_ref, cfg, device, boot)
+            if name == conditioning:
+                result[oracle] = {**scored, "pixel_mse": summarise(pixel_mse(chosen, real_views), **boot),
+                                  "cosine_sim_by": {name: scored["cosine_sim"]}}
+            else:
+                result[oracle]["cosine_sim_by"][name] = scored["cosine_sim"]
         if name == conditioning:
-            ref_maps = np.repeat(originals["features"][:].astype(np.float32), s, axis=0)
-            cos = cosine_per_position(ref_maps, recon["features"])
-            result["cosine_sim"] = summarise(_per_map(cos, n), **boot)
-            result["cosine_sim_unrelated"] = unrelated_cosine(originals["features"][:])
+            result["cosine_sim"] = result["cosine_sim_by"][name]
+            result["cosine_sim_unrelated"] = unrelated_cosine(maps)
             # the honest baseline: each reconstruction against another image's original (chance's pairing)
             cos_mismatched = (cosine_per_position(np.roll(ref_maps, (n // 2) * s, axis=0), recon["features"])
                               if n >= 2 else np.full(n * s, np.nan, dtype=np.float32))
             result["cosine_sim_mismatched"] = summarise(_per_map(cos_mismatched, n), **boot)
             result["cosine_sim_per_map"] = {"keys": keys, "values": _per_map(cos, n).tolist()}  # paired comparisons
             per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1,
-                         "cosine_sim_mismatched": cos_mismatched}
-            maps, top1_ref = originals["features"][:].astype(np.float32), originals["topk_indices"][:, 0]
-            result["oracle_copy"] = score_images(backbone, real_views, maps, top1_ref, cfg, device, boot)
-            result["oracle_nearest_train"] = _nearest_train_oracle(backbone, maps, top1_ref, train_store, shards,
-                                                                   resolution, cfg, device, boot)
+                         "cosine_sim_mismatched": cos_mismatched, "pixel_mse": mse}
+    if result["oracle_nearest_train"] is not None:
+        train = rowstore.open_complete(train_store)
+        result["oracle_nearest_train"].update(train_split=str(train.attrs["split"]), train_rows=int(train["keys"].shape[0]))
 
     fid_name = cfg.fid.features
     extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg.fid.inception_weights},
@@ -206,21 +237,19 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
     return result
 
 
-def _nearest_train_oracle(backbone: Backbone, maps: np.ndarray, top1_ref: np.ndarray, train_store, shards,
-                          resolution: int, cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any] | None:
+def _nearest_train_images(cond_store, train_store, shards, resolution: int, cfg: Metrics) -> np.ndarray | None:
+    """For each original of ``cond_store``, the training view whose stored map is closest by cosine per
+    position, as (N, 3, R, R) uint8 target views; None where the oracle is off."""
     if not cfg.oracles.nearest_train:
         return None
     if train_store is None:
         raise ValueError("metrics.oracles.nearest_train is on but no train feature store was given (--train-store)")
     train = rowstore.open_complete(train_store)
-    if train.attrs["backbone"] != backbone.name:
-        raise ValueError(f"train store {train_store} is of {train.attrs['backbone']}, not {backbone.name}")
-    index, _ = nearest_by_cosine(maps, train["features"])
+    if train.attrs["backbone"] != cond_store.attrs["backbone"]:
+        raise ValueError(f"train store {train_store} is of {train.attrs['backbone']}, not {cond_store.attrs['backbone']}")
+    index, _ = nearest_by_cosine(cond_store["features"][:].astype(np.float32), train["features"])
     train_keys = [str(k) for k in train["keys"][:]]
-    chosen = original_views(shards, str(train.attrs["split"]), [train_keys[i] for i in index], resolution)
-    result = score_images(backbone, chosen, maps, top1_ref, cfg, device, boot)
-    result["train_split"], result["train_rows"] = str(train.attrs["split"]), len(train_keys)
-    return result
+    return original_views(shards, str(train.attrs["split"]), [train_keys[i] for i in index], resolution)
 
 
 def _write_per_image(path: str | Path, keys: list[str], s: int, values: dict[str, np.ndarray]) -> None:

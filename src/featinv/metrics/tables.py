@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from featinv.backbones.layers import split_source
 from featinv.features.store import VARIANTS
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.metrics.stats import summarise
@@ -87,7 +88,7 @@ class Table1Row:
 
     def cells(self) -> list[Any]:
         """The row's cells, in :attr:`Table1.header` order (without the table's ``scoring``)."""
-        out: list[Any] = [self.backbone, self.variant]
+        out: list[Any] = [*split_source(self.backbone), self.variant]
         for i in [*(self.measures[name] for name in MEASURES), self.mismatched, self.paired]:
             out += [i.mean, i.low, i.high]
         return out + [self.fid, self.n_images, self.samples_per_map, self.cosine_sim_unrelated, *self.oracles.values()]
@@ -102,7 +103,7 @@ class Table1:
 
     @property
     def header(self) -> list[str]:
-        header = ["backbone", "variant"]
+        header = ["backbone", "layer", "variant"]
         for name in [*MEASURES, *EXTRA]:
             header += [name, f"{name}_ci{self.level}_low", f"{name}_ci{self.level}_high"]
         header += [self.fid_column, "n_images", "samples_per_map", "cosine_sim_unrelated"]
@@ -118,7 +119,7 @@ def oracle_columns() -> list[str]:
 
 
 def table1(metrics: list[dict[str, Any]], boot: dict[str, Any] | None = None) -> Table1:
-    """One row per (backbone, variant), unpooled models first as in the paper. ``boot``: the bootstrap
+    """One row per (backbone, layer, variant), unpooled models first as in the paper. ``boot``: the bootstrap
     settings (n_boot, level, seed) of the paired unpooled - pooled interval."""
     order = {v: i for i, v in enumerate(VARIANTS)}
     by_model = {(m["model"]["backbone"], m["model"]["variant"]): m for m in metrics}
@@ -142,8 +143,8 @@ def _oracle_value(m: dict[str, Any], oracle: str, key: str) -> float:
 
 @dataclass(frozen=True)
 class Table2:
-    """Top-5 and top-1 match of each conditioning backbone's reconstructions (rows) against each
-    evaluating backbone's own prediction on the original (columns)."""
+    """Top-5 and top-1 match of each conditioning source's reconstructions (rows: backbone, @layer for an
+    intermediate one) against each evaluating backbone's own prediction on the original (columns)."""
 
     evaluators: list[str]
     rows: dict[str, dict[str, dict[str, float]]]  # conditioning -> evaluator -> {"top5", "top1"}
@@ -157,16 +158,26 @@ class Table2:
 
 
 def table2(metrics: list[dict[str, Any]], variant: str) -> Table2:
-    """Rows: conditioning backbone (models of ``variant``); columns: evaluating backbones."""
+    """Rows: conditioning source (models of ``variant``); columns: evaluating backbones. A match is a
+    prediction of the whole network on the image, whatever layer a source reads, so a row's own
+    source answers for its backbone's column."""
     chosen = sorted((m for m in metrics if m["model"]["variant"] == variant), key=lambda m: m["model"]["backbone"])
     if not chosen:
         raise ValueError(f"no {variant} models to cross-evaluate")
-    evaluators = sorted(chosen[0]["match"])
+
+    def by_backbone(m: dict[str, Any]) -> dict[str, dict[str, float]]:
+        own = m["model"]["backbone"]
+        out = {split_source(e)[0]: v for e, v in m["match"].items() if e == own}
+        out.update({e: v for e, v in m["match"].items() if split_source(e)[1] == "last"})
+        return out
+
+    evaluators = sorted(by_backbone(chosen[0]))
     rows = {}
     for m in chosen:
-        if sorted(m["match"]) != evaluators:
-            raise ValueError(f"{m['model']['backbone']} was evaluated by {sorted(m['match'])}, not {evaluators}")
-        rows[m["model"]["backbone"]] = {e: {k: m["match"][e][k]["mean"] for k in ("top5", "top1")} for e in evaluators}
+        found = by_backbone(m)
+        if sorted(found) != evaluators:
+            raise ValueError(f"{m['model']['backbone']} was evaluated by {sorted(found)}, not {evaluators}")
+        rows[m["model"]["backbone"]] = {e: {k: found[e][k]["mean"] for k in ("top5", "top1")} for e in evaluators}
     return Table2(evaluators, rows)
 
 
@@ -177,12 +188,12 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table1_markdown(table: Table1, dataset: str) -> str:
-    md_header = ["backbone", "variant", "cosine-sim", "top5 match", "top1 match", "mismatched cosine-sim",
+    md_header = ["backbone", "layer", "variant", "cosine-sim", "top5 match", "top1 match", "mismatched cosine-sim",
                  "unpooled − pooled (paired)", table.fid_column, "N",
                  "chance cosine-sim", "copy: cosine-sim / top5", "nearest train: cosine-sim / top5"]
     body = []
     for r in table.rows:
-        cells = [r.backbone, r.variant]
+        cells = [*split_source(r.backbone), r.variant]
         cells += ["—" if i.mean != i.mean else f"{i.mean:.3f} [{i.low:.3f}, {i.high:.3f}]"
                   for i in (*(r.measures[name] for name in MEASURES), r.mismatched, r.paired)]
         cells += [f"{r.fid:.1f}", str(r.n_images), f"{r.cosine_sim_unrelated:.3f}"]
@@ -192,8 +203,9 @@ def table1_markdown(table: Table1, dataset: str) -> str:
               "resize": "each whole reconstruction resized to the backbone's input size"}[table.scoring]
     return (f"# Table 1: reconstruction quality ({dataset}, scoring: {table.scoring})\n\nScored with {scored}. "
             f"Mean over evaluation images with "
-            f"{table.level}% bootstrap intervals. cosine-sim: feature cosine per "
-            "spatial position with the conditioning backbone; top5(1) match: the original's top-1 class among "
+            f"{table.level}% bootstrap intervals. layer: the map inverted (last: the last spatial map before "
+            "pooling; else the timm module whose output it is); cosine-sim: feature cosine per "
+            "spatial position with the conditioning backbone, on that layer; top5(1) match: the original's top-1 class among "
             "the reconstruction's top 5 (its top 1); FID: between reconstructions and originals on the named "
             "features; mismatched: each reconstruction's cosine-sim against another image's original (the "
             "pairing of chance: what a reconstruction scores without information about its own image); "

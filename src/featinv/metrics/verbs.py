@@ -43,6 +43,39 @@ def tables(args, cfg) -> None:
     print((Path(args.out_dir) / "table2.md").read_text())
 
 
+@verb("FeatInv beside the deterministic inverse of the same map: table and figure", sections=("data", "sampling"), args=(
+    Arg("--metrics", "metrics JSONs of one source's models (unpooled, pooled, inverse)", required=True, nargs="+"),
+    Arg("--samples", "their sample stores", required=True, nargs="+"),
+    Arg("--shards", "shards holding the originals", required=True),
+    Arg("--out-csv", required=True), Arg("--out-md", required=True), Arg("--out-png", required=True)))
+def compare(args, cfg) -> None:
+    from featinv.metrics.comparison import write_comparison
+    from featinv.provenance import check_or_warn
+
+    check_or_warn(args.metrics, target=args.out_csv)
+    metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
+    write_comparison(metrics, args.samples, args.shards, cfg.data.dataset, args.out_csv, args.out_md, args.out_png,
+                     n=cfg.sampling.preview)
+    print(Path(args.out_md).read_text())
+
+
+@verb("one backbone's FeatInv from its last map and from an intermediate layer: table and figure",
+      sections=("layers",), args=(
+          Arg("--metrics", "metrics JSONs of the backbone's unpooled models (last and intermediate)", required=True,
+              nargs="+"),
+          Arg("--samples", "their sample stores", required=True, nargs="+"),
+          Arg("--shards", "shards holding the originals", required=True),
+          Arg("--out-csv", required=True), Arg("--out-png", required=True)))
+def layer_study(args, cfg) -> None:
+    from featinv.metrics.comparison import write_layer_study
+    from featinv.provenance import check_or_warn
+
+    check_or_warn(args.metrics, target=args.out_csv)
+    metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
+    write_layer_study(metrics, args.samples, args.shards, args.out_csv, args.out_png, n=cfg.layers.preview)
+    print(Path(args.out_csv).read_text())
+
+
 @verb("training-loss curves of the base model and the ControlNets", args=(
     Arg("--csv", "loss CSVs (step,loss,...)", required=True, nargs="+"),
     Arg("--out", "PNG", required=True)))
