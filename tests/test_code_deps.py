@@ -23,17 +23,22 @@ def test_each_stage_has_its_rules_inputs_code_and_verb_sections():
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     code = rule_code()
     extract = doc["extract_features"]
-    assert extract["matrix"] == {"backbone": ["tf_efficientnet_lite0", "tf_efficientnet_lite2"], "split": ["train", "val"]}
+    # the layer study's source (features at blocks.4) is a backbone value of its own
+    assert extract["matrix"] == {"backbone": ["tf_efficientnet_lite0", "tf_efficientnet_lite0@blocks.4",
+                                              "tf_efficientnet_lite2"], "split": ["train", "val"]}
     assert extract["deps"] == ["data/shards/demo", *code["extract_features"], "workflow/rules/features.smk"]
     assert extract["params"] == list(VERBS["extract_features"].sections)
     assert extract["outs"] == ["data/features/demo/${item.backbone}/${item.split}.zarr",
                                "results/backbones/demo/${item.backbone}-${item.split}.json"]
     assert doc["tables"]["metrics"] == ["results/metrics.json"] and "results/metrics.json" not in doc["tables"]["outs"]
-    assert "models/demo-base" in doc["train_controlnet"]["deps"]  # the shipped base model
-    # the unpooled models also read every other backbone's store (Table 2): their own stage
+    assert "models/demo-base" in doc["train_controlnet_tf_efficientnet_lite0"]["deps"]  # the shipped base model
+    # every model is scored on every backbone's store (Table 2, the comparison): a stage per source, its
+    # models (unpooled, pooled, the deterministic inverse) the matrix; DVC's names: no '@' or '.'
+    lite0 = doc["evaluate_tf_efficientnet_lite0"]
+    assert lite0["matrix"] == {"variant": ["inverse", "pooled", "unpooled"]}
     assert {"data/features/demo/tf_efficientnet_lite0/val.zarr", "data/features/demo/tf_efficientnet_lite2/val.zarr",
-            "data/features/demo/${item.backbone}/train.zarr"} <= set(doc["evaluate_unpooled"]["deps"])
-    assert "data/features/demo/${item.backbone}/val.zarr" in doc["evaluate_pooled"]["deps"]
+            "data/features/demo/tf_efficientnet_lite0/train.zarr"} <= set(lite0["deps"])
+    assert "data/features/demo/tf_efficientnet_lite0/val.zarr" in doc["evaluate_tf_efficientnet_lite0-blocks-4"]["deps"]
 
 
 def job(rule, inputs, outputs, **wildcards):

@@ -22,7 +22,7 @@ TINY_BASE = {"source": "train", "resolution": 16, "patch": 2, "block_out_channel
              "attention_heads": 1, "text_hidden": 16, "text_layers": 1, "prediction_type": "sample",
              "beta_schedule": "scaled_linear", "seed": 0,
              "train": TRAIN}
-SAMPLING = {"split": "val", "scheduler": "ddim", "steps": 4, "guidance_scale": 1.75, "control_strength": {},
+SAMPLING = {"split": "val", "scheduler": "ddim", "steps": 4, "guidance_scale": 1.75, "hint_guidance": 1.0, "control_strength": {},
             "tuning": "fixed", "tune": {"maps": 4, "control_strength": [1.0], "guidance_scale": [1.75], "seed": 0},
             "samples_per_map": 2, "seed": 100, "batch_size": 0, "precision": "auto", "rows_per_shard": 6, "preview": 4}
 PROMPT = "a high-quality, detailed, and professional image"
@@ -60,6 +60,51 @@ def test_fresh_controlnet_leaves_the_base_unet_exactly_unchanged(base):
     assert len(down) == len(net.controlnet.controlnet_down_blocks)  # a residual for every down block
     assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
     assert torch.equal(plain, controlled)
+
+
+def test_the_hint_at_more_levels_starts_as_the_base_and_reaches_every_named_block(base, tmp_path):
+    """controlnet.encoder.levels: a fresh multi-level ControlNet still leaves the base unchanged (every
+    added path starts at zero); once its level convolutions are non-zero, the hint changes the input of
+    down block 1 (and so the residuals from there on) while down block 0's residuals, reached only
+    through the input hint, stay what the one-level model gives; it saves and loads with its levels."""
+    net = make_net(base)
+    torch.manual_seed(0)
+    multi = FeatureControlNet.from_unet(base.unet, in_channels=24, fmap_size=(3, 3), hidden=16, depth=2, pooled=False,
+                                        meta={"backbone": "toy", "variant": "unpooled"}, levels=2)
+    assert [tuple(c.weight.shape[:2]) for c in multi.encoder.level_convs] == [(16, 16)]  # widths [16, 32]: block 0's
+    x, t = torch.randn(2, *base.latent_shape), torch.tensor([10, 700])
+    text, cond = base.prompt_embeddings(PROMPT)[[0, 1]], torch.randn(2, 24, 3, 3)
+    with torch.no_grad():
+        down, mid = multi(x, t, text, cond)
+    assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
+    randomise(multi, 5)  # every weight, the level convolution included
+    one = FeatureControlNet(multi.controlnet, FeatureConditioningEncoder(**{**multi.encoder.config,
+                                                                           "level_channels": ()}), {})
+    one.encoder.load_state_dict({k: v for k, v in multi.encoder.state_dict().items() if "level" not in k})
+    with torch.no_grad():
+        d_multi, m_multi = multi(x, t, text, cond)
+        d_one, m_one = one(x, t, text, cond)
+    blocks0 = len(multi.controlnet.down_blocks[0].resnets) + 1 + 1  # conv_in's residual, its resnets, its downsampler
+    for a, b in zip(d_multi[:blocks0], d_one[:blocks0]):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(d_multi[-1], d_one[-1]) and not torch.allclose(m_multi, m_one)
+    multi.save_pretrained(tmp_path / "m")
+    loaded = FeatureControlNet.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, text, cond)[1], m_multi)
+    with pytest.raises(ValueError, match="between 1 and the UNet's 2 down blocks"):
+        FeatureControlNet.from_unet(base.unet, 24, (3, 3), 16, 2, False, {}, levels=3)
+
+
+def test_zero_last_off_gives_a_small_random_last_layer(base):
+    torch.manual_seed(0)
+    net = FeatureControlNet.from_unet(base.unet, 24, (3, 3), 16, 2, False, {}, zero_last=False)
+    last = net.encoder.net[-1].weight
+    assert torch.count_nonzero(last) == last.numel() and 5e-4 < float(last.std()) < 2e-3
+    with torch.no_grad():  # the ControlNet's own zero convolutions still keep the base unchanged at the start
+        down, mid = net(torch.randn(2, *base.latent_shape), torch.tensor([10, 700]),
+                        base.prompt_embeddings(PROMPT)[[0, 1]], torch.randn(2, 24, 3, 3))
+    assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
 
 
 @pytest.mark.parametrize("shape", [(2048, 7, 7), (1024, 12, 12), (768, 14, 14), (1280, 9, 9), (320, 2, 2)],
@@ -118,6 +163,32 @@ def test_unconditional_branch_keeps_the_hint(base):
     assert len(seen) == 2
     for h in seen:  # padded to 8 rows: [hint, hint, padding]
         torch.testing.assert_close(h[:6], torch.cat([hint, hint]))
+
+
+def test_hint_guidance_extrapolates_from_the_base_towards_the_controlled_estimate(base):
+    """sampling.hint_guidance s: eps_base + s (eps_ctrl - eps_base) at every step (text guidance off here):
+    s = 1 is the plain controlled sampler bit for bit, s = 0 the base model alone, and one step at s = 3
+    moves the image three times as far from the base's as s = 1 does (DDIM's step is affine in eps)."""
+    net = make_net(base)
+    randomise(net.encoder, 2)
+    randomise(net.controlnet, 3)
+    cond, noise = torch.randn(3, 24, 3, 3), torch.randn(3, *base.latent_shape)
+    text = base.prompt_embeddings(PROMPT)
+
+    def run(s, steps=3, net=net, cond=cond):
+        return denoise(base, net, cond, noise, text, make_scheduler("ddim", base, "trailing"), steps, 1.0, 1.0,
+                       hint_guidance=s)
+
+    assert torch.equal(run(1.0), denoise(base, net, cond, noise, text, make_scheduler("ddim", base, "trailing"), 3, 1.0,
+                                         1.0))
+    torch.testing.assert_close(run(0.0), run(1.0, net=None, cond=None), rtol=0, atol=1e-5)
+    assert (run(1.0) - run(0.0)).abs().max() > 1e-3  # the hint does move the image
+    # One step from t = 999: the image is the x0 estimate, affine in the model's output (where the
+    # decoder's clamp to [-1, 1] does not cut it).
+    base_img, one, three = run(0.0, steps=1), run(1.0, steps=1), run(3.0, steps=1)
+    inside = (base_img.abs() < 0.999) & (one.abs() < 0.999) & (three.abs() < 0.999)
+    assert inside.float().mean() > 0.5
+    torch.testing.assert_close((three - base_img)[inside], 3 * (one - base_img)[inside], rtol=0, atol=1e-4)
 
 
 def write_features(path, n=10, channels=24, fmap=(3, 3), seed=0):

@@ -105,7 +105,7 @@ def test_pipeline_defaults_are_the_embedded_defaults_sampling():
     sampling = yaml.safe_load((ROOT / "params.yaml").read_text())["sampling"]
     assert DEFAULTS == {"scheduler": sampling["scheduler"], "timestep_spacing": sampling["timestep_spacing"],
                         "num_inference_steps": sampling["steps"], "guidance_scale": sampling["guidance_scale"],
-                        "control_strength": 1.0}
+                        "control_strength": 1.0, "hint_guidance": sampling["hint_guidance"]}
     assert sampling["control_strength"] == {}  # so 1.0 for every backbone
 
 

@@ -30,6 +30,7 @@ TINY = {
                    "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
     "sampling": {"steps": 2, "rows_per_shard": 4, "preview": 4},
     "metrics": {"batch_size": 12, "bootstrap": 200},
+    "inverse": {"hidden": 8, "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "lr_warmup_steps": 0}},
     "modular": {"image_size": 32, "hidden": 8, "steps": 3, "batch_size": 4, "instances": 1},
     "modular_analyses": {"examples": 2, "finetune": {"steps": 2, "lambdas": [0.0, 1.0]}},
     "applications": {"interpolation": {"pairs": [[0, 5]]}, "composition": {"pairs": [[0, 5]]},
@@ -150,6 +151,31 @@ def test_the_paper_overlays_plan_every_modular_analysis(project):
         assert "--shards data/shards/coco " in plans[name]
 
 
+def test_a_second_layer_plans_its_own_jobs_and_a_wrong_one_stops_before_any(project):
+    """features.layer at paper scale: a second ConvNeXt layer gets its own extraction, ControlNets,
+    sampling and evaluation (source id name@layer in every path); a layer that does not exist stops
+    the workflow before any job, naming the valid ones."""
+    convnext = "convnext_base.fb_in22k_ft_in1k"
+    (project / "layer.yaml").write_text(f"features:\n  layer:\n    {convnext}: [last, stages.1]\n")
+    plan = run([sys.executable, "-m", "snakemake", "results/table1.csv", "-n", "-p", "-F", "--configfile",
+                "config/paper.yaml", "layer.yaml"], project)
+    source = f"{convnext}@stages.1"
+    for expected in (f"extract-features --backbone {source} ", f"--store data/features/imagenet/{source}/val.zarr",
+                     f"--shards data/shards/imagenet --backbone {source} --variant unpooled",  # online views
+                     f"--out data/models/imagenet/controlnet/{source}-unpooled ",
+                     f"--out data/models/imagenet/controlnet/{source}-pooled ",
+                     f"--out data/samples/imagenet/{source}-unpooled/val.zarr ",
+                     f"--out results/metrics/imagenet/{source}-unpooled-val.json "):
+        assert expected in plan, expected
+    assert f"--stores data/features/imagenet/{source}/val.zarr data/features/imagenet/resnet50.tv_in1k/val.zarr" in plan
+    (project / "typo.yaml").write_text(f"features:\n  layer:\n    {convnext}: stage.2\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml", "typo.yaml"],
+                          cwd=project, capture_output=True, text=True)
+    assert proc.returncode != 0 and "rule " not in proc.stdout
+    assert (f"backbone '{convnext}' has no layer 'stage.2'; valid layers: last, stages.0, stages.1, stages.2, "
+            "stages.3") in proc.stdout + proc.stderr
+
+
 def test_resources_of_an_unknown_rule_are_a_clear_error(project):
     (project / "typo.yaml").write_text("resources:\n  runtime: {default: 30, train_controlnets: 600}\n")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", "typo.yaml"], cwd=project,
@@ -227,7 +253,8 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     table1 = (project / "results/table1.csv").read_text()
     header, *rows = table1.splitlines()
     assert "fid[tf_efficientnet_lite0 pooled, N=12]" in header
-    assert [r.split(",")[:2] for r in rows] == [["tf_efficientnet_lite0", "unpooled"], ["tf_efficientnet_lite0", "pooled"]]
+    assert [r.split(",")[:3] for r in rows] == [["tf_efficientnet_lite0", "last", "unpooled"],
+                                               ["tf_efficientnet_lite0", "last", "pooled"]]
     assert (project / "results/table2.csv").read_text().startswith("conditioning,tf_efficientnet_lite0:top5")
     assert "Nothing to be done" in run(snake + ["-n", "results/table1.csv"], project)
 
@@ -315,7 +342,7 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     ran = stages_run(run(dvc + ["exp", "run", "-n", "seed101", "-S", "sampling.seed=101"], clone), clone)
     figures = {"concepts_figure", "interpolation_figure", "composition_figure", "qualitative_figure"}
     assert {"sample", "evaluate", "tables"} | figures <= ran <= {"sample", "preview_samples", "preview_base", "evaluate",
-                                                                 "tables"} | figures
+                                                                 "tables", "compare", "layer_study"} | figures
     shown = json.loads(run(dvc + ["exp", "show", "--json"], clone, stderr_too=False))
     baseline = next(row for row in shown if row["rev"] != "workspace")
     experiment = next(e["revs"][0] for e in baseline["experiments"] if e["name"] == "seed101")

@@ -160,7 +160,7 @@ def stages(jobs: list[Job], code: dict[str, list[str]], sections: dict[str, tupl
             stage["outs"] = files["outs"]
             if files["metrics"]:
                 stage["metrics"] = files["metrics"]
-            out[rule + suffix] = stage
+            out[rule + re.sub(r"[^A-Za-z0-9_-]", "-", suffix)] = stage  # DVC: letters, digits, _ and - only
     return out
 
 

@@ -10,7 +10,8 @@ import json
 import os
 import shlex
 
-from featinv.backbones.layers import LAST, backbone_name, source_id, valid_layers
+from featinv.backbones.layers import valid_layers
+from featinv.sourceid import LAST, backbone_name, source_id
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code_hash
 from featinv.config import forward_family, modular_run_name, validate

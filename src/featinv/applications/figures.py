@@ -59,6 +59,7 @@ class FeatInvGenerator:
             rows = slice(i, i + self.batch_size)
             images = self.pipe(feature_maps=fmaps[rows].float(), num_inference_steps=self.sampling.steps,
                                guidance_scale=self.sampling.guidance_scale, control_strength=self.strength,
+                               hint_guidance=self.sampling.hint_guidance,
                                generator=[torch.Generator().manual_seed(int(s)) for s in seeds[rows]]).images
             out.append(torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in images]).float() / 255)
         return torch.cat(out)

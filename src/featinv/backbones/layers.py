@@ -3,31 +3,14 @@ conditions on) or an intermediate stage named by its module in timm's ``feature_
 of an EfficientNet, ``stages.2`` of a ConvNeXt, ``layers.1`` of a Swin, ``blocks.5`` of a ViT: the
 token grid of that block).
 
-A *source id* names a (backbone, layer) pair in paths, stores and tables: the timm name for the last
-layer, ``name@layer`` for another (``tf_efficientnet_lite0@blocks.4``).
+A (backbone, layer) pair is named by its source id (:mod:`featinv.sourceid`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-LAST = "last"
-SEPARATOR = "@"
-
-
-def split_source(source: str) -> tuple[str, str]:
-    """``name@layer`` -> (name, layer); a bare name -> (name, ``last``)."""
-    name, _, layer = source.partition(SEPARATOR)
-    return name, layer or LAST
-
-
-def source_id(name: str, layer: str = LAST) -> str:
-    return name if layer == LAST else f"{name}{SEPARATOR}{layer}"
-
-
-def backbone_name(source: str) -> str:
-    """The timm name of a source id (what weights and input sizes are keyed on)."""
-    return split_source(source)[0]
+from featinv.sourceid import LAST
 
 
 def layer_names(model: nn.Module) -> list[str]:

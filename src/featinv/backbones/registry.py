@@ -21,9 +21,10 @@ from torch import nn
 
 from featinv.backbones import efficientnet_lite
 from featinv.backbones.families import family_for
-from featinv.backbones.layers import LAST, check_layer, split_source, source_id
+from featinv.backbones.layers import check_layer
 from featinv.data.target_view import TargetView
 from featinv.hub import offline
+from featinv.sourceid import LAST, source_id, split_source
 
 
 class WeightsError(FileNotFoundError):

@@ -38,11 +38,16 @@ class FeatureControlNet(nn.Module):
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, in_channels: int, fmap_size: tuple[int, int], hidden: int,
-                  depth: int, pooled: bool, meta: dict[str, Any], first_layer: str = "direct") -> "FeatureControlNet":
+                  depth: int, pooled: bool, meta: dict[str, Any], first_layer: str = "direct", levels: int = 1,
+                  zero_last: bool = True) -> "FeatureControlNet":
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16,), conditioning_channels=3)
+        widths = [int(c) for c in unet.config.block_out_channels]
+        if not 1 <= levels <= len(widths):
+            raise ValueError(f"encoder levels must be between 1 and the UNet's {len(widths)} down blocks, got {levels}")
         encoder = FeatureConditioningEncoder(
             in_channels=in_channels, fmap_size=tuple(fmap_size), grid=int(unet.config.sample_size), hidden=hidden,
-            depth=depth, out_channels=int(unet.config.block_out_channels[0]), pooled=pooled, first_layer=first_layer,
+            depth=depth, out_channels=widths[0], pooled=pooled, first_layer=first_layer,
+            level_channels=tuple(widths[:levels - 1]), zero_last=zero_last,  # block i's input: block i-1's width
         )
         return cls(controlnet, encoder, {**meta, "pooled": pooled})
 
@@ -52,8 +57,27 @@ class FeatureControlNet(nn.Module):
         ``encoder(cond)`` computed beforehand (the sampler encodes each map once, not every step)."""
         if hint is None:
             hint = self.encoder(cond)
-        return self.controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=hint.to(noisy.dtype),
-                               conditioning_scale=scale, return_dict=False)
+        if not len(self.encoder.level_convs):
+            return self.controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=hint.to(noisy.dtype),
+                                   conditioning_scale=scale, return_dict=False)
+        # levels > 1: add the pooled, projected hint to the inputs of down blocks 1..L-1
+        blocks = self.controlnet.down_blocks[1:1 + len(self.encoder.level_convs)]
+
+        def hook(conv):
+            def add(module, args, kwargs):
+                states = kwargs["hidden_states"]
+                extra = conv(nn.functional.adaptive_avg_pool2d(hint.to(states.dtype), states.shape[-2:]))
+                return args, {**kwargs, "hidden_states": states + extra}
+            return add
+
+        handles = [block.register_forward_pre_hook(hook(conv), with_kwargs=True)
+                   for conv, block in zip(self.encoder.level_convs, blocks)]
+        try:
+            return self.controlnet(noisy, timesteps, encoder_hidden_states=text, controlnet_cond=hint.to(noisy.dtype),
+                                   conditioning_scale=scale, return_dict=False)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -15,6 +15,12 @@ shifted by its offset and summed. Factored costs 9·C·hidden per *map* position
 position, plus the upsampling of 9·hidden channels: cheaper when C is wide and the map much coarser
 than the grid (the demo: 5× on CPU), dearer where the 9·hidden upsampled channels dominate (the
 paper's shape on CPU). Same weights, same outputs (to rounding), same gradients.
+
+Control-path options (off in the paper's layout): ``levels`` L > 1 also injects the hint into the
+ControlNet's down blocks 1..L-1 (each block's input plus a zero-initialised 1x1 convolution of the
+hint average-pooled to that block's grid, held here as ``level_convs``; T2I-Adapter and Uni-ControlNet
+feed several levels); ``zero_last: false`` initialises the last convolution small and random instead
+of zero, leaving the ControlNet's own zero convolutions as the only zero layers.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ def upsampled_conv3x3(x: torch.Tensor, conv: nn.Conv2d, grid: int) -> torch.Tens
 class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int, fmap_size: tuple[int, int], grid: int, hidden: int = 512,
-                 depth: int = 2, out_channels: int = 320, pooled: bool = False, first_layer: str = "direct"):
+                 depth: int = 2, out_channels: int = 320, pooled: bool = False, first_layer: str = "direct",
+                 level_channels: tuple[int, ...] = (), zero_last: bool = True):
         super().__init__()
         if depth < 1:
             raise ValueError(f"encoder depth must be >= 1, got {depth}")
@@ -60,8 +67,16 @@ class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
         layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU()]
         for _ in range(depth - 1):
             layers += [nn.Conv2d(hidden, hidden, 3, padding=1), nn.SiLU()]
-        layers.append(zero_module(nn.Conv2d(hidden, out_channels, 3, padding=1)))
+        last = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        if zero_last:
+            zero_module(last)
+        else:
+            nn.init.normal_(last.weight, std=1e-3)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
         self.net = nn.Sequential(*layers)
+        # levels 1..L-1: the hint, pooled to each down block's grid, into that block's input channels
+        self.level_convs = nn.ModuleList(zero_module(nn.Conv2d(out_channels, c, 1)) for c in level_channels)
 
     def check(self, cond: torch.Tensor) -> None:
         """Raise a clear error when ``cond`` is not what this encoder was trained on."""

@@ -42,7 +42,7 @@ from featinv.plots import to_uint8
 # The embedded default's sampling section (params.yaml; a test keeps them equal). At paper scale
 # pass the paper's: num_inference_steps=50 and timestep_spacing="leading".
 DEFAULTS = {"scheduler": "ddim", "timestep_spacing": "trailing", "num_inference_steps": 10, "guidance_scale": 1.75,
-            "control_strength": 1.0}
+            "control_strength": 1.0, "hint_guidance": 1.0}
 
 
 @dataclass
@@ -164,7 +164,8 @@ class FeatInvPipeline:
     def __call__(self, images=None, feature_maps: torch.Tensor | np.ndarray | None = None,
                  num_inference_steps: int = DEFAULTS["num_inference_steps"],
                  guidance_scale: float = DEFAULTS["guidance_scale"],
-                 control_strength: float = DEFAULTS["control_strength"], samples_per_map: int = 1,
+                 control_strength: float = DEFAULTS["control_strength"],
+                 hint_guidance: float = DEFAULTS["hint_guidance"], samples_per_map: int = 1,
                  generator: torch.Generator | list[torch.Generator] | None = None, seed: int = 0,
                  keys: Sequence[str] | None = None) -> FeatInvPipelineOutput:
         """Reconstruct ``images`` (through :meth:`features`) or given ``feature_maps``.
@@ -194,7 +195,8 @@ class FeatInvPipeline:
                 raise ValueError(f"{len(gens)} generators for {len(cond)} images")
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
         images_out = denoise(self.base, self.controlnet, cond.to(self.device), noise.to(self.device), self._text,
-                             self.scheduler, num_inference_steps, guidance_scale, control_strength)
+                             self.scheduler, num_inference_steps, guidance_scale, control_strength,
+                             hint_guidance=hint_guidance)
         pil = [Image.fromarray(a.transpose(1, 2, 0)) for a in to_uint8(images_out)]
         return FeatInvPipelineOutput(images=pil, feature_maps=cond[::samples_per_map].cpu())
 

@@ -159,7 +159,8 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
     net = FeatureControlNet.from_unet(base.unet, in_channels=fmap_shape[0], fmap_size=fmap_shape[1:],
                                       hidden=cn_cfg.encoder.hidden, depth=cn_cfg.encoder.depth,
                                       pooled=pooled, meta=meta,
-                                      first_layer=cn_cfg.encoder.first_layer)
+                                      first_layer=cn_cfg.encoder.first_layer, levels=cn_cfg.encoder.levels,
+                                      zero_last=cn_cfg.encoder.zero_last)
     emb = base.prompt_embeddings(prompt)
     settings = cn_cfg.train
     sched, unet = base.noise_scheduler, base.unet

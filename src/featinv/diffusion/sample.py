@@ -1,8 +1,11 @@
 """Batched, deterministic sampling from the base model, with or without a FeatInv ControlNet.
 
 - Scheduler: DDIM (eta 0) by default, or another deterministic solver; ``steps`` denoising steps.
-- Guidance on the text only, as the official code does: the conditional branch gets the prompt,
-  the unconditional one the empty prompt, and both keep the feature hint.
+- Guidance on the text, as the official code does: the conditional branch gets the prompt, the
+  unconditional one the empty prompt, and both keep the feature hint. Optionally also guidance on
+  the hint itself (``sampling.hint_guidance`` s, off at 1): the text-guided estimate plus
+  (s - 1)(eps(prompt, hint) - eps(prompt, no ControlNet)), i.e. without text guidance
+  eps_base + s (eps_ctrl - eps_base): one more UNet branch per step.
 - Determinism: the starting noise of (key, sample index, seed) comes from its own generator, the
   solvers add no noise, and every network call runs on at least ``MIN_ROWS`` rows (padding small
   batches), because CPU kernels for tiny batches differ in the last bits. So an image depends only
@@ -107,8 +110,9 @@ def auto_batch_size(device: torch.device, latent_shape: tuple[int, ...]) -> int:
 @torch.inference_mode()
 def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor | None, noise: torch.Tensor,
             text: torch.Tensor, scheduler, steps: int, guidance: float, strength: float,
-            min_rows: int = MIN_ROWS) -> torch.Tensor:
-    """Run the reverse process from ``noise``; returns images in [-1, 1]."""
+            min_rows: int = MIN_ROWS, hint_guidance: float = 1.0) -> torch.Tensor:
+    """Run the reverse process from ``noise``; returns images in [-1, 1]. ``hint_guidance`` s != 1 adds
+    (s - 1)(eps(prompt, hint) - eps(prompt, base alone)) at every step."""
     device = noise.device
     scheduler.set_timesteps(steps, device=device)
     x = noise * scheduler.init_noise_sigma
@@ -122,7 +126,7 @@ def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor |
 
     def eps(x_in, t_in, txt, h=None):
         extra = {}
-        if net is not None:
+        if net is not None and h is not None:
             down, mid = net(x_in, t_in, txt, scale=strength, hint=h)
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         return base.unet(x_in, t_in, encoder_hidden_states=txt, **extra).sample
@@ -139,7 +143,10 @@ def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor |
         else:
             x_in = scheduler.scale_model_input(x, t)
             args = (x_in, t.expand(n), text_c) + ((hint,) if hint is not None else ())
-            e = _padded(eps, *args, min_rows=min_rows)
+            e_c = e = _padded(eps, *args, min_rows=min_rows)
+        if hint is not None and hint_guidance != 1.0:
+            e_base = _padded(eps, scheduler.scale_model_input(x, t), t.expand(n), text_c, min_rows=min_rows)
+            e = e + (hint_guidance - 1.0) * (e_c - e_base)
         x = scheduler.step(e, t, x).prev_sample
     return base.codec.decode(x)
 
@@ -181,7 +188,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
     batch_size = cfg.batch_size or auto_batch_size(dev, base.latent_shape)
     res = base.resolution
     attrs = {"model": net.meta, "features": str(features), "scheduler": cfg.scheduler, "steps": cfg.steps,
-             "timestep_spacing": cfg.timestep_spacing,
+             "timestep_spacing": cfg.timestep_spacing, "hint_guidance": cfg.hint_guidance,
              "guidance_scale": guidance, "control_strength": strength, "seed": cfg.seed,
              "samples_per_map": samples, "resolution": res, "prompt": prompt}
     arrays = {"images": ((samples, 3, res, res), "uint8", 0), "keys": ((), "str", None)}
@@ -201,7 +208,7 @@ def sample_store(base: BaseModel, net: FeatureControlNet, features: str | Path, 
         noise = initial_noise(item_keys, item_samples, cfg.seed, base.latent_shape).to(dev)
         with torch.autocast(dev.type, dtype=precision, enabled=precision is not None):
             images = denoise(base, net, cond, noise, text, make_scheduler(cfg.scheduler, base, cfg.timestep_spacing), cfg.steps,
-                             guidance, strength)
+                             guidance, strength, hint_guidance=cfg.hint_guidance)
         writer.add(rows, {"images": to_uint8(images).reshape(len(rows), samples, 3, res, res)})
     seconds = time.perf_counter() - started
     rowstore.finish_shared(out, procs)

@@ -82,7 +82,8 @@ def tune(base: BaseModel, net: FeatureControlNet, features: str | Path, sampling
                                    unit="cell", disable=not progress):
         images = np.concatenate([
             to_uint8(denoise(base, net, cond[i:i + batch].to(dev), noise[i:i + batch].to(dev), text,
-                             make_scheduler(sampling.scheduler, base, sampling.timestep_spacing), sampling.steps, guidance, strength))
+                             make_scheduler(sampling.scheduler, base, sampling.timestep_spacing), sampling.steps, guidance, strength,
+                             hint_guidance=sampling.hint_guidance))
             for i in range(0, len(rows), batch)])
         scores = score_images(backbone, images, ref_maps, ref_top1, metrics, dev, boot)
         cells.append(Cell(float(strength), float(guidance), {m: scores[m] for m in MEASURES}))

@@ -81,7 +81,7 @@ def train_controlnet(args, cfg) -> None:
     common = dict(device=cfg.diffusion.device, resolution=cfg.diffusion.base.resolution)
     if cfg.controlnet.train.augment.mode == "online":
         from featinv.backbones import create_backbone
-        from featinv.backbones.layers import backbone_name
+        from featinv.sourceid import backbone_name
 
         if not (args.shards and args.backbone):
             raise ValueError("controlnet.train.augment.mode online trains from --shards and --backbone")

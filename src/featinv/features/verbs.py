@@ -19,7 +19,7 @@ def extract_features(args, cfg) -> None:
     from featinv.features.extract import accuracy_report, extract
     from featinv.fileio import write_json
 
-    from featinv.backbones.layers import backbone_name
+    from featinv.sourceid import backbone_name
 
     feats = cfg.features
     backbone = create_backbone(args.backbone, weights=args.weights or None,

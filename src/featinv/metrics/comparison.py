@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from featinv import rowstore
-from featinv.backbones.layers import LAST, split_source
+from featinv.sourceid import LAST, split_source
 from featinv.data.target_view import view_images
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.plots import hwc, labelled_grid, spread_rows

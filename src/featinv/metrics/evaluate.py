@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.backbones import Backbone, create_backbone
-from featinv.backbones.layers import backbone_name
+from featinv.sourceid import backbone_name
 from featinv.config import Metrics
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device

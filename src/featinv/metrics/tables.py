@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from featinv.backbones.layers import split_source
+from featinv.sourceid import split_source
 from featinv.features.store import VARIANTS
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.metrics.stats import summarise
