@@ -23,21 +23,26 @@ def test_each_stage_has_its_rules_inputs_code_and_verb_sections():
     doc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     code = rule_code()
     extract = doc["extract_features"]
-    # the layer study's source (features at blocks.4) is a backbone value of its own
-    assert extract["matrix"] == {"backbone": ["tf_efficientnet_lite0", "tf_efficientnet_lite0@blocks.4",
-                                              "tf_efficientnet_lite2"], "split": ["train", "val"]}
+    assert extract["matrix"] == {"backbone": ["tf_efficientnet_lite0", "tf_efficientnet_lite2"], "split": ["train", "val"]}
+    # the layer study's source (lite0 at blocks.4) has stages of its own: DVC addresses matrix items as
+    # stage@item, so a value with '@' stays out of every matrix, and stage names hold no '@' or '.'
+    assert doc["extract_features_tf_efficientnet_lite0-blocks-4"]["matrix"] == {"split": ["train", "val"]}
+    assert doc["extract_features_tf_efficientnet_lite0-blocks-4"]["outs"][0] == (
+        "data/features/demo/tf_efficientnet_lite0@blocks.4/${item.split}.zarr")
+    assert all("@" not in str(v) for stage in doc.values() for v in stage.get("matrix", {}).values())
     assert extract["deps"] == ["data/shards/demo", *code["extract_features"], "workflow/rules/features.smk"]
     assert extract["params"] == list(VERBS["extract_features"].sections)
     assert extract["outs"] == ["data/features/demo/${item.backbone}/${item.split}.zarr",
                                "results/backbones/demo/${item.backbone}-${item.split}.json"]
     assert doc["tables"]["metrics"] == ["results/metrics.json"] and "results/metrics.json" not in doc["tables"]["outs"]
-    assert "models/demo-base" in doc["train_controlnet_tf_efficientnet_lite0"]["deps"]  # the shipped base model
+    assert "models/demo-base" in doc["train_controlnet"]["deps"]  # the shipped base model
     # every model is scored on every backbone's store (Table 2, the comparison): a stage per source, its
     # models (unpooled, pooled, the deterministic inverse) the matrix; DVC's names: no '@' or '.'
-    lite0 = doc["evaluate_tf_efficientnet_lite0"]
-    assert lite0["matrix"] == {"variant": ["inverse", "pooled", "unpooled"]}
+    evaluate = doc["evaluate"]
+    assert evaluate["matrix"] == {"backbone": ["tf_efficientnet_lite0", "tf_efficientnet_lite2"],
+                                  "variant": ["inverse", "pooled", "unpooled"]}
     assert {"data/features/demo/tf_efficientnet_lite0/val.zarr", "data/features/demo/tf_efficientnet_lite2/val.zarr",
-            "data/features/demo/tf_efficientnet_lite0/train.zarr"} <= set(lite0["deps"])
+            "data/features/demo/${item.backbone}/train.zarr"} <= set(evaluate["deps"])
     assert "data/features/demo/tf_efficientnet_lite0/val.zarr" in doc["evaluate_tf_efficientnet_lite0-blocks-4"]["deps"]
 
 

@@ -20,7 +20,7 @@ from featinv.diffusion.base import create_demo_base
 from test_diffusion import PROMPT, SAMPLING, TINY_BASE, TRAIN, make_net, randomise
 
 FEATURES = {"splits": ["val"], "batch_size": 4, "num_workers": 0, "device": "cpu", "rows_per_shard": 4,
-            "rows_per_chunk": 2, "topk": 5, "view": "eval_transform"}
+            "rows_per_chunk": 2, "topk": 5, "view": "eval_transform", "layer": {}}
 BACKBONES = {"names": ["tf_efficientnet_lite0"], "weights": {}, "input_size": {}}
 
 
@@ -129,7 +129,7 @@ def kill_all(marker: str) -> None:
 def test_processes_only_for_verbs_that_split_their_work(tmp_path):
     out = finish_fail(featinv("preview-samples", "--samples", tmp_path, "--shards", tmp_path, "--split", "val",
                               "--n", "2", "--out", tmp_path / "x.png", processes=2))
-    assert "only extract-features, train-base, train-controlnet, sample split" in out
+    assert "only extract-features, train-base, train-controlnet, sample, train-inverse split" in out
 
 
 def finish_fail(proc):

@@ -265,6 +265,36 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
         evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards, with_bank)
 
 
+def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(tmp_path, demo_shards, lite0_val_store):
+    """A second evaluating source (lite0 at blocks.4): the reconstructions are re-extracted at that layer
+    and scored against its stored maps (perfect copies: 1 on both layers, the same whole-network
+    predictions); pixel MSE is the mean squared difference in [0, 1] units, 0 for the copies."""
+    from featinv.backbones import create_backbone
+    from featinv.features.extract import extract
+    from featinv.metrics.evaluate import evaluate_samples, original_views
+
+    deep = tmp_path / "deep.zarr"
+    extract(create_backbone("tf_efficientnet_lite0@blocks.4"), demo_shards, "val", deep, batch_size=8, num_workers=0,
+            device="cpu", rows_per_shard=8, rows_per_chunk=4, progress=False)
+    keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
+    originals = original_views(demo_shards, "val", keys, 64)
+    stores = {"tf_efficientnet_lite0": lite0_val_store, "tf_efficientnet_lite0@blocks.4": deep}
+    perfect = evaluate_samples(_sample_store(tmp_path / "same.zarr", originals, keys), stores, demo_shards, METRICS_CFG)
+    assert set(perfect["cosine_sim_by"]) == set(stores) == set(perfect["match"])
+    for name in stores:
+        assert perfect["cosine_sim_by"][name]["mean"] == pytest.approx(1.0, abs=1e-3)
+        assert perfect["oracle_copy"]["cosine_sim_by"][name]["mean"] == pytest.approx(
+            perfect["cosine_sim_by"][name]["mean"], abs=1e-6)
+    assert perfect["match"]["tf_efficientnet_lite0@blocks.4"] == perfect["match"]["tf_efficientnet_lite0"]
+    assert perfect["pixel_mse"]["mean"] == 0.0 and perfect["oracle_copy"]["pixel_mse"]["mean"] == 0.0
+    swapped_images = originals[::-1].copy()
+    swapped = evaluate_samples(_sample_store(tmp_path / "swapped.zarr", swapped_images, keys), stores, demo_shards,
+                               METRICS_CFG)
+    expected = ((swapped_images / 255.0 - originals / 255.0) ** 2).reshape(len(keys), -1).mean(axis=1).mean()
+    assert swapped["pixel_mse"]["mean"] == pytest.approx(expected, rel=1e-5) and expected > 0.01
+    assert swapped["cosine_sim_by"]["tf_efficientnet_lite0@blocks.4"]["mean"] < 0.5
+
+
 def test_nearest_by_cosine_matches_brute_force():
     from featinv.metrics.evaluate import nearest_by_cosine
 

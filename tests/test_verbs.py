@@ -36,7 +36,8 @@ def test_declared_sections_are_params_sections_and_only_verbs_with_sections_take
 
 def test_the_verbs_that_split_their_work_are_declared_so():
     # (tests/test_distributed.py runs one that does not, under --processes 2)
-    assert {n for n, v in VERBS.items() if v.processes} == {"extract_features", "train_base", "train_controlnet", "sample"}
+    assert {n for n, v in VERBS.items() if v.processes} == {"extract_features", "train_base", "train_controlnet", "sample",
+                                                            "train_inverse"}
 
 
 def test_a_verb_gets_its_sections_validated_and_a_missing_one_is_named(capsys):

@@ -144,6 +144,24 @@ def _groups(jobs: list[Job]) -> list[tuple[str, tuple[dict[str, list[str]], dict
     return [(f"_{'_'.join(j.wildcards.values())}", _matrix([j])) for j in jobs]
 
 
+def _item_safe_groups(jobs: list[Job]) -> list[tuple[str, tuple[dict[str, list[str]], dict]]]:
+    """:func:`_groups`, keeping wildcard values with ``@`` (source ids ``backbone@layer``) out of DVC
+    matrices, whose item names join values with ``-`` and are addressed as ``stage@item``: the jobs
+    of each such value form stages of their own, named after it."""
+    def marked(job: Job) -> tuple[str, ...]:
+        return tuple(v for v in job.wildcards.values() if "@" in v)
+
+    plain = [j for j in jobs if not marked(j)]
+    out = _groups(plain) if plain else []
+    by_value: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        if marked(job):
+            by_value.setdefault(marked(job), []).append(job)
+    for values, group in by_value.items():
+        out += [(f"_{'_'.join(values)}{suffix}", stage) for suffix, stage in _groups(group)]
+    return out
+
+
 def stages(jobs: list[Job], code: dict[str, list[str]], sections: dict[str, tuple[str, ...]]) -> dict:
     """The ``stages`` mapping of dvc.yaml for ``jobs``, with each rule's code files and params sections."""
     out: dict[str, dict] = {}
@@ -151,7 +169,7 @@ def stages(jobs: list[Job], code: dict[str, list[str]], sections: dict[str, tupl
     for job in jobs:
         by_rule.setdefault(job.rule, []).append(job)
     for rule, rule_jobs in by_rule.items():
-        for suffix, (matrix, files) in _groups(rule_jobs):
+        for suffix, (matrix, files) in _item_safe_groups(rule_jobs):
             stage: dict = {"matrix": matrix} if matrix else {}
             stage["cmd"] = f"snakemake --cores all --allowed-rules {rule} -- {(files['outs'] + files['metrics'])[0]}"
             stage["deps"] = files["deps"] + code.get(rule, []) + [rule_jobs[0].rule_file]
