@@ -333,6 +333,7 @@ def test_control_strength_is_per_backbone_with_one_as_the_default():
     sampling = section("sampling", {**SAMPLING, "control_strength": {"resnet50": 0.8}})
     assert control_strength(sampling, "resnet50") == 0.8
     assert control_strength(sampling, "convnext_base") == 1.0
+    assert control_strength(sampling, "resnet50@layer3") == 0.8  # every layer of the backbone
 
 
 def test_the_peer_pipeline_drives_the_same_components_to_the_same_images():

@@ -33,6 +33,7 @@ from featinv.devices import resolve_device
 from featinv.distributed import processes
 from featinv.features.store import conditioning
 from featinv.plots import to_uint8
+from featinv.sourceid import backbone_name
 
 log = logging.getLogger(__name__)
 MIN_ROWS = 8
@@ -59,9 +60,10 @@ def make_scheduler(name: str, base: BaseModel, spacing: str = "leading"):
 
 
 def control_strength(sampling: Sampling, backbone: str) -> float:
-    """The ControlNet conditioning scale for a backbone's model: ``sampling.control_strength[backbone]``,
-    1.0 (the residuals as trained) where the backbone is not named."""
-    return float(sampling.control_strength.get(backbone, 1.0))
+    """The ControlNet conditioning scale for a backbone's model (a source id: every layer of a backbone
+    gets its setting): ``sampling.control_strength[backbone]``, 1.0 (the residuals as trained) where
+    the backbone is not named."""
+    return float(sampling.control_strength.get(backbone_name(backbone), 1.0))
 
 
 def sampling_settings(sampling: Sampling, backbone: str, tuned: str | Path | None = None) -> tuple[float, float]:

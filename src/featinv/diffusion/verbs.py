@@ -161,12 +161,13 @@ def tune_sampling(args, cfg) -> None:
     from featinv.diffusion.base import load_base
     from featinv.diffusion.controlnet import FeatureControlNet
     from featinv.diffusion.tuning import tune, write_tuning
+    from featinv.sourceid import backbone_name
 
     net = FeatureControlNet.from_pretrained(args.model)
     base = load_base(args.base, cfg.diffusion.base.resolution)
     backbone = net.meta["backbone"]
     cells, maps = tune(base, net, args.features, cfg.sampling, cfg.metrics, cfg.diffusion.prompt,
-                       weights=cfg.backbones.weights.get(backbone), device=cfg.diffusion.device)
+                       weights=cfg.backbones.weights.get(backbone_name(backbone)), device=cfg.diffusion.device)
     chosen = write_tuning(cells, args.out_csv, args.out_png, args.out_json, f"{backbone}-{net.meta['variant']}", maps)
     print(json.dumps(chosen, indent=1))
 
