@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from featinv.backbones import create_backbone
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device
 from featinv.diffusion.base import load_base
-from featinv.diffusion.sample import sample_unconditional
+from featinv.diffusion.sample import denoise, initial_noise, make_scheduler, sample_unconditional
 from featinv.metrics import fid
 from featinv.metrics.evaluate import backbone_outputs, nearest_by_cosine
+from featinv.plots import to_uint8
 
 
 def sample_base(base_dir: str | Path, n: int, prompt: str, scheduler: str, steps: int, guidance: float, seed: int,
@@ -54,3 +56,34 @@ def base_figures(samples: np.ndarray, shards: str | Path, backbone_name: str, we
         "nearest_train_cosine_samples": _mean(sample_nearest),
         "nearest_train_cosine_val": _mean(val_nearest),
     }
+
+
+def ceiling_probe(base_dir: str | Path, images: np.ndarray, backbone_name: str, starts: tuple[int, ...] = (900, 600, 300),
+                  prompt: str = "", scheduler: str = "ddim", steps: int = 10, guidance: float = 1.75, seed: int = 100,
+                  spacing: str = "trailing", weights: str | None = None, batch_size: int = 64,
+                  device: str = "auto") -> list[dict[str, Any]]:
+    """Per start step: own and mismatched cosine (and their difference) of ``images`` ((N, 3, R, R)
+    uint8 at the base's resolution) noised to the schedule's first step <= start, finished by the base."""
+    from featinv.metrics.similarity import cosine_per_position
+
+    dev = resolve_device(device)
+    base = load_base(base_dir).to(dev)
+    backbone = create_backbone(backbone_name, weights=weights)
+    real = backbone_outputs(backbone, images, batch_size, dev)["features"]
+    other = np.roll(real, len(real) // 2, axis=0)
+    text = base.prompt_embeddings(prompt).to(dev)
+    x0 = torch.from_numpy(images).float().div(127.5).sub(1.0)
+    rows = []
+    for start_t in starts:
+        out = []
+        for lo in range(0, len(images), batch_size):
+            keys = [f"probe-{i}" for i in range(lo, min(len(images), lo + batch_size))]
+            noise = initial_noise(keys, [0] * len(keys), seed, base.latent_shape).to(dev)
+            sched = make_scheduler(scheduler, base, spacing)
+            start = base.codec.encode(x0[lo : lo + len(keys)].to(dev))
+            out.append(to_uint8(denoise(base, None, None, noise, text, sched, steps, guidance, 1.0,
+                                        start=start, start_t=start_t)))
+        fake = backbone_outputs(backbone, np.concatenate(out), batch_size, dev)["features"]
+        own, mismatched = _mean(cosine_per_position(real, fake)), _mean(cosine_per_position(other, fake))
+        rows.append({"start_t": int(start_t), "own": own, "mismatched": mismatched, "margin": own - mismatched})
+    return rows

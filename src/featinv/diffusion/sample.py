@@ -112,12 +112,22 @@ def auto_batch_size(device: torch.device, latent_shape: tuple[int, ...]) -> int:
 @torch.inference_mode()
 def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor | None, noise: torch.Tensor,
             text: torch.Tensor, scheduler, steps: int, guidance: float, strength: float,
-            min_rows: int = MIN_ROWS, hint_guidance: float = 1.0) -> torch.Tensor:
+            min_rows: int = MIN_ROWS, hint_guidance: float = 1.0, start: torch.Tensor | None = None,
+            start_t: int | None = None) -> torch.Tensor:
     """Run the reverse process from ``noise``; returns images in [-1, 1]. ``hint_guidance`` s != 1 adds
-    (s - 1)(eps(prompt, hint) - eps(prompt, base alone)) at every step."""
+    (s - 1)(eps(prompt, hint) - eps(prompt, base alone)) at every step. With ``start`` (latents) and
+    ``start_t``, the process begins at the schedule's first timestep <= ``start_t`` from ``start``
+    noised to that step (SDEdit; the base model's ceiling probe)."""
     device = noise.device
     scheduler.set_timesteps(steps, device=device)
-    x = noise * scheduler.init_noise_sigma
+    timesteps = scheduler.timesteps
+    if start is None:
+        x = noise * scheduler.init_noise_sigma
+    else:
+        timesteps = timesteps[timesteps <= start_t]
+        if not len(timesteps):
+            raise ValueError(f"start_t {start_t} is below the schedule's last timestep")
+        x = scheduler.add_noise(start, noise, timesteps[:1])
     n = x.shape[0]
     guided = guidance != 1.0
     text_c = text[0:1].expand(n, *text.shape[1:])
@@ -133,7 +143,7 @@ def denoise(base: BaseModel, net: FeatureControlNet | None, cond: torch.Tensor |
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         return base.unet(x_in, t_in, encoder_hidden_states=txt, **extra).sample
 
-    for t in scheduler.timesteps:
+    for t in timesteps:
         if guided:
             x_in = scheduler.scale_model_input(torch.cat([x, x]), t)
             h_in = torch.cat([hint, hint]) if hint is not None else None
