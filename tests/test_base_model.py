@@ -98,3 +98,18 @@ def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_
     untrained = tmp_path / "untrained"
     create_demo_base(section("diffusion.base", TINY_BASE)).save(untrained)
     assert shipped_loss < base_objective(untrained, cfg, PROMPT, demo_targets, batches=4)
+
+
+def test_the_ceiling_probe_keeps_more_of_an_image_the_later_it_starts(demo_shards):
+    """The shipped base handed a held-out crop noised to t keeps more of it from t = 300 than from
+    t = 900, and from t = 300 clearly more of its own crop than of another (own - mismatched > 0.05);
+    a probe that ignored its start image would score own = mismatched at every t."""
+    from featinv.data.target_view import view_images
+    from featinv.diffusion.quality import ceiling_probe
+
+    images = view_images(demo_shards, "val", 64)[::4][:24].transpose(0, 3, 1, 2)
+    rows = {r["start_t"]: r for r in ceiling_probe(SHIPPED, images, "tf_efficientnet_lite0", starts=(900, 300),
+                                                    prompt=PARAMS["diffusion"]["prompt"], device="cpu")}
+    assert rows[300]["own"] > rows[900]["own"]
+    assert rows[300]["margin"] > 0.05
+    assert all(abs(r["margin"] - (r["own"] - r["mismatched"])) < 1e-9 for r in rows.values())

@@ -309,6 +309,20 @@ def test_sampler_recovers_the_image_from_an_oracle_denoiser(prediction_type, bet
     out = denoise(base, None, None, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base, spacing),
                   10, 1.75, 1.0)
     torch.testing.assert_close(out, base.codec.decode(x0), atol=1e-4, rtol=0)
+    # started from x0 noised to an intermediate step (the ceiling probe's path): x0 again
+    out = denoise(base, None, None, torch.randn(3, *base.latent_shape), text, make_scheduler("ddim", base, spacing),
+                  10, 1.75, 1.0, start=x0, start_t=600)
+    torch.testing.assert_close(out, base.codec.decode(x0), atol=1e-4, rtol=0)
+
+
+def test_a_start_below_the_whole_schedule_is_refused(base):
+    """(The start path itself is checked against the oracle denoiser above.)"""
+    x0 = torch.rand(2, *base.latent_shape) * 2 - 1
+    text = base.prompt_embeddings(PROMPT)
+    noise = torch.randn(2, *base.latent_shape)
+    with pytest.raises(ValueError, match="below the schedule"):
+        denoise(base, None, None, noise, text, make_scheduler("ddim", base, "trailing"), 10, 1.0, 1.0,
+                start=x0, start_t=50)
 
 
 @pytest.mark.parametrize("solver", ["ddim", "unipc", "dpmsolver"])

@@ -93,7 +93,8 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
     float16 weights, ``samples.png`` (64 of ``n`` samples) and the model card with the loss record, the
     quality figures on ``backbone`` (FID and nearest-train cosine, samples vs real val crops) and the
     remake command. Returns the card's path."""
-    from featinv.diffusion.quality import base_figures, sample_base
+    from featinv.data.target_view import view_images
+    from featinv.diffusion.quality import base_figures, ceiling_probe, sample_base
     from featinv.diffusion.recipes import base_objective
     from featinv.plots import hwc, image_grid
 
@@ -111,6 +112,10 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
                ).save(Path(out) / "samples.png")
     figures = base_figures(samples, shards, backbone, cfg.backbones.weights.get(backbone),
                            device=diffusion.device)
+    probe = ceiling_probe(out, view_images(shards, "val", base_cfg.resolution).transpose(0, 3, 1, 2), backbone,
+                          prompt=diffusion.prompt, scheduler=sampling.scheduler, steps=sampling.steps,
+                          guidance=sampling.guidance_scale, seed=sampling.seed, spacing=sampling.timestep_spacing,
+                          weights=cfg.backbones.weights.get(backbone), device=diffusion.device)
     manifest = json.loads((Path(shards) / "manifest.json").read_text())
     views = manifest["splits"]["train"].get("views")
     tail = losses[-200:]
@@ -153,6 +158,14 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
             f"| base-model samples | {figures['fid_samples_vs_train']:.1f} | {figures['nearest_train_cosine_samples']:.3f} |\n"
             f"| real val crops | {figures['fid_val_vs_train']:.1f} | {figures['nearest_train_cosine_val']:.3f} |\n\n"
             + json_block(figures))),
+        ("Ceiling probe", (
+            f"Each of the {figures['n_val_images']} held-out val crops noised to step t and finished by this base "
+            "alone (no ControlNet; the same sampler), scored on "
+            f"{figures['backbone']}: mean cosine per position of the result against its own crop (own) and "
+            "against the crop half the split away (mismatched). No ControlNet keeps more of an image than the base "
+            "keeps when handed the true image at its noisiest steps, so own - mismatched bounds FeatInv's margin "
+            "on this base.\n\n| start t | own | mismatched | margin |\n|---|---|---|---|\n"
+            + "".join(f"| {r['start_t']} | {r['own']:.3f} | {r['mismatched']:.3f} | {r['margin']:.3f} |\n" for r in probe))),
         ("Remake", (
             "```bash\n"
             "snakemake data/models/demo-base/base --cores all --configfile config/demo-base.yaml\n"
