@@ -2,6 +2,7 @@
 nothing to do, `dvc repro` from scratch writes the same tables, a param change reruns only the
 stages that read it, and after `dvc checkout` Snakemake still has nothing to do."""
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import yaml
 
 from conftest import REPO, TEST_PHOTOS
 from featinv import rowstore
+from featinv.backbones.layers import valid_layers
 from featinv.codedeps import rule_code
 from featinv.config import deep_merge
 from featinv.dvcyaml import parse_command
@@ -174,6 +176,9 @@ def test_a_second_layer_plans_its_own_jobs_and_a_wrong_one_stops_before_any(proj
     assert proc.returncode != 0 and "rule " not in proc.stdout
     assert (f"backbone '{convnext}' has no layer 'stage.2'; valid layers: last, stages.0, stages.1, stages.2, "
             "stages.3") in proc.stdout + proc.stderr
+    # The layer names are cached per timm version (no torch import at planning after the first plan).
+    cache = json.loads((project / ".snakemake" / "featinv-layers.json").read_text())
+    assert cache[f"{convnext} timm=={importlib.metadata.version('timm')}"] == valid_layers(convnext)
 
 
 def test_resources_of_an_unknown_rule_are_a_clear_error(project):

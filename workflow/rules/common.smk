@@ -9,8 +9,9 @@
 import json
 import os
 import shlex
+from importlib.metadata import version
+from pathlib import Path
 
-from featinv.backbones.layers import valid_layers
 from featinv.sourceid import LAST, backbone_name, source_id
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code_hash
@@ -31,6 +32,27 @@ def layers_of(name):
     return [layers] if isinstance(layers, str) else list(layers)
 
 
+def known_layers(name):
+    """The valid layer names of timm model ``name``, cached per timm version in
+    .snakemake/featinv-layers.json: building the model (and importing torch) costs ~5 s, which every
+    Snakemake invocation (one per DVC stage) would otherwise pay before planning."""
+    path = Path(".snakemake") / "featinv-layers.json"
+    key = f"{name} timm=={version('timm')}"
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        from featinv.backbones.layers import valid_layers
+
+        cache[key] = valid_layers(name)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return cache[key]
+
+
 def check_layers():
     """Stop before any job when a named layer does not exist, listing the valid ones (models are built
     with random weights, only for backbones with a layer other than the last)."""
@@ -47,7 +69,7 @@ def check_layers():
             raise ValueError(f"params features.layer.{name}: not one of backbones.names")
     for name, layers in wanted.items():
         if layers - {LAST}:
-            valid = valid_layers(name)
+            valid = known_layers(name)
             bad = sorted(layers - set(valid))
             if bad:
                 raise ValueError(f"params: backbone '{name}' has no layer {', '.join(repr(b) for b in bad)}; "
