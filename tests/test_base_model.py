@@ -113,3 +113,33 @@ def test_the_ceiling_probe_keeps_more_of_an_image_the_later_it_starts(demo_shard
     assert rows[300]["own"] > rows[900]["own"]
     assert rows[300]["margin"] > 0.05
     assert all(abs(r["margin"] - (r["own"] - r["mismatched"])) < 1e-9 for r in rows.values())
+
+
+def test_ship_base_writes_a_verifiable_card_with_its_figures_probe_and_remake_command(tmp_path, demo_shards, demo_targets):
+    """`featinv export-base`'s work on a tiny trained base: float16 files the card lists (verify), the
+    quality table, a ceiling-probe row per start step whose margin is own - mismatched, and the remake
+    command naming every params file it was read from."""
+    import re
+
+    from featinv import config
+    from featinv.config import deep_merge
+    from featinv.diffusion.export import ship_base
+    from featinv.diffusion.recipes import train_base
+    from test_diffusion import PROMPT, TINY_BASE, TRAIN
+
+    base_params = {**TINY_BASE, "train": {**TRAIN, "steps": 3}}
+    train_base(section("diffusion.base", base_params), PROMPT, demo_targets, tmp_path / "trained", tmp_path / "loss.csv",
+               device="cpu", progress=False)
+    raw = deep_merge(config.load(REPO / "params.yaml"),
+                     {"diffusion": {"base": base_params, "prompt": PROMPT, "device": "cpu"}, "sampling": {"steps": 4}})
+    files = ("params.yaml", "config/demo-base.yaml", "config/demo-base-v.yaml")
+    card = ship_base(config.typed(raw), tmp_path / "trained", tmp_path / "loss.csv", demo_shards, demo_targets,
+                     tmp_path / "shipped", n=64, params_files=files).read_text()
+    verify(tmp_path / "shipped")
+    assert (tmp_path / "shipped" / "samples.png").exists()
+    probe = re.findall(r"^\| (\d+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \|$", card, re.M)
+    assert [int(r[0]) for r in probe] == [900, 600, 300]
+    assert all(abs(float(own) - float(mis) - float(margin)) <= 0.0011 for _, own, mis, margin in probe)
+    assert "| base-model samples |" in card and "| real val crops |" in card
+    assert "--configfile config/demo-base.yaml config/demo-base-v.yaml\n" in card
+    assert "featinv export-base --params params.yaml config/demo-base.yaml config/demo-base-v.yaml " in card

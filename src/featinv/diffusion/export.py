@@ -88,11 +88,12 @@ def json_block(data: dict[str, Any]) -> str:
 
 
 def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str | Path, targets: str | Path,
-              out: str | Path, n: int = 256, history: str = "", backbone: str = "tf_efficientnet_lite0") -> Path:
+              out: str | Path, n: int = 256, history: str = "", backbone: str = "tf_efficientnet_lite0",
+              params_files: tuple[str, ...] = ("params.yaml", "config/demo-base.yaml")) -> Path:
     """Ship the base model trained (rule ``train_base``) under params ``cfg`` at ``model`` to ``out``:
     float16 weights, ``samples.png`` (64 of ``n`` samples) and the model card with the loss record, the
     quality figures on ``backbone`` (FID and nearest-train cosine, samples vs real val crops) and the
-    remake command. Returns the card's path."""
+    remake command (``params_files``: the params and overlays ``cfg`` was read from). Returns the card's path."""
     from featinv.data.target_view import view_images
     from featinv.diffusion.quality import base_figures, ceiling_probe, sample_base
     from featinv.diffusion.recipes import base_objective
@@ -168,8 +169,9 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
             + "".join(f"| {r['start_t']} | {r['own']:.3f} | {r['mismatched']:.3f} | {r['margin']:.3f} |\n" for r in probe))),
         ("Remake", (
             "```bash\n"
-            "snakemake data/models/demo-base/base --cores all --configfile config/demo-base.yaml\n"
-            f"featinv export-base --params params.yaml config/demo-base.yaml --model {model} "
+            "snakemake data/models/demo-base/base --cores all --configfile "
+            f"{' '.join(f for f in params_files if Path(f).name != 'params.yaml')}\n"
+            f"featinv export-base --params {' '.join(params_files)} --model {model} "
             f"--loss-csv {loss_csv} --shards {shards} --targets {targets} --out {out}\n```\n"
             "Training is deterministic given the seeds on one machine type; CPU kernels differ across machines in "
             "the last bits, so a remade model matches in quality, not byte for byte.")),

@@ -61,7 +61,7 @@ def export_base(args, cfg) -> None:
     from featinv.diffusion.export import ship_base
 
     card = ship_base(config.typed(config.load(*args.params)), args.model, args.loss_csv, args.shards, args.targets, args.out,
-                     n=args.n, history=args.history, backbone=args.backbone)
+                     n=args.n, history=args.history, backbone=args.backbone, params_files=tuple(args.params))
     print(card.read_text())
 
 
