@@ -15,6 +15,7 @@ from pathlib import Path
 from featinv.sourceid import LAST, backbone_name, source_id
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code_hash
+from featinv.fileio import write_json
 from featinv.config import forward_family, modular_run_name, validate
 from featinv.provenance import params_hash
 
@@ -46,10 +47,7 @@ def known_layers(name):
         from featinv.backbones.layers import valid_layers
 
         cache[key] = valid_layers(name)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_json(path, cache)
     return cache[key]
 
 
