@@ -293,6 +293,14 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     expected = ((swapped_images / 255.0 - originals / 255.0) ** 2).reshape(len(keys), -1).mean(axis=1).mean()
     assert swapped["pixel_mse"]["mean"] == pytest.approx(expected, rel=1e-5) and expected > 0.01
     assert swapped["cosine_sim_by"]["tf_efficientnet_lite0@blocks.4"]["mean"] < 0.5
+    # FID reuses the evaluators' pooled features (lite0 is one): the same value as a separate extraction
+    from featinv.metrics import fid
+    from featinv.metrics.evaluate import fid_extractor
+    flipped = originals[:, :, ::-1].copy()
+    upside = evaluate_samples(_sample_store(tmp_path / "flipped.zarr", flipped, keys), stores, demo_shards, METRICS_CFG)
+    extract = fid_extractor("tf_efficientnet_lite0", {}, 8, "cpu")
+    expected_fid = fid.frechet_distance(extract(originals), extract(flipped))
+    assert upside["fid"]["value"] == pytest.approx(expected_fid, rel=1e-4) and expected_fid > 1.0
 
 
 def test_nearest_by_cosine_matches_brute_force():

@@ -132,7 +132,13 @@ def score_images(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, r
                  cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
     """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps, seen
     as ``cfg.scoring`` says, with bootstrap intervals (the oracles; a tuning cell)."""
-    out = backbone_outputs(backbone, images, cfg.batch_size, device, view=cfg.scoring)
+    return score_outputs(backbone_outputs(backbone, images, cfg.batch_size, device, view=cfg.scoring),
+                         ref_maps, reference_top1, boot)
+
+
+def score_outputs(out: dict[str, np.ndarray], ref_maps: np.ndarray, reference_top1: np.ndarray,
+                  boot: dict[str, Any]) -> dict[str, Any]:
+    """``score_images`` from the images' ``backbone_outputs``."""
     cos = cosine_per_position(ref_maps, out["features"])
     return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
             "top5": summarise(topk_match(reference_top1, out["topk"], 5).astype(np.float64), **boot),
@@ -185,6 +191,9 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
     # The oracles' images: the original itself; the nearest training view by the conditioning map.
     oracle_images = {"oracle_copy": real_views,
                      "oracle_nearest_train": _nearest_train_images(cond_store, train_store, shards, resolution, cfg)}
+    # FID's features, when its network is an evaluator on its last map: the pooled outputs computed below
+    fid_name = cfg.fid.features
+    pooled: dict[str, np.ndarray] = {}
     for name in [conditioning] + [k for k in stores if k != conditioning]:
         originals = rowstore.open_complete(stores[name])
         stored_keys = [str(k) for k in originals["keys"][:]]
@@ -192,6 +201,8 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             raise ValueError(f"feature store {stores[name]} holds other images than {samples} (keys differ)")
         backbone = store_backbone(originals.attrs, weights.get(backbone_name(name)) or None)
         recon = backbone_outputs(backbone, flat, cfg.batch_size, device, view=cfg.scoring)
+        if name == fid_name:
+            pooled["fake"] = recon["pooled"]
         reference = np.repeat(originals["topk_indices"][:, 0], s)
         top5 = topk_match(reference, recon["topk"], 5)
         top1 = topk_match(reference, recon["topk"], 1)
@@ -205,7 +216,10 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
             if chosen is None:
                 result.setdefault(oracle, None)
                 continue
-            scored = score_images(backbone, chosen, maps, top1_ref, cfg, device, boot)
+            out = backbone_outputs(backbone, chosen, cfg.batch_size, device, view=cfg.scoring)
+            if name == fid_name and oracle == "oracle_copy":
+                pooled["real"] = out["pooled"]
+            scored = score_outputs(out, maps, top1_ref, boot)
             if name == conditioning:
                 result[oracle] = {**scored, "pixel_mse": summarise(pixel_mse(chosen, real_views), **boot),
                                   "cosine_sim_by": {name: scored["cosine_sim"]}}
@@ -225,11 +239,11 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
         train = rowstore.open_complete(train_store)
         result["oracle_nearest_train"].update(train_split=str(train.attrs["split"]), train_rows=int(train["keys"].shape[0]))
 
-    fid_name = cfg.fid.features
-    extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg.fid.inception_weights},
-                            cfg.batch_size, device, view=cfg.scoring)
-    real = extract(real_views)
-    fake = extract(flat)
+    if "real" not in pooled or "fake" not in pooled:
+        extract = fid_extractor(fid_name, {**weights, fid.INCEPTION: cfg.fid.inception_weights},
+                                cfg.batch_size, device, view=cfg.scoring)
+        pooled = {"real": extract(real_views), "fake": extract(flat)}
+    real, fake = pooled["real"], pooled["fake"]
     result["fid"] = {"features": fid_name, "dim": int(real.shape[1]), "n_real": len(real), "n_fake": len(fake),
                      "value": fid.frechet_distance(real, fake)}
     if per_image_csv:
