@@ -131,7 +131,7 @@ def nearest_by_cosine(queries: np.ndarray, bank, block: int = 512) -> tuple[np.n
 def score_images(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
                  cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
     """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps, seen
-    as ``cfg.scoring`` says, with bootstrap intervals (the oracles; a tuning cell)."""
+    as ``cfg.scoring`` says, with bootstrap intervals (a tuning cell; the oracles score their outputs)."""
     return score_outputs(backbone_outputs(backbone, images, cfg.batch_size, device, view=cfg.scoring),
                          ref_maps, reference_top1, boot)
 
