@@ -15,7 +15,7 @@ from featinv.diffusion.sample import denoise, make_scheduler, sample_store
 
 TRAIN = {"steps": 40, "batch_size": 8, "lr": 2e-3, "weight_decay": 0.0, "max_grad_norm": 1.0, "drop_prob": 0.15,
          "lr_warmup_steps": 0, "lr_schedule": "constant", "checkpoint_every": 10, "seed": 0, "mixed_precision": "fp32",
-         "timesteps": "uniform", "snr_gamma": 0.0,
+         "timesteps": "uniform", "snr_gamma": 0.0, "loss": "prediction",
          "augment": {"mode": "views", "size": 32, "scale": [0.08, 1.0], "ratio": [0.75, 1.3333], "hflip": True,
                      "vflip": True}}
 TINY_BASE = {"source": "train", "resolution": 16, "patch": 2, "block_out_channels": [16, 32], "layers_per_block": 1,

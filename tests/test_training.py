@@ -201,3 +201,41 @@ def test_min_snr_weighting_is_the_capped_x0_loss(prediction_type):
     weighted = diffusion_loss(Fixed(), sched, latents, None, noise, t, snr_gamma=5.0)
     assert plain.item() == pytest.approx(offset.pow(2).mean().item(), rel=1e-5)
     assert weighted.item() == pytest.approx((w * offset.pow(2).flatten(1).mean(1)).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_x0_loss_is_the_mse_of_the_implied_x0(prediction_type):
+    """loss='x0' = MSE between the clean latents and the x0 the prediction implies, computed here from
+    the DDPM relations x_t = sqrt(a) x0 + sqrt(1-a) eps and v = sqrt(a) eps - sqrt(1-a) x0."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from featinv.diffusion.train import diffusion_loss
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                          prediction_type=prediction_type, clip_sample=False)
+    t = torch.tensor([5, 300, 900])
+    gen = torch.Generator().manual_seed(1)
+    latents, noise, error = (torch.randn(3, 4, 2, 2, generator=gen) for _ in range(3))
+    a = sched.alphas_cumprod[t].view(3, 1, 1, 1)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    target = {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * latents,
+              "sample": latents}[prediction_type]
+    pred = target + 0.1 * error
+
+    class Fixed(torch.nn.Module):
+        def forward(self, noisy, timesteps, encoder_hidden_states):
+            return SimpleNamespace(sample=pred)
+
+    implied = {"epsilon": (noisy - (1 - a).sqrt() * pred) / a.sqrt(),
+               "v_prediction": a.sqrt() * noisy - (1 - a).sqrt() * pred, "sample": pred}[prediction_type]
+    expected = (implied - latents).pow(2).mean().item()
+    got = diffusion_loss(Fixed(), sched, latents, None, noise, t, loss="x0").item()
+    assert got == pytest.approx(expected, rel=1e-4)
+    if prediction_type == "v_prediction":  # the skip: at t = 5 the implied x0 error is far below the v error
+        assert (implied - latents)[0].abs().mean() < 0.2 * (pred - target)[0].abs().mean()
+    with pytest.raises(ValueError, match="choose one"):
+        diffusion_loss(Fixed(), sched, latents, None, noise, t, loss="x0", snr_gamma=5.0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        diffusion_loss(Fixed(), sched, latents, None, noise, t, loss="l1")

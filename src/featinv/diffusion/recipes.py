@@ -66,7 +66,7 @@ def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: s
     def loss_fn(model, batch, gen, n, part):
         noise, t, _, text = _draws(gen, n, part, shape, sched.config.num_train_timesteps, settings.drop_prob, emb,
                                    batch["latents"].device, settings.timesteps)
-        return diffusion_loss(model, sched, batch["latents"], text, noise, t, snr_gamma=settings.snr_gamma)
+        return diffusion_loss(model, sched, batch["latents"], text, noise, t, snr_gamma=settings.snr_gamma, loss=settings.loss)
 
     def save(unet: torch.nn.Module) -> None:
         base.unet = unet.requires_grad_(False)
@@ -92,7 +92,7 @@ def base_objective(base_dir: str | Path, base_cfg: DiffusionBase, prompt: str, t
         batch = data.get(batch_rows(step, n, data.n, settings.seed))["latents"]
         noise, t, _, text = _draws(step_generator(settings.seed, step), n, slice(0, n), base.latent_shape,
                                    sched.config.num_train_timesteps, settings.drop_prob, emb, "cpu", settings.timesteps)
-        losses.append(diffusion_loss(base.unet, sched, batch, text, noise, t, snr_gamma=settings.snr_gamma).item())
+        losses.append(diffusion_loss(base.unet, sched, batch, text, noise, t, snr_gamma=settings.snr_gamma, loss=settings.loss).item())
     return float(sum(losses) / len(losses))
 
 
@@ -173,7 +173,7 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
         keep = (~drop).float().view(-1, *([1] * (batch["cond"].ndim - 1)))
         cond = batch["cond"] * keep
         return diffusion_loss(unet, sched, batch["latents"], text, noise, t,
-                              residuals=lambda noisy, tt, txt: model(noisy, tt, txt, cond), snr_gamma=settings.snr_gamma)
+                              residuals=lambda noisy, tt, txt: model(noisy, tt, txt, cond), snr_gamma=settings.snr_gamma, loss=settings.loss)
 
     result = run(net, [unet, base.text_encoder], loss_fn, data, settings, device, checkpoint_dir(out), loss_csv,
                  desc=f"controlnet {attrs['backbone']} {variant}", progress=progress)

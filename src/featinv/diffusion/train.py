@@ -106,10 +106,31 @@ def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch
     return capped  # sample (x0)
 
 
+def x0_weights(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Weights that turn the MSE of the scheduler's prediction into the MSE of the x0 it implies:
+    1/SNR for epsilon, 1/(SNR + 1) for v, 1 for x0. With them a v-prediction model (whose x0 is
+    sqrt(a) x_t - sqrt(1 - a) v, an identity skip at low noise) trains with the x0 objective's
+    uniform weighting over timesteps."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return 1 / snr
+    if kind == "v_prediction":
+        return 1 / (snr + 1)
+    return torch.ones_like(snr)  # sample (x0)
+
+
 def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Tensor, noise: torch.Tensor,
-                   timesteps: torch.Tensor, residuals: Callable | None = None, snr_gamma: float = 0.0) -> torch.Tensor:
+                   timesteps: torch.Tensor, residuals: Callable | None = None, snr_gamma: float = 0.0,
+                   loss: str = "prediction") -> torch.Tensor:
     """MSE of the UNet's prediction against its own target (epsilon, v or x0), optionally with ControlNet
-    residuals computed from the noisy input, optionally min-SNR weighted (``snr_gamma`` > 0)."""
+    residuals computed from the noisy input, optionally min-SNR weighted (``snr_gamma`` > 0), or
+    (``loss="x0"``) the MSE of the x0 the prediction implies, whatever its type."""
+    if loss not in ("prediction", "x0"):
+        raise ValueError(f"unknown loss '{loss}' (prediction or x0)")
+    if loss == "x0" and snr_gamma > 0:
+        raise ValueError("loss 'x0' and snr_gamma > 0 are two weightings: choose one")
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     extra = {}
     if residuals is not None:
@@ -125,10 +146,11 @@ def diffusion_loss(unet, noise_scheduler, latents: torch.Tensor, text: torch.Ten
         target = latents
     else:
         raise ValueError(f"unsupported prediction_type '{kind}' (epsilon, v_prediction or sample)")
-    if snr_gamma <= 0:
+    if snr_gamma <= 0 and loss == "prediction":
         return F.mse_loss(pred.float(), target.float())
     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-    return (snr_weights(noise_scheduler, timesteps, snr_gamma) * per_sample).mean()
+    weights = x0_weights(noise_scheduler, timesteps) if loss == "x0" else snr_weights(noise_scheduler, timesteps, snr_gamma)
+    return (weights * per_sample).mean()
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> tuple[int, Path | None]:
