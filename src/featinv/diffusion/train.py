@@ -92,11 +92,15 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
 
 
+def _snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    return alphas / (1 - alphas)
+
+
 def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's prediction type: the weight that
     turns the MSE of the prediction into the x0 MSE with the SNR capped at ``gamma``."""
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas / (1 - alphas)
+    snr = _snr(noise_scheduler, timesteps)
     capped = snr.clamp(max=gamma)
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
@@ -111,8 +115,7 @@ def x0_weights(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     1/SNR for epsilon, 1/(SNR + 1) for v, 1 for x0. With them a v-prediction model (whose x0 is
     sqrt(a) x_t - sqrt(1 - a) v, an identity skip at low noise) trains with the x0 objective's
     uniform weighting over timesteps."""
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas / (1 - alphas)
+    snr = _snr(noise_scheduler, timesteps)
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
         return 1 / snr
