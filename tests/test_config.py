@@ -63,6 +63,8 @@ def test_shipped_params_and_paper_overlay_validate():
         (lambda c: c["data"].update(source="folder"), "data.source: 'folder' is not one of"),
         (lambda c: c["features"].update(splits=["train", "test"]), "features.splits: 'test' is not one of data.splits"),
         (lambda c: c["features"].update(rows_per_chunk=7), "features.rows_per_chunk: 7 must divide"),
+        (lambda c: c["controlnet"]["train"].update(loss="x0", snr_gamma=5.0),
+         "controlnet.train.loss: 'x0' with controlnet.train.snr_gamma 5.0: two weightings, choose one"),
     ],
 )
 def test_invalid_params_name_the_key(mutate, expected):

@@ -225,6 +225,9 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
             if name not in names:
                 problems.append(f"modular_analyses.{key}: '{name}' is not a stage of {c.modular.backbone} "
                                 f"({', '.join(names)})")
+    for key, train in (("diffusion.base.train", c.diffusion.base.train), ("controlnet.train", c.controlnet.train)):
+        if train.loss == "x0" and train.snr_gamma > 0:
+            problems.append(f"{key}.loss: 'x0' with {key}.snr_gamma {train.snr_gamma}: two weightings, choose one")
     fid_features = c.metrics.fid.features
     if fid_features != "inception" and fid_features not in c.backbones.names:
         problems.append(f"metrics.fid.features: '{fid_features}' is neither 'inception' nor one of backbones.names")
