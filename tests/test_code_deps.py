@@ -9,6 +9,7 @@ import yaml
 
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code, rule_code_hash, verb_modules
+from featinv.config import execution_keys
 from featinv.dvcyaml import Job, job_command, snakemake_jobs, stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +32,14 @@ def test_each_stage_has_its_rules_inputs_code_and_verb_sections():
         "data/features/demo/tf_efficientnet_lite0@blocks.4/${item.split}.zarr")
     assert all("@" not in str(v) for stage in doc.values() for v in stage.get("matrix", {}).values())
     assert extract["deps"] == ["data/shards/demo", *code["extract_features"], "workflow/rules/features.smk"]
-    assert extract["params"] == list(VERBS["extract_features"].sections)
+    # the verb's sections, their execution keys (workers, batch size, device, store layout) left out
+    assert extract["params"] == ["features.splits", "features.topk", "features.view", "features.layer", "backbones"]
+    # so no stage's params reach an execution key (dvc status ignores a change of one), and together
+    # they still cover every other key of the sections their verbs read
+    marked = {".".join(p) for p in execution_keys()}
+    listed = {p for stage in doc.values() for p in stage.get("params", [])}
+    assert not {(p, m) for p in listed for m in marked if m == p or m.startswith(p + ".")}
+    assert {"controlnet.train.lr", "controlnet.encoder", "sampling.guidance_scale", "metrics.fid"} <= listed
     assert extract["outs"] == ["data/features/demo/${item.backbone}/${item.split}.zarr",
                                "results/backbones/demo/${item.backbone}-${item.split}.json"]
     assert doc["tables"]["metrics"] == ["results/metrics.json"] and "results/metrics.json" not in doc["tables"]["outs"]

@@ -204,3 +204,49 @@ def test_an_overlay_that_selects_fewer_splits_validates(tmp_path):
                                        "features": {"splits": ["val"]}}))
     with pytest.raises(config.ParamsError, match=r"data\.per_class\.train: 5 for a split that is not one of data\.splits \['val'\]"):
         config.load(REPO / "params.yaml", overlay)
+
+
+# Each key the schema marks x-execution, and the test that shows outputs unchanged under two values.
+EXECUTION_TESTS = {
+    ("features", "batch_size"): "test_features.py::test_execution_keys_leave_the_stored_values_unchanged",
+    ("features", "num_workers"): "test_features.py::test_execution_keys_leave_the_stored_values_unchanged",
+    ("features", "device"): "test_features.py::test_execution_keys_leave_the_stored_values_unchanged",
+    ("features", "rows_per_shard"): "test_features.py::test_execution_keys_leave_the_stored_values_unchanged",
+    ("features", "rows_per_chunk"): "test_features.py::test_execution_keys_leave_the_stored_values_unchanged",
+    ("diffusion", "device"): "test_training.py::test_target_execution_keys_leave_the_latents_unchanged",
+    ("diffusion", "targets", "batch_size"): "test_training.py::test_target_execution_keys_leave_the_latents_unchanged",
+    ("diffusion", "targets", "num_workers"): "test_training.py::test_target_execution_keys_leave_the_latents_unchanged",
+    ("diffusion", "base", "train", "checkpoint_every"): "test_training.py::test_killed_training_resumes_to_the_same_weights",
+    ("controlnet", "train", "checkpoint_every"): "test_training.py::test_killed_training_resumes_to_the_same_weights",
+    ("sampling", "batch_size"): "test_diffusion.py::test_sampling_is_batch_size_invariant_and_survives_save_and_reload",
+    ("sampling", "rows_per_shard"): "test_diffusion.py::test_sampling_is_batch_size_invariant_and_survives_save_and_reload",
+    ("metrics", "batch_size"): "test_metrics.py::test_reconstructions_equal_to_originals_score_perfectly",
+    ("metrics", "device"): "test_metrics.py::test_reconstructions_equal_to_originals_score_perfectly",
+    ("modular_analyses", "batch_size"): "test_modular.py::test_analyses_stream_the_val_split_in_parts_with_the_same_results",
+    ("inverse", "batch_size"): "test_inverse.py::test_inverse_execution_keys_change_nothing",
+    ("inverse", "train", "checkpoint_every"): "test_inverse.py::test_inverse_execution_keys_change_nothing",
+}
+
+
+def test_every_execution_key_has_a_test_showing_its_outputs_unchanged():
+    """A key is marked x-execution (left out of the params hash, the Snakemake trigger and dvc.yaml)
+    only with a test that runs its verb's code under two values and compares the outputs."""
+    assert set(config.execution_keys()) == set(EXECUTION_TESTS)
+    for test in set(EXECUTION_TESTS.values()):
+        file, name = test.split("::")
+        assert f"def {name}(" in (REPO / "tests" / file).read_text(), test
+
+
+def test_result_params_and_keys_leave_out_exactly_the_execution_keys():
+    params = shipped()
+    features = config.result_params("features", params["features"])
+    assert set(params["features"]) - set(features) == {"batch_size", "num_workers", "device", "rows_per_shard",
+                                                       "rows_per_chunk"}
+    assert "batch_size" not in config.result_params("diffusion", params["diffusion"])["targets"]
+    train = config.result_params("controlnet", config.section("controlnet", params["controlnet"]))["train"]
+    assert "checkpoint_every" not in train and train["steps"] == params["controlnet"]["train"]["steps"]
+    assert params["controlnet"]["train"]["checkpoint_every"]  # the input is left as it was
+    keys = config.result_keys("controlnet")
+    assert "controlnet.encoder" in keys and "controlnet.train.lr" in keys and "controlnet.train.augment" in keys
+    assert not [k for k in keys if k.endswith("checkpoint_every") or k in ("controlnet", "controlnet.train")]
+    assert config.result_keys("backbones") == ["backbones"]  # no execution key: the whole section

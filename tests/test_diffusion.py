@@ -212,8 +212,8 @@ def test_sampling_is_batch_size_invariant_and_survives_save_and_reload(base, tmp
     randomise(net.controlnet, 3)
     write_features(tmp_path / "f.zarr")
     outs = {}
-    for bs in (1, 3, 10):
-        cfg = section("sampling", {**SAMPLING, "batch_size": bs})
+    for bs, rows in ((1, 4), (3, 4), (10, 8)):  # sampling.batch_size and rows_per_shard: x-execution keys
+        cfg = section("sampling", {**SAMPLING, "batch_size": bs, "rows_per_shard": rows})
         sample_store(base, net, tmp_path / "f.zarr", tmp_path / f"s{bs}.zarr", cfg, 1.0, PROMPT, device="cpu", progress=False)
         outs[bs] = rowstore.open_complete(tmp_path / f"s{bs}.zarr")["images"][:]
     assert outs[1].shape == (10, 2, 3, 16, 16)

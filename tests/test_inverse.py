@@ -77,6 +77,26 @@ def test_the_inverse_learns_its_training_pairs_and_writes_a_sample_store(tmp_pat
     np.testing.assert_allclose(recon, direct.numpy(), atol=1 / 127.5 + 1e-6)
 
 
+def test_inverse_execution_keys_change_nothing(tmp_path):
+    """inverse.batch_size and inverse.train.checkpoint_every (x-execution keys) change neither the
+    trained weights nor the reconstructions, bit for bit."""
+    write_features(tmp_path / "f.zarr")
+    _targets(tmp_path / "t.zarr")
+    weights = {}
+    for every in (7, 1000):
+        cfg = section("inverse", {**INVERSE, "train": {**INVERSE["train"], "steps": 20, "checkpoint_every": every}})
+        train_inverse(tmp_path / "f.zarr", tmp_path / "t.zarr", PatchCodec(4), cfg, tmp_path / f"inv{every}",
+                      tmp_path / f"loss{every}.csv", device="cpu", progress=False)
+        weights[every] = load_decoder(tmp_path / f"inv{every}")[0].state_dict()
+    assert all(torch.equal(weights[7][k], weights[1000][k]) for k in weights[7])
+    images = {}
+    for batch in (3, 10):
+        invert_store(tmp_path / "inv7", tmp_path / "f.zarr", tmp_path / f"s{batch}.zarr", batch_size=batch,
+                     device="cpu", progress=False)
+        images[batch] = rowstore.open_complete(tmp_path / f"s{batch}.zarr")["images"][:]
+    assert np.array_equal(images[3], images[10])
+
+
 def _stat(v):
     return {"mean": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
 

@@ -251,6 +251,23 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     assert swapped["match"]["tf_efficientnet_lite0"]["top1"]["mean"] < 0.5
     assert swapped["fid"]["value"] == pytest.approx(0.0, abs=1e-2)  # same set of images, other order
 
+    # metrics.batch_size and metrics.device (x-execution keys) change no score
+    other_batch = evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards,
+                                   section("metrics", {**METRICS, "batch_size": 3, "device": "auto"}))
+    def leaves(tree, path=""):
+        if isinstance(tree, dict):
+            return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{path}.{key}").items()}
+        return {path: tree}
+
+    def same(x, y):
+        numeric = isinstance(y, float) or (isinstance(y, list) and all(isinstance(v, float) for v in y))
+        return x == pytest.approx(y, rel=1e-5) if numeric else x == y
+
+    for key in ("cosine_sim_per_map", "cosine_sim", "cosine_sim_mismatched", "pixel_mse", "match"):
+        a, b = leaves(other_batch[key]), leaves(swapped[key])
+        assert a.keys() == b.keys() and all(same(a[k], b[k]) for k in a), key
+    assert other_batch["fid"]["value"] == pytest.approx(swapped["fid"]["value"], abs=1e-3)
+
     with pytest.raises(ValueError, match="keys differ"):
         evaluate_samples(_sample_store(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
                          METRICS_CFG)

@@ -24,6 +24,7 @@ from conftest import REPO
 from featinv import provenance
 from featinv.cli import VERBS, main
 from featinv.codedeps import rule_code
+from featinv.config import execution_keys
 from featinv.dvcyaml import Job, snakemake_jobs
 from test_workflow import make_project
 
@@ -93,15 +94,16 @@ def built(tmp_path_factory):
     return root, jobs
 
 
-def _leaf(tree: dict, path=()):
-    """The first numeric leaf of a params section, as a key path."""
+def _leaf(tree: dict, path=(), skip=()):
+    """The first numeric leaf of a params section that decides outputs (not an execution key), as a
+    key path."""
     for key, value in tree.items():
-        if isinstance(value, bool):
+        if isinstance(value, bool) or path + (key,) in skip:
             continue
         if isinstance(value, (int, float)):
             return path + (key,)
         if isinstance(value, dict):
-            found = _leaf(value, path + (key,))
+            found = _leaf(value, path + (key,), skip)
             if found:
                 return found
     return None
@@ -116,7 +118,7 @@ def test_a_params_change_reruns_the_rules_that_read_it_and_everything_downstream
     root, jobs = built
     original = (root / "params.yaml").read_text()
     params = yaml.safe_load(original)
-    leaf = _leaf(params[section])
+    leaf = _leaf(params[section], skip=execution_keys(section))
     node = params[section]
     if leaf is None:  # no numeric leaf (backbones): give the first backbone an input size
         node["input_size"][params["backbones"]["names"][0]] = 200
@@ -141,7 +143,7 @@ def test_a_code_edit_reruns_the_rules_whose_verbs_run_it_and_everything_downstre
     root, jobs = built
     path = root / module
     original = path.read_text()
-    path.write_text(original + "#")
+    path.write_text(original + "\n_STALENESS_PROBE = 1\n")  # a change of what the module does
     try:
         readers = [j for j in jobs if module in rule_code()[j.rule]]
         expected = downstream(jobs, readers)
@@ -150,6 +152,46 @@ def test_a_code_edit_reruns_the_rules_whose_verbs_run_it_and_everything_downstre
     finally:
         path.write_text(original)
     assert planned(root) == Counter()
+
+
+def test_execution_keys_changed_plan_nothing(built):
+    """Every key the schema marks x-execution (workers, inference batch sizes, devices, checkpoint
+    cadence, store layout) changed at once plans nothing: none of them is a trigger on its own."""
+    root, jobs = built
+    original = (root / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    marked = execution_keys()
+    assert {("features", "num_workers"), ("controlnet", "train", "checkpoint_every"),
+            ("sampling", "batch_size"), ("metrics", "device")} <= set(marked)
+    for path in marked:
+        node = params
+        for key in path[:-1]:
+            node = node[key]
+        value = node[path[-1]]
+        node[path[-1]] = ("cpu" if value == "auto" else "auto") if isinstance(value, str) else value + 1
+    if params["features"]["rows_per_shard"] % params["features"]["rows_per_chunk"]:
+        params["features"]["rows_per_shard"] = 2 * params["features"]["rows_per_chunk"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert planned(root) == Counter()
+    finally:
+        (root / "params.yaml").write_text(original)
+
+
+def test_comment_and_docstring_edits_plan_nothing(built):
+    """A comment or docstring added to every source file a verb runs plans nothing: the code hash is
+    taken over the parsed code."""
+    root, jobs = built
+    files = sorted({f for files in rule_code().values() for f in files})
+    originals = {f: (root / f).read_text() for f in files}
+    try:
+        for f, text in originals.items():
+            edited = text.replace('"""', '"""Edited. ', 1) if text.lstrip().startswith('"""') else text
+            (root / f).write_text("# a comment\n" + edited.replace("\n", "  # note\n", 1) + "\n# the end\n")
+        assert planned(root) == Counter()
+    finally:
+        for f, text in originals.items():
+            (root / f).write_text(text)
 
 
 def test_the_closure_is_what_the_issue_describes(built):
@@ -184,7 +226,8 @@ def test_a_stamp_records_rule_params_code_and_input_identities(tmp_path, monkeyp
     metrics = provenance.read_stamp("m/metrics.json")
     assert samples["inputs"] == {"model": "missing"} and samples["rule"] == "sample"
     assert metrics["inputs"] == {"samples.zarr": samples["id"]}
-    assert metrics["outputs"] == {"m/per-image.csv": provenance.content_hash("m/per-image.csv")}
+    assert metrics["outputs"]["m/per-image.csv"] == provenance.content_hash("m/per-image.csv")
+    assert set(metrics["outputs"]) == {"m/per-image.csv", "m/metrics.json"}  # the JSON's own content too
     assert json.loads(Path("m/metrics.json").read_text())["cosine_sim"] == {"mean": 0.5}  # content kept
     assert provenance.check(["m/metrics.json", "m/per-image.csv"]) == []
     # the same job with other params, code or inputs gives its outputs another identity
@@ -220,3 +263,42 @@ def test_featinv_tables_refuses_a_stale_metrics_file_naming_it(tmp_path, monkeyp
     assert code == 2 and not Path("out/table1.csv").exists()
     assert "m/metrics.json is stale: its input samples.zarr has changed" in err
     assert "snakemake --cores all out/table1.csv" in err
+
+
+def test_a_hand_edited_or_truncated_metrics_json_is_refused_naming_it(tmp_path, monkeypatch):
+    """An output's own content is part of its stamp: a metrics JSON edited after its job wrote it (a
+    number raised), or truncated, is refused by the guard with the file named."""
+    monkeypatch.chdir(tmp_path)
+    _stamped_pipeline(tmp_path)
+    original = Path("m/metrics.json").read_text()
+    assert provenance.read_stamp("m/metrics.json")["outputs"]["m/metrics.json"]  # its own content recorded
+    doc = json.loads(original)
+    doc["cosine_sim"]["mean"] += 0.5
+    Path("m/metrics.json").write_text(json.dumps(doc, indent=1))
+    with pytest.raises(provenance.StaleError, match=r"m/metrics.json is not the file evaluate wrote \(edited"):
+        provenance.check(["m/metrics.json"], target="results/table1.csv")
+    Path("m/metrics.json").write_text(original[: len(original) // 2])
+    with pytest.raises(provenance.StaleError, match=r"m/metrics.json is not valid JSON"):
+        provenance.check(["m/metrics.json"])
+    Path("m/metrics.json").write_text(original)
+    assert provenance.check(["m/metrics.json", "m/per-image.csv"]) == []
+
+
+def test_a_sidecar_holds_the_stamp_so_that_dvc_metrics_stay_numbers(tmp_path, monkeypatch):
+    """A job with a `*.provenance.json` output (tables) keeps its stamp there alone: results/metrics.json
+    holds Table 1's numbers only (`dvc metrics show` lists no hashes), and is still checked, through
+    the sidecar, against its content."""
+    monkeypatch.chdir(tmp_path)
+    _stamped_pipeline(tmp_path)
+    Path("r").mkdir()
+    Path("r/metrics.json").write_text(json.dumps({"table1": {"a/unpooled": {"cosine_sim": 0.5}}}))
+    Path("r/table1.csv").write_text("backbone,cosine_sim\na,0.5\n")
+    provenance.stamp("tables", "p3", "c3", ["m/metrics.json"], ["r/metrics.json", "r/table1.csv",
+                                                                "r/tables.provenance.json"])
+    assert "provenance" not in json.loads(Path("r/metrics.json").read_text())
+    sidecar = provenance.read_stamp("r/tables.provenance.json")
+    assert set(sidecar["outputs"]) == {"r/metrics.json", "r/table1.csv"} and sidecar["rule"] == "tables"
+    assert provenance.check(["r/metrics.json"]) == []
+    Path("r/metrics.json").write_text(json.dumps({"table1": {"a/unpooled": {"cosine_sim": 0.9}}}))
+    with pytest.raises(provenance.StaleError, match="r/metrics.json is not the file tables wrote"):
+        provenance.check(["r/metrics.json"])

@@ -39,6 +39,17 @@ def test_targets_are_the_central_square_in_pixel_space(demo_targets, demo_shards
     torch.testing.assert_close(stored, expected, atol=2e-3, rtol=0)  # float16 storage
 
 
+def test_target_execution_keys_leave_the_latents_unchanged(demo_targets, demo_shards, tmp_path):
+    """diffusion.targets.batch_size / num_workers and diffusion.device (x-execution keys) decide how
+    targets are encoded, not what: the same latents, bit for bit."""
+    from featinv.diffusion.targets import encode_targets
+
+    encode_targets(PatchCodec(2), "patch2", demo_shards, "train", tmp_path / "t.zarr", 16, batch_size=5,
+                   num_workers=1, device="auto", rows_per_shard=8, rows_per_chunk=4, progress=False)
+    a, b = rowstore.open_complete(demo_targets), rowstore.open_complete(tmp_path / "t.zarr")
+    assert np.array_equal(a["latents"][:], b["latents"][:]) and list(a["keys"][:]) == list(b["keys"][:])
+
+
 def test_base_training_lowers_the_loss(demo_targets, tmp_path):
     cfg = section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 200, "checkpoint_every": 1000}})
     summary = train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
@@ -130,12 +141,17 @@ def test_bf16_autocast_trains_on_cpu_deterministically(demo_targets, tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_killed_training_resumes_to_the_same_weights(demo_targets, tmp_path, precision):
-    train = {**TRAIN, "steps": 60, "checkpoint_every": 10, "mixed_precision": precision}
-    cfg = {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
-                         "base": {**TINY_BASE, "train": train}}}
-    args = lambda out: ["train-base", "--targets", str(demo_targets), "--out", str(out), "--loss-csv",
-                        str(out) + ".csv", "--config", json.dumps(cfg)]
-    finish(featinv(*args(tmp_path / "whole")))
+    """A run killed at a checkpoint and resumed ends where an unbroken run ends; the unbroken run
+    checkpoints only at its end, so checkpoint_every (an x-execution key) is shown not to change the
+    weights either."""
+    def cfg(every):
+        train = {**TRAIN, "steps": 60, "checkpoint_every": every, "mixed_precision": precision}
+        return {"diffusion": {"prompt": PROMPT, "device": "cpu", "targets": {"batch_size": 8, "num_workers": 0},
+                              "base": {**TINY_BASE, "train": train}}}
+
+    args = lambda out, every=10: ["train-base", "--targets", str(demo_targets), "--out", str(out), "--loss-csv",
+                                  str(out) + ".csv", "--config", json.dumps(cfg(every))]
+    finish(featinv(*args(tmp_path / "whole", 1000)))
 
     kill_at_checkpoint(featinv(*args(tmp_path / "killed")), tmp_path / "killed.ckpt", 20)
     assert not (tmp_path / "killed" / "unet").exists()

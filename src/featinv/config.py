@@ -110,6 +110,59 @@ def plain(value: Any) -> Any:
     return value
 
 
+EXECUTION = "x-execution"  # schema keyword: the key decides how a job runs, not what it produces
+
+
+@functools.cache
+def execution_keys(name: str = "") -> tuple[tuple[str, ...], ...]:
+    """The key paths (below section ``name``; "" = the whole config) that the schema marks
+    ``x-execution``: workers, inference batch sizes, devices, checkpoint cadence, store layout. What a
+    job produces does not depend on them (each has a test showing it), so the params hash, the
+    Snakemake trigger and dvc.yaml's params leave them out: changing one reruns nothing."""
+    node: Mapping[str, Any] = schema()
+    for key in filter(None, name.split(".")):
+        node = _resolve(node["properties"][key])[0]
+
+    def walk(node: Mapping[str, Any], path: tuple[str, ...]):
+        node = _resolve(node)[0]
+        for key, prop in node.get("properties", {}).items():
+            if prop.get(EXECUTION):
+                yield (*path, key)
+            else:
+                yield from walk(prop, (*path, key))
+
+    return tuple(walk(node, ()))
+
+
+def result_params(name: str, value: Any) -> Any:
+    """Params section ``name`` (plain or typed) as plain data without its execution keys: what decides
+    a job's outputs (``execution_keys``)."""
+    value = copy.deepcopy(plain(value))
+    for path in execution_keys(name):
+        node = value
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return value
+
+
+def result_keys(name: str) -> list[str]:
+    """Section ``name`` as the dotted key paths that decide outputs: the section itself where it has no
+    execution key, else its children, split down to where the execution keys sit (dvc.yaml's params)."""
+    marked = execution_keys(name)
+    if not marked:
+        return [name]
+    node = _node_at(tuple(name.split(".")))
+    keys = []
+    for key in node["properties"]:
+        below = [p for p in marked if p[0] == key]
+        if (key,) in below:
+            continue
+        keys += result_keys(f"{name}.{key}") if below else [f"{name}.{key}"]
+    return keys
+
+
 def _resolve(node: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]:
     """A schema node with its ``$ref`` followed, and the name of the definition it refers to."""
     ref = node.get("$ref")

@@ -1,8 +1,9 @@
 """``dvc.yaml``, generated: one DVC stage per Snakemake rule of the default target's DAG (a matrix
 stage where the rule has several jobs), for the params in force. Deps are the rule's inputs, its rule
 file and the source files its verb imports (``featinv.codedeps``); params are the sections the verb
-declares; outs are the rule's outputs. Each stage's command asks Snakemake for its own outputs with
-only its own rule allowed, so both tools share one DAG definition.
+declares, without their execution keys (``featinv.config.result_keys``); outs are the rule's outputs.
+Each stage's command asks Snakemake for its own outputs with only its own rule allowed, so both tools
+share one DAG definition.
 
 ``python -m featinv.dvcyaml [--configfile OVERLAY ...]`` rewrites ``dvc.yaml`` for params.yaml (and
 overlays); ``--check`` fails if the committed file differs. Rerun it after a params change that
@@ -26,7 +27,8 @@ HEADER = """\
 # fail when this file and the generator disagree. DVC versions what the rules produce; each stage
 # asks Snakemake for its own outputs with only its own rule allowed. Deps: the rule's inputs, its
 # rule file, and every source file its `featinv` verb imports, transitively; params: the params.yaml
-# sections the verb reads (Snakemake reruns on the same sections). Every output is cached (data/
+# keys the verb reads that decide its outputs, execution keys (workers, devices, inference batch
+# sizes, checkpoint cadence) left out (Snakemake reruns on the same keys). Every output is cached (data/
 # and results/ are git-ignored), so `dvc push` / `dvc pull` carry all of them.
 """
 METRICS = {"tables": "summary"}  # rule -> the output `dvc metrics show` reads
@@ -163,7 +165,7 @@ def _item_safe_groups(jobs: list[Job]) -> list[tuple[str, tuple[dict[str, list[s
 
 
 def stages(jobs: list[Job], code: dict[str, list[str]], sections: dict[str, tuple[str, ...]]) -> dict:
-    """The ``stages`` mapping of dvc.yaml for ``jobs``, with each rule's code files and params sections."""
+    """The ``stages`` mapping of dvc.yaml for ``jobs``, with each rule's code files and params keys."""
     out: dict[str, dict] = {}
     by_rule: dict[str, list[Job]] = {}
     for job in jobs:
@@ -186,9 +188,11 @@ def dvc_yaml(workdir: str | Path, configfiles: tuple[str, ...] = ()) -> str:
     """The text of dvc.yaml for the workflow at ``workdir`` under params.yaml (+ ``configfiles``)."""
     from featinv.cli import VERBS
     from featinv.codedeps import rule_code
+    from featinv.config import result_keys
 
     jobs = snakemake_jobs(workdir, configfiles)
-    doc = {"stages": stages(jobs, rule_code(), {name: v.sections for name, v in VERBS.items()})}
+    keys = {name: tuple(k for s in v.sections for k in result_keys(s)) for name, v in VERBS.items()}
+    doc = {"stages": stages(jobs, rule_code(), keys)}
     loss_dirs = sorted({Path(p).parent.as_posix() for j in jobs if j.rule == PLOTS for p in j.inputs})
     if loss_dirs:
         doc["plots"] = [{d: {"x": "step", "y": "loss"}} for d in loss_dirs]

@@ -12,6 +12,7 @@ command that refreshes it, when one of them is no longer what it read.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from pathlib import Path
@@ -35,11 +36,29 @@ def params_hash(*sections: Any) -> str:
 
 
 def code_hash(files: Iterable[str | Path], root: str | Path = ".") -> str:
-    """A short hash of the named source files' paths and contents."""
+    """A short hash of the named source files' paths and *parsed* code: a Python file counts by its
+    syntax tree without docstrings (comments never reach the tree), so an edit of a comment, a
+    docstring or the layout changes nothing, while any change of what the code does changes the hash.
+    Other files count by their bytes."""
     h = hashlib.sha256()
     for name in sorted(str(f) for f in files):
-        h.update(name.encode() + b"\0" + (Path(root) / name).read_bytes() + b"\0")
+        h.update(name.encode() + b"\0" + _code_bytes(Path(root) / name) + b"\0")
     return h.hexdigest()[:16]
+
+
+def _code_bytes(path: Path) -> bytes:
+    """What of a source file decides what it does (see ``code_hash``)."""
+    text = path.read_bytes()
+    if path.suffix != ".py":
+        return text
+    tree = ast.parse(text, filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False).encode()
 
 
 def _digest(data: bytes) -> str:
@@ -95,13 +114,36 @@ def identity(path: str | Path) -> str:
     return stamp["id"] if stamp else content_hash(path)
 
 
+SIDECAR = ".provenance.json"  # a job output named so holds the job's stamp alone (see ``stamp``)
+
+
 def make_stamp(rule: str, params: str, code: str, inputs: Iterable[str], outputs: Iterable[str]) -> dict[str, Any]:
-    """The stamp of a finished job of ``rule`` (input identities read now, from the files on disk)."""
+    """The stamp of a finished job of ``rule`` (input identities read now, from the files on disk).
+    ``outputs`` maps every output but the stamp's holders to its content hash, and every JSON holder
+    to the hash of its content without the stamp, so that an output edited or truncated afterwards is
+    told apart from the one the job wrote."""
     ins = {p: identity(p) for p in sorted(set(map(str, inputs)))}
     outputs = sorted(map(str, outputs))
     ident = _digest(json.dumps([rule, params, code, ins, outputs], sort_keys=True).encode())
-    outs = {p: content_hash(p) for p in outputs if Path(p).exists() and not _holds_stamp(Path(p))}
+    holders = _holders(outputs)
+    outs = {p: (_body_hash(Path(p)) if p in holders else content_hash(p)) for p in outputs
+            if Path(p).exists() and not (p in holders and Path(p).is_dir())}
     return {"id": ident, "rule": rule, "params_hash": params, "code_hash": code, "inputs": ins, "outputs": outs}
+
+
+def _holders(outputs: list[str]) -> set[str]:
+    """The outputs that hold the stamp: a ``*.provenance.json`` sidecar alone where the job has one
+    (its other JSON outputs, DVC's metrics files, stay free of it), else every directory and JSON
+    object output."""
+    sidecars = {p for p in outputs if p.endswith(SIDECAR)}
+    return sidecars or {p for p in outputs if Path(p).exists() and _holds_stamp(Path(p))}
+
+
+def _body_hash(path: Path) -> str:
+    """A JSON output's content without its stamp."""
+    doc = json.loads(path.read_text())
+    doc.pop(KEY, None)
+    return _digest(json.dumps(doc, sort_keys=True).encode())
 
 
 def _holds_stamp(path: Path) -> bool:
@@ -116,13 +158,16 @@ def _holds_stamp(path: Path) -> bool:
 
 
 def stamp(rule: str, params: str, code: str, inputs: Iterable[str], outputs: Iterable[str]) -> dict[str, Any]:
-    """Record a finished job's stamp in every output that can hold one; returns the stamp."""
+    """Record a finished job's stamp in every output that can hold one (a directory's
+    ``provenance.json``, a JSON object's ``"provenance"`` key), or only in its ``*.provenance.json``
+    sidecar output where it names one (written here); returns the stamp."""
     outputs = [str(o) for o in outputs]
     record = make_stamp(rule, params, code, inputs, outputs)
-    for out in map(Path, outputs):
-        if not out.exists() or not _holds_stamp(out):
-            continue
-        if out.is_dir():
+    for out in map(Path, sorted(_holders(outputs))):
+        if out.name.endswith(SIDECAR):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({KEY: record}, indent=1, sort_keys=True) + "\n")
+        elif out.is_dir():
             (out / STAMP).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         else:
             doc = json.loads(out.read_text())
@@ -158,6 +203,8 @@ def check(paths: Iterable[str | Path], target: str | None = None) -> list[str]:
             return
         seen.add(path)
         record = read_stamp(path)
+        if path.endswith(".json") and Path(path).is_file():
+            _check_json(path, record, refresh)
         if record is None:
             listing = _stamp_listing(Path(path)) if Path(path).is_file() else None
             if listing is None:
@@ -179,6 +226,16 @@ def check(paths: Iterable[str | Path], target: str | None = None) -> list[str]:
     for p in paths:
         walk(str(p), True)
     return unstamped
+
+
+def _check_json(path: str, record: dict[str, Any] | None, refresh) -> None:
+    """A JSON output is valid JSON and, where its stamp records its content, still that content."""
+    try:
+        json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise StaleError(f"{path} is not valid JSON (truncated or edited?): {exc}; {refresh(path)}") from None
+    if record is not None and path in record.get("outputs", {}) and record["outputs"][path] != _body_hash(Path(path)):
+        raise StaleError(f"{path} is not the file {record['rule']} wrote (edited since): {refresh(path)}")
 
 
 def check_or_warn(paths: Iterable[str | Path], target: str | None = None) -> None:

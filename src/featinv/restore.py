@@ -83,7 +83,47 @@ def commit(targets: list[str], workdir: str | Path = ".") -> None:
         print(f"warning: not recorded in dvc.lock: {exc}", file=sys.stderr)
         return
     cmd = [sys.executable, "-m", "dvc", "commit", "--force", "--quiet", "--with-deps", *stages]
+    times = _mtimes(_stage_outs(workdir), workdir)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    _restore_mtimes(times, workdir)
     if proc.returncode != 0:
         print(f"warning: `dvc commit` of what Snakemake built failed, so `dvc status` will call it changed "
               f"until `dvc commit` or `dvc repro`:\n{(proc.stdout + proc.stderr).strip()[-2000:]}", file=sys.stderr)
+
+
+def _stage_outs(workdir: str | Path = ".") -> list[str]:
+    """Every output path dvc.yaml's stages declare."""
+    from dvc.repo import Repo
+
+    with Repo(str(workdir)) as repo:
+        return sorted({str(out.def_path) for stage in repo.index.stages for out in stage.outs})
+
+
+def _mtimes(paths: list[str], workdir: str | Path = ".") -> dict[str, int]:
+    """Modification times (ns, of the links themselves) of ``paths`` and everything below them."""
+    import os
+
+    times = {}
+    for path in paths:
+        full = Path(workdir) / path
+        if not full.exists():
+            continue
+        found = [full] + ([Path(d) / n for d, dirs, files in os.walk(full) for n in dirs + files] if full.is_dir() else [])
+        for p in found:
+            times[str(p)] = p.lstat().st_mtime_ns
+    return times
+
+
+def _restore_mtimes(times: dict[str, int], workdir: str | Path = ".") -> None:
+    """Give every path its recorded modification time back: ``dvc commit`` moves a new output into the
+    cache and links or copies it back, touching it after the outputs Snakemake made from it, which
+    would otherwise make the next ``snakemake`` rerun their jobs. Deepest paths first, so that a
+    directory's own time is set after its contents."""
+    import os
+
+    for path in sorted(times, key=lambda p: -p.count(os.sep)):
+        try:
+            if os.lstat(path).st_mtime_ns != times[path]:
+                os.utime(path, ns=(times[path], times[path]), follow_symlinks=False)
+        except FileNotFoundError:
+            continue

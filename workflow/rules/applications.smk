@@ -30,7 +30,7 @@ for _rule, _outs in APP_FIGURES.items():
         name:
             _rule
         message:
-            "featinv --stamp {params.stamp:q} {params.verb} with the unpooled {params.backbone} model"
+            "{params.verb} with the unpooled {params.backbone} model"
         input:
             base=base_input,
             model=APP_MODEL,
@@ -41,13 +41,11 @@ for _rule, _outs in APP_FIGURES.items():
             png=report(f"{FIGURES}/{_outs[0]}", caption=f"../report/{_rule}.rst", category="Applications"),
             csv=f"{FIGURES}/{_outs[1]}",
         params:
-            stamp=stamp(_rule),
-            code=rule_code_hash(_rule),
+            **verb_params(_rule),
             verb=VERBS[_rule].command,  # directives are evaluated here; shell/message later, so no loop variables there
             backbone=APP_BACKBONE,
             base=BASE,
             train=f"--train-store {APP_TRAIN_STORE}" if _rule == "concepts_figure" else "",
-            cfg=verb_config(_rule),
         log:
             f"results/logs/{_rule}/{DATASET}.log",
         benchmark:
@@ -81,12 +79,10 @@ rule qualitative_figure:
         variability=report(f"{FIGURES}/variability.png", caption="../report/variability.rst", category="Applications"),
         variability_csv=f"{FIGURES}/variability.csv",
     params:
-        stamp=stamp("qualitative_figure"),
-        code=rule_code_hash("qualitative_figure"),
+        **verb_params("qualitative_figure"),
         base=BASE,
         samples=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(_models(), input.samples)),
         per_image=lambda wildcards, input: " ".join(f"{m}={p}" for m, p in zip(_models(), input.per_image)),
-        cfg=verb_config("qualitative_figure"),
     log:
         f"results/logs/qualitative_figure/{DATASET}.log",
     benchmark:

@@ -16,7 +16,7 @@ from featinv.sourceid import LAST, backbone_name, source_id
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code_hash
 from featinv.fileio import write_json
-from featinv.config import forward_family, modular_run_name, validate
+from featinv.config import forward_family, modular_run_name, result_params, validate
 from featinv.provenance import params_hash
 
 # Stop before any job when params (with any --configfile overlay) break the schema.
@@ -84,27 +84,24 @@ wildcard_constraints:
     variant=r"unpooled|pooled|inverse",  # inverse: the deterministic inverse's reconstructions (rule invert)
 
 
-def verb_config(rule):
-    """The params sections the verb of ``rule`` (the verb of the same name) declares, as the JSON its
-    --config takes; a function, so that Snakemake does not read the JSON braces as wildcards.
-    Snakemake reruns a job when these values change."""
-    text = json.dumps({name: config[name] for name in VERBS[rule].sections}, sort_keys=True)
-    return lambda wildcards: text
+def verb_params(rule):
+    """The params every rule passes its `featinv` verb: `cfg`, the params sections the verb declares
+    as the JSON its --config takes; `stamp`, the job's provenance as the JSON `featinv --stamp` takes
+    (rule, params hash, code hash, input and output files); and the two values whose change reruns the
+    job and everything downstream: `result` (the hash of what decides its outputs: the sections
+    without their execution keys, `featinv.config.execution_keys`) and `code` (the hash of the source
+    its verb runs, comments and docstrings aside). Snakemake's params trigger ignores params computed
+    from a job's files (`cfg` and `stamp` are, so an execution key such as features.num_workers reaches
+    the verb and reruns nothing); it reruns a job when a plain param (`result`, `code`) changes."""
+    sections = VERBS[rule].sections
+    result, code = params_hash(*(result_params(name, config[name]) for name in sections)), rule_code_hash(rule)
+    text = json.dumps({name: config[name] for name in sections}, sort_keys=True)
 
-
-def stamp(rule):
-    """The job's provenance as the JSON `featinv --stamp` takes: its rule, params hash (the sections its
-    verb reads), code hash (the source its verb runs) and files. Every rule also passes its code hash as
-    a plain param (`code=rule_code_hash(rule)`): Snakemake's params trigger ignores params computed
-    from a job's files, such as this one, and reruns the job, and everything downstream, when a plain
-    param (`cfg`, `code`) changes."""
-    params, code = params_hash({name: config[name] for name in VERBS[rule].sections}), rule_code_hash(rule)
-
-    def text(wildcards, input, output):
-        return json.dumps({"rule": rule, "params": params, "code": code, "inputs": [str(p) for p in input],
+    def job_stamp(wildcards, input, output):
+        return json.dumps({"rule": rule, "params": result, "code": code, "inputs": [str(p) for p in input],
                            "outputs": [str(p) for p in output]}, sort_keys=True)
 
-    return text
+    return {"stamp": job_stamp, "result": result, "code": code, "cfg": lambda wildcards, input: text}
 
 
 def record_in_dvc():

@@ -7,9 +7,7 @@ rule build_shards:
     output:
         shards=directory(SHARDS),
     params:
-        stamp=stamp("build_shards"),
-        code=rule_code_hash("build_shards"),
-        cfg=verb_config("build_shards"),
+        **verb_params("build_shards"),
     log:
         f"results/logs/build_shards/{DATASET}.log",
     benchmark:

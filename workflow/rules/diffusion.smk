@@ -9,9 +9,7 @@ rule encode_targets:
     output:
         targets=directory(TARGETS),
     params:
-        stamp=stamp("encode_targets"),
-        code=rule_code_hash("encode_targets"),
-        cfg=verb_config("encode_targets"),
+        **verb_params("encode_targets"),
     log:
         f"results/logs/encode_targets/{DATASET}-{{split}}.log",
     benchmark:
@@ -33,9 +31,7 @@ rule train_base:
         model=directory(TRAINED_BASE),
         loss=f"results/training/{DATASET}/base-loss.csv",
     params:
-        stamp=stamp("train_base"),
-        code=rule_code_hash("train_base"),
-        cfg=verb_config("train_base"),
+        **verb_params("train_base"),
     log:
         f"results/logs/train_base/{DATASET}.log",
     benchmark:
@@ -58,10 +54,8 @@ rule preview_base:
     output:
         grid=report(f"results/base/{DATASET}/samples.png", caption="../report/base.rst", category="Base model"),
     params:
-        stamp=stamp("preview_base"),
-        code=rule_code_hash("preview_base"),
+        **verb_params("preview_base"),
         base=BASE,
-        cfg=verb_config("preview_base"),
     log:
         f"results/logs/preview_base/{DATASET}.log",
     benchmark:
@@ -98,10 +92,8 @@ rule train_controlnet:
         model=directory(CONTROLNET),
         loss=f"results/training/{DATASET}/{{backbone}}-{{variant}}-loss.csv",
     params:
-        stamp=stamp("train_controlnet"),
-        code=rule_code_hash("train_controlnet"),
+        **verb_params("train_controlnet"),
         base=BASE,
-        cfg=verb_config("train_controlnet"),
         data=lambda wildcards, input: (f"--shards {input.shards} --backbone {wildcards.backbone}" if ONLINE_VIEWS
                                        else f"--features {input.features} --targets {input.targets}"),
     log:
@@ -129,10 +121,8 @@ rule tune_sampling:
         figure=report(TUNING.replace(".csv", ".png"), caption="../report/tuning.rst", category="Sampling tuning"),
         chosen=TUNING.replace(".csv", ".json"),
     params:
-        stamp=stamp("tune_sampling"),
-        code=rule_code_hash("tune_sampling"),
+        **verb_params("tune_sampling"),
         base=BASE,
-        cfg=verb_config("tune_sampling"),
     log:
         f"results/logs/tune_sampling/{DATASET}-{{backbone}}-{{variant}}.log",
     benchmark:
@@ -172,10 +162,8 @@ rule sample:
     output:
         samples=directory(SAMPLES),
     params:
-        stamp=stamp("sample"),
-        code=rule_code_hash("sample"),
+        **verb_params("sample"),
         base=BASE,
-        cfg=verb_config("sample"),
         tuned=lambda wildcards, input: f"--tuned {input.tuned}" if input.tuned else "",
     log:
         f"results/logs/sample/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
@@ -200,8 +188,7 @@ rule preview_samples:
         grid=report(f"results/samples/{DATASET}/{{backbone}}-{{variant}}-{{split}}.png",
                     caption="../report/samples.rst", category="Reconstructions"),
     params:
-        stamp=stamp("preview_samples"),
-        code=rule_code_hash("preview_samples"),
+        **verb_params("preview_samples"),
         n=config["sampling"]["preview"],
     log:
         f"results/logs/preview_samples/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",

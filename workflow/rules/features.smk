@@ -10,10 +10,8 @@ rule extract_features:
         store=directory(STORE),
         report=BACKBONE_REPORT,
     params:
-        stamp=stamp("extract_features"),
-        code=rule_code_hash("extract_features"),
+        **verb_params("extract_features"),
         weights=weights_arg,
-        cfg=verb_config("extract_features"),
     log:
         f"results/logs/extract_features/{DATASET}-{{backbone}}-{{split}}.log",
     benchmark:

@@ -31,9 +31,7 @@ rule evaluate:
         metrics=METRICS,
         per_image=PER_IMAGE,
     params:
-        stamp=stamp("evaluate"),
-        code=rule_code_hash("evaluate"),
-        cfg=verb_config("evaluate"),
+        **verb_params("evaluate"),
         train_store=train_store_arg,
     log:
         f"results/logs/evaluate/{DATASET}-{{backbone}}-{{variant}}-{{split}}.log",
@@ -59,10 +57,9 @@ rule tables:
         table2=report("results/table2.csv", caption="../report/table2.rst", category="Tables"),
         table2_md="results/table2.md",
         summary="results/metrics.json",
+        provenance="results/tables.provenance.json",  # the job's stamp: metrics.json stays metrics alone (dvc metrics show)
     params:
-        stamp=stamp("tables"),
-        code=rule_code_hash("tables"),
-        cfg=verb_config("tables"),
+        **verb_params("tables"),
     log:
         "results/logs/tables.log",
     benchmark:
@@ -83,8 +80,7 @@ rule plot_losses:
     output:
         png=report(f"results/figures/{DATASET}/training-loss.png", caption="../report/losses.rst", category="Training"),
     params:
-        stamp=stamp("plot_losses"),
-        code=rule_code_hash("plot_losses"),
+        **verb_params("plot_losses"),
     log:
         f"results/logs/plot_losses/{DATASET}.log",
     benchmark:
@@ -114,9 +110,7 @@ rule train_inverse:
         model=directory(INVERSE),
         loss=f"results/training/{DATASET}/{{backbone}}-inverse-loss.csv",
     params:
-        stamp=stamp("train_inverse"),
-        code=rule_code_hash("train_inverse"),
-        cfg=verb_config("train_inverse"),
+        **verb_params("train_inverse"),
     log:
         f"results/logs/train_inverse/{DATASET}-{{backbone}}.log",
     benchmark:
@@ -139,9 +133,7 @@ rule invert:
     output:
         samples=directory(SAMPLES.replace("{variant}", "inverse")),
     params:
-        stamp=stamp("invert"),
-        code=rule_code_hash("invert"),
-        cfg=verb_config("invert"),
+        **verb_params("invert"),
     log:
         f"results/logs/invert/{DATASET}-{{backbone}}-{{split}}.log",
     benchmark:
@@ -170,9 +162,7 @@ rule compare:
         md=COMPARISON + ".md",
         png=report(COMPARISON + ".png", caption="../report/comparison.rst", category="Comparison"),
     params:
-        stamp=stamp("compare"),
-        code=rule_code_hash("compare"),
-        cfg=verb_config("compare"),
+        **verb_params("compare"),
     log:
         f"results/logs/compare/{DATASET}-{{backbone}}.log",
     benchmark:
@@ -202,9 +192,7 @@ rule layer_study:
         csv=report(LAYER_STUDY + ".csv", caption="../report/layer_study.rst", category="Layers"),
         png=report(LAYER_STUDY + ".png", caption="../report/layer_study.rst", category="Layers"),
     params:
-        stamp=stamp("layer_study"),
-        code=rule_code_hash("layer_study"),
-        cfg=verb_config("layer_study"),
+        **verb_params("layer_study"),
     log:
         f"results/logs/layer_study/{DATASET}-{{backbone}}.log",
     benchmark:

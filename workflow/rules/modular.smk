@@ -42,10 +42,8 @@ rule train_modular:
         representations=directory(f"{MODULAR_MODEL}/train-representations.zarr"),
         loss=f"{MODULAR}/training-loss.csv",
     params:
-        stamp=stamp("train_modular"),
-        code=rule_code_hash("train_modular"),
+        **verb_params("train_modular"),
         backbone=config["modular"]["backbone"],
-        cfg=verb_config("train_modular"),
     log:
         f"results/logs/train_modular/{DATASET}/{MODULAR_RUN}.log",
     benchmark:
@@ -64,7 +62,7 @@ for _name, _outputs in MODULAR_ANALYSES.items():
         name:
             _name
         message:
-            "featinv --stamp {params.stamp:q} {params.verb} of {params.backbone}"
+            "{params.verb} of {params.backbone}"
         input:
             shards=rules.build_shards.output.shards,
             inverses=MODULAR_INVERSES,
@@ -73,11 +71,9 @@ for _name, _outputs in MODULAR_ANALYSES.items():
             [report(f"{MODULAR}/{out}", caption=f"../report/{_name}.rst", category="Modular inversion")
              if out.endswith(".png") or out == _outputs[0] else f"{MODULAR}/{out}" for out in _outputs],
         params:
-            stamp=stamp(_name),
-            code=rule_code_hash(_name),
+            **verb_params(_name),
             verb=VERBS[_name].command,  # directives are evaluated here; shell/message later, so no loop variables there
             backbone=config["modular"]["backbone"],
-            cfg=verb_config(_name),
         log:
             f"results/logs/{_name}/{DATASET}/{MODULAR_RUN}.log",
         benchmark:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.cards import write_card
-from featinv.config import Inverse, plain
+from featinv.config import Inverse, plain, result_params
 from featinv.devices import resolve_device
 from featinv.diffusion.recipes import checkpoint_dir, first_views
 from featinv.diffusion.train import RowData, run
@@ -103,7 +103,7 @@ def train_inverse(features: str | Path, targets: str | Path, codec, cfg: Inverse
 
     result = run(net, [codec], loss_fn, data, cfg.train, device, checkpoint_dir(out), loss_csv,
                  desc=f"inverse {attrs['backbone']}", progress=progress)
-    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(cfg)}
+    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(result_params("inverse", cfg))}
     if result["is_main"]:
         import shutil
 

@@ -12,7 +12,7 @@ import torch
 from featinv import rowstore
 from featinv.cards import controlnet_card
 from featinv.backbones import Backbone
-from featinv.config import Controlnet, DiffusionBase, plain
+from featinv.config import Controlnet, DiffusionBase, plain, result_params
 from featinv.data.shards import index_split
 from featinv.diffusion.base import BaseModel, create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
@@ -74,7 +74,7 @@ def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: s
 
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, device, checkpoint_dir(out), loss_csv,
                  desc="base model", progress=progress)
-    return _finish(result, (base_cfg, {"prompt": prompt}), out, save)
+    return _finish(result, (result_params("diffusion.base", base_cfg), {"prompt": prompt}), out, save)
 
 
 @torch.no_grad()
@@ -152,7 +152,7 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
     fmap_shape = tuple(attrs["fmap_shape"])
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
             "fmap_shape": list(fmap_shape), "variant": variant, "base_model": base_source,
-            "prompt": prompt, "params_hash": params_hash(cn_cfg, {"prompt": prompt}),  # as training.json's
+            "prompt": prompt, "params_hash": params_hash(result_params("controlnet", cn_cfg), {"prompt": prompt}),  # as training.json's
             # how the backbone saw each training image, for FeatInvPipeline.features
             "input_size": int(attrs["preprocessing"]["input_size"][-1]), "view": attrs.get("view", "eval_transform")}
     torch.manual_seed(cn_cfg.train.seed)
@@ -185,7 +185,7 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
                         {"dataset": attrs.get("dataset"), "split": attrs.get("split"), "rows": data.n},
                         plain(settings))
 
-    return _finish(result, (cn_cfg, {"prompt": prompt}), out, save)
+    return _finish(result, (result_params("controlnet", cn_cfg), {"prompt": prompt}), out, save)
 
 
 def _finish(result: dict[str, Any], cfg: tuple[Any, ...], out: str | Path, save: Callable[[torch.nn.Module], None]):
