@@ -104,6 +104,14 @@ def test_first_n_per_class_skips_bad_images_and_records_them(tmp_path):
     manifest = shard_io.build(ImageFolderSource(tmp_path / "src", ["val"]), out, "t", ["val"], {"val": 2}, 100)
     keys = [e.key for e in shard_io.index_split(out, "val")]
     assert keys == ["a/img_01", "a/img_02", "b/img_00", "b/img_001"]  # sorted by file name
+    # decoded on three threads (build_shards takes the job's threads): the same shards and rejections
+    threaded = shard_io.build(ImageFolderSource(tmp_path / "src", ["val"]), tmp_path / "threaded", "t", ["val"],
+                              {"val": 2}, 100, threads=3)
+    assert [e.key for e in shard_io.index_split(tmp_path / "threaded", "val")] == keys
+    assert (tmp_path / "threaded" / "rejected.tsv").read_text() == (out / "rejected.tsv").read_text()
+    assert [s["count"] for s in threaded["splits"]["val"]["shards"]] == [s["count"] for s in manifest["splits"]["val"]["shards"]]
+    with tarfile.open(out / "val-000000.tar") as a, tarfile.open(tmp_path / "threaded" / "val-000000.tar") as b:
+        assert [(m.name, a.extractfile(m).read()) for m in a] == [(m.name, b.extractfile(m).read()) for m in b]
     rejected = (out / "rejected.tsv").read_text().splitlines()
     assert rejected[0] == "split\tkey\treason"
     assert {line.split("\t")[1] for line in rejected[1:]} == {"a/img_00", "b/img_000"}

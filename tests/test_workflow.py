@@ -18,7 +18,7 @@ from conftest import REPO, TEST_PHOTOS
 from featinv import rowstore
 from featinv.backbones.layers import valid_layers
 from featinv.codedeps import rule_code
-from featinv.config import deep_merge
+from featinv.config import deep_merge, load
 from featinv.dvcyaml import parse_command
 
 TINY = {
@@ -151,6 +151,26 @@ def test_the_paper_overlays_plan_every_modular_analysis(project):
         assert f"--model-dir data/models/coco/modular/{run_dir} " in plans[name]
         assert f"--out-dir results/modular/coco/{run_dir} " in plans[name]
         assert "--shards data/shards/coco " in plans[name]
+
+
+def test_an_overlay_listing_fewer_backbones_narrows_the_paper_run(project):
+    """The paper overlay plus `backbones: {names: [resnet50.tv_in1k]}` (one GPU's worth) validates and
+    plans ResNet50's jobs only, `all` included: ConvNeXt's 288 px is left aside with a note, the
+    figures use ResNet50, the layer study (a ConvNeXt layer) is off. The modular forward model's
+    weights may be named in backbones.weights, where the offline message says."""
+    (project / "narrow.yaml").write_text("backbones:\n  names: [resnet50.tv_in1k]\n  weights:\n"
+                                         "    vit_base_patch16_224.augreg_in1k: /weights/vit.safetensors\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "all", "-n", "-p", "-F", "--configfile",
+                           "config/paper.yaml", "narrow.yaml"], cwd=project, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "note: backbones.input_size.convnext_base.fb_in22k_ft_in1k: not one of backbones.names" in out
+    assert "the figures use 'resnet50.tv_in1k'" in out and "no layer study" in out
+    assert "--backbone resnet50.tv_in1k " in out
+    assert not [line for line in out.splitlines() if "convnext" in line and not line.startswith("note:")]
+    assert "--model data/models/imagenet/controlnet/resnet50.tv_in1k-unpooled" in out  # the application figures
+    assert "vit.safetensors" in out  # kept for train_modular (its --config)
+    load(REPO / "params.yaml", REPO / "config/paper.yaml", project / "narrow.yaml")  # featinv validate agrees
 
 
 def test_a_second_layer_plans_its_own_jobs_and_a_wrong_one_stops_before_any(project):

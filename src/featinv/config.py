@@ -244,7 +244,7 @@ del _path
 def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     """Constraints between keys that JSON schema cannot express."""
     problems = []
-    c = typed(config)
+    c = typed(narrow(config)[0])
     splits = list(c.data.splits)
     for split, limit in c.data.per_class.items():
         if split not in splits and limit is not None:  # null: an overlay cannot remove the default's key
@@ -257,15 +257,7 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
                         f"features.rows_per_shard ({c.features.rows_per_shard})")
     if c.sampling.split not in c.features.splits:
         problems.append(f"sampling.split: '{c.sampling.split}' is not one of features.splits")
-    for name in c.sampling.control_strength:
-        if name not in c.backbones.names:
-            problems.append(f"sampling.control_strength.{name}: not one of backbones.names")
-    for key in ("weights", "input_size"):
-        for name in getattr(c.backbones, key):
-            if name not in c.backbones.names:
-                problems.append(f"backbones.{key}.{name}: not one of backbones.names")
-    if c.applications.backbone not in c.backbones.names:
-        problems.append(f"applications.backbone: '{c.applications.backbone}' is not one of backbones.names")
+    # per-backbone settings of backbones not listed are ignored (narrow), so an overlay may list fewer
     if "unpooled" not in c.controlnet.variants:
         problems.append("applications: need the unpooled variant in controlnet.variants")
     names = modular_stage_names(c.modular.backbone, c.modular.groups)
@@ -285,6 +277,35 @@ def _cross_checks(config: Mapping[str, Any]) -> list[str]:
     if fid_features != "inception" and fid_features not in c.backbones.names:
         problems.append(f"metrics.fid.features: '{fid_features}' is neither 'inception' nor one of backbones.names")
     return problems
+
+
+def narrow(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The config a run uses, and a note per setting it leaves aside, when ``backbones.names`` lists
+    fewer backbones than other keys name (an overlay narrowing the paper's three to one): the
+    per-backbone settings of backbones not listed are dropped (``backbones.input_size`` and
+    ``weights``, ``sampling.control_strength``, ``features.layer``; weights named for the modular
+    forward model stay), the application figures use the first listed backbone when theirs is not
+    listed, and the layer study is off when its backbone is not listed (its layer is that model's)."""
+    c = copy.deepcopy(dict(config))
+    names, notes = c["backbones"]["names"], []
+    for where, mapping in (("backbones.input_size", c["backbones"]["input_size"]),
+                           ("backbones.weights", c["backbones"]["weights"]),
+                           ("sampling.control_strength", c["sampling"]["control_strength"]),
+                           ("features.layer", c["features"]["layer"])):
+        for name in [n for n in mapping if n not in names]:
+            if where == "backbones.weights" and name == c["modular"]["backbone"]:
+                continue  # the modular forward model's weights
+            notes.append(f"{where}.{name}: not one of backbones.names {names}, ignored")
+            del mapping[name]
+    app = c["applications"]["backbone"]
+    if app not in names:
+        notes.append(f"applications.backbone: '{app}' is not one of backbones.names: the figures use '{names[0]}'")
+        c["applications"]["backbone"] = names[0]
+    study = c["layers"]["backbone"]
+    if study and study not in names:
+        notes.append(f"layers.backbone: '{study}' is not one of backbones.names: no layer study")
+        c["layers"]["backbone"] = ""
+    return c, notes
 
 
 def forward_family(backbone: str) -> str:

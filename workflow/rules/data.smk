@@ -12,7 +12,7 @@ rule build_shards:
         f"results/logs/build_shards/{DATASET}.log",
     benchmark:
         f"results/benchmarks/build_shards/{DATASET}.tsv"
-    threads: 1
+    threads: 8  # images decoded on this many threads (Snakemake gives at most --cores)
     resources:
         **job_resources("build_shards"),
     shell:

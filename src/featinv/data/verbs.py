@@ -15,7 +15,7 @@ def build_shards(args, cfg) -> None:
 
     data = cfg.data
     manifest = build(make_source(data), args.out, data.dataset, data.splits, data.per_class, data.shard_maxcount,
-                     data.views)
+                     data.views, threads=max(1, args.threads))
     for split, entry in manifest["splits"].items():
         print(f"{split}: {entry['count']} images in {len(entry['shards'])} shards")
     print(f"rejected: {manifest['rejected']} (see {Path(args.out) / 'rejected.tsv'})")
