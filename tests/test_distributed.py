@@ -33,13 +33,20 @@ def assert_same_store(a, b, names):
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, demo_shards):
-    """The demo val split (24 images, 6 blocks of 4) extracted by one process and by two."""
+    """The demo val split (24 images, 6 blocks of 4) extracted by one process and by two, while port
+    29500 is taken (two such jobs run side by side on one node: each launch finds a free port)."""
     root = tmp_path_factory.mktemp("extract")
     args = lambda name: ["extract-features", "--backbone", "tf_efficientnet_lite0", "--shards", demo_shards, "--split", "val",
                          "--store", root / f"{name}.zarr", "--report", root / f"{name}.json",
                          "--config", json.dumps({"features": FEATURES, "backbones": BACKBONES})]
-    one, two = featinv(*args("one")), featinv(*args("two"), processes=2)
-    finish(one), finish(two)
+    import socket
+
+    with socket.socket() as busy:  # another multi-process job on this node holds accelerate's default port
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 29500))
+        busy.listen()
+        one, two = featinv(*args("one")), featinv(*args("two"), processes=2)
+        finish(one), finish(two)
     return root
 
 

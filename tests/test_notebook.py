@@ -34,7 +34,10 @@ def test_the_committed_notebook_has_the_cells_its_maker_writes():
     assert sum("unpooled" in o.get("text", "") for c in committed.cells for o in c.get("outputs", [])) == 1
 
 
-def test_the_notebook_runs_on_fixture_models(demo_shards, tmp_path, monkeypatch):
+def _fixture_models(root: Path, demo_shards) -> None:
+    """Small models shaped as the demo's lite0 pair, and the demo shards, under ``root`` as the main
+    job leaves them."""
+    tmp_path = root
     base = create_demo_base(section("diffusion.base", TINY_BASE))
     base.save(tmp_path / "models" / "base")
     for variant in ("unpooled", "pooled"):
@@ -46,6 +49,26 @@ def test_the_notebook_runs_on_fixture_models(demo_shards, tmp_path, monkeypatch)
         net.save_pretrained(tmp_path / "data" / "models" / "demo" / "controlnet" / f"tf_efficientnet_lite0-{variant}")
     (tmp_path / "data" / "shards").mkdir(parents=True)
     (tmp_path / "data" / "shards" / "demo").symlink_to(demo_shards)
+
+
+def test_the_readme_python_example_runs_as_printed(demo_shards, tmp_path, monkeypatch):
+    """The README's `In Python` block, run as printed from the project root after the main job (on
+    fixture models of the demo's shapes): it reconstructs a val crop and prints its scores."""
+    import re
+
+    _fixture_models(tmp_path, demo_shards)
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## In Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    exec(compile(code, "README.md", "exec"), {"print": printed.append})
+    assert (tmp_path / "edited.png").exists()
+    scores = printed[0]
+    assert set(scores) >= {"cosine_sim", "top5_match", "top1_match"} and -1 <= float(scores["cosine_sim"][0]) <= 1
+
+
+def test_the_notebook_runs_on_fixture_models(demo_shards, tmp_path, monkeypatch):
+    _fixture_models(tmp_path, demo_shards)
     monkeypatch.setenv("FEATINV_QUICKSTART_ROOT", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = _maker().notebook()

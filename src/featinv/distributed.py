@@ -22,10 +22,22 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def free_port() -> int:
+    """A TCP port on this machine that nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def launch_command(processes: int, argv: list[str]) -> list[str]:
-    """The command that reruns ``featinv <argv>`` as ``processes`` processes on this machine."""
+    """The command that reruns ``featinv <argv>`` as ``processes`` processes on this machine, their
+    rendezvous on a free port of its own: two such jobs on one node (Snakemake runs jobs side by side)
+    would otherwise both take 29500, and the second fail with EADDRINUSE."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "featinv", *argv]
+            "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "featinv", *argv]
 
 
 @dataclass
