@@ -108,6 +108,7 @@ def _fake_metrics(backbone, variant, cos, top5, top1, evaluators):
     match = {e: {"top5": stat(top5 if e == backbone else top5 / 2), "top1": stat(top1)} for e in evaluators}
     oracle = lambda c, t5: {"cosine_sim": stat(c), "top5": stat(t5), "top1": stat(t5)}  # noqa: E731
     return {"model": {"backbone": backbone, "variant": variant}, "n_images": 10, "samples_per_map": 1,
+            "sampling": {"control_strength": 1.2, "guidance_scale": 2.5, "steps": 50},
             "confidence": 0.95, "cosine_sim": stat(cos), "cosine_sim_unrelated": 0.05, "match": match,
             "fid": {"features": "bb_a", "dim": 8, "n_real": 10, "n_fake": 10, "value": 12.5},
             "oracle_copy": oracle(0.9, 1.0),
@@ -131,7 +132,7 @@ def test_table_assembly(tmp_path):
                              "unpooled_minus_pooled_cosine_sim_ci95_high"]
     assert header[19:22] == ["n_images", "samples_per_map", "cosine_sim_unrelated"]
     assert header[22:] == ["oracle_copy_cosine_sim", "oracle_copy_top5_match", "oracle_nearest_train_cosine_sim",
-                           "oracle_nearest_train_top5_match", "scoring"]
+                           "oracle_nearest_train_top5_match", "control_strength", "guidance_scale", "scoring"]
     assert t1.scoring == "eval_transform"  # metrics without a scoring key: scored as before it existed
     assert [(r.backbone, r.variant) for r in rows] == [("bb_a", "unpooled"), ("bb_b", "unpooled"),
                                                        ("bb_a", "pooled"), ("bb_b", "pooled")]
@@ -139,7 +140,7 @@ def test_table_assembly(tmp_path):
     assert first.measures["cosine_sim"] == Interval(0.6, 0.5, 0.7)
     assert first.measures["top5_match"].mean == 0.8 and first.measures["top1_match"].mean == 0.5
     assert first.cells()[:6] == ["bb_a", "last", "unpooled", 0.6, 0.5, 0.7] and len(t1.csv_rows()[0]) == len(header)
-    assert t1.csv_rows()[0][-1] == "eval_transform"
+    assert t1.csv_rows()[0][-3:] == [1.2, 2.5, "eval_transform"]  # the sampled (tuned) strength and guidance
     assert first.oracles == {"oracle_copy_cosine_sim": 0.9, "oracle_copy_top5_match": 1.0,
                              "oracle_nearest_train_cosine_sim": 0.45, "oracle_nearest_train_top5_match": 0.6}
     assert rows[1].oracles["oracle_copy_cosine_sim"] == 0.9  # bb_b: no nearest-train oracle

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from featinv.restore import commit
 
 OLD = 1_577_836_800_000_000_000  # 2020-01-01, in ns
@@ -23,11 +25,18 @@ def _repo(root):
     return paths
 
 
-def test_dvc_commit_keeps_the_outputs_modification_times(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cache_type", [None, "hardlink,symlink"])
+def test_dvc_commit_keeps_the_outputs_modification_times(tmp_path, monkeypatch, cache_type):
+    """Under DVC's default cache (a copy) and under links (docs/paper-scale.md: on a cluster
+    filesystem, ImageNet-sized outputs are not copied into the cache a second time)."""
     monkeypatch.chdir(tmp_path)  # as the Snakefile's onsuccess runs it: in the workflow's directory
     paths = _repo(tmp_path)
+    if cache_type:
+        subprocess.run([sys.executable, "-m", "dvc", "config", "cache.type", cache_type], cwd=tmp_path, check=True)
     commit(["out.txt"])
-    assert [p.stat().st_mtime_ns for p in paths] == [OLD] * 3
+    assert [p.lstat().st_mtime_ns for p in paths] == [OLD] * 3
+    if cache_type:  # the workspace file is the cache's, not a second copy
+        assert paths[0].stat().st_nlink == 2 or paths[0].is_symlink()
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=tmp_path, capture_output=True, text=True)
     assert "up to date" in status.stdout  # recorded: dvc.lock holds the outputs, the cache their content
     assert (tmp_path / "dvc.lock").exists() and any((tmp_path / ".dvc" / "cache").rglob("*"))

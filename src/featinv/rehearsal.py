@@ -240,14 +240,121 @@ def prepare(root: Path = ROOT) -> None:
     print(f"ok: {root}")
 
 
+# What the paper fixes, as the rehearsal's outputs must show it: each backbone's map at its input size.
+MAPS = {"resnet50.tv_in1k": ([2048, 7, 7], 224), "convnext_base.fb_in22k_ft_in1k": ([1024, 9, 9], 288),
+        "swinv2_base_window12to24_192to384.ms_in22k_ft_in1k": ([1024, 12, 12], 384)}
+VIT_RUN = "results/modular/imagenet/vit_base_patch16_224.augreg_in1k"
+DETR_RUN = "results/modular/coco/detr-facebook-detr-resnet-50"
+
+
+def check(workdir: Path = Path(".")) -> list[str]:
+    """What is wrong with the rehearsal's outputs (empty: nothing): Table 1 with the three backbones
+    x two variants, FID on Inception and the tuned strength and guidance of each model; Table 2 3 x 3;
+    every backbone's map at its paper input size (ConvNeXt 288 px: 9 x 9); the diffusion targets in
+    SD's latent space (4 x 32 x 32 at 256 px, scaled by SD's 0.18215); the figures, layer study and
+    comparison of rule ``all``; the ViT and DETR analyses (DETR's box AP)."""
+    import csv
+
+    import numpy as np
+
+    from featinv import rowstore
+
+    problems: list[str] = []
+    w = Path(workdir)
+
+    def rows(path: str) -> list[dict[str, str]]:
+        if not (w / path).exists():
+            problems.append(f"{path}: missing")
+            return []
+        with open(w / path) as fh:
+            return list(csv.DictReader(fh))
+
+    table1 = rows("results/table1.csv")
+    got = {(r["backbone"], r["variant"]) for r in table1}
+    wanted = {(b, v) for b in MAPS for v in ("unpooled", "pooled")}
+    if table1 and got != wanted:
+        problems.append(f"results/table1.csv: rows {sorted(got)}, not the three paper backbones x two variants")
+    for r in table1:
+        fid = [k for k in r if k.startswith("fid[")]
+        if not fid or not fid[0].startswith("fid[inception"):
+            problems.append(f"results/table1.csv: FID column {fid}, not pytorch-fid's Inception (metrics.fid.features)")
+        elif not np.isfinite(float(r[fid[0]])):
+            problems.append(f"results/table1.csv: {r['backbone']} {r['variant']}: FID {r[fid[0]]}")
+        for key in ("control_strength", "guidance_scale"):
+            if not np.isfinite(float(r.get(key, "nan"))):
+                problems.append(f"results/table1.csv: {r['backbone']} {r['variant']}: no {key} (tuning: auto)")
+    table2 = rows("results/table2.csv")
+    if table2 and (len(table2) != 3 or len(table2[0]) != 1 + 2 * 3):
+        problems.append(f"results/table2.csv: {len(table2)} rows x {len(table2[0]) - 1} cells, not 3 x (3 x top5/top1)")
+    for name, (shape, size) in MAPS.items():
+        store = w / f"data/features/imagenet/{name}/val.zarr"
+        if not store.exists():
+            problems.append(f"{store.relative_to(w)}: missing")
+            continue
+        attrs = dict(rowstore.open_complete(store).attrs)
+        if list(attrs["fmap_shape"]) != shape or int(attrs["preprocessing"]["input_size"][-1]) != size:
+            problems.append(f"{name}: map {attrs['fmap_shape']} at {attrs['preprocessing']['input_size'][-1]} px, "
+                            f"not the paper's {shape} at {size} px (backbones.input_size)")
+    problems += _check_targets(w)
+    for path in ("results/figures/imagenet/concepts.png", "results/figures/imagenet/interpolation.png",
+                 "results/figures/imagenet/composition.png", "results/figures/imagenet/qualitative.png",
+                 "results/comparison/imagenet/resnet50.tv_in1k.csv",
+                 "results/layers/imagenet/convnext_base.fb_in22k_ft_in1k.csv",
+                 f"{VIT_RUN}/mse_by_stage.csv", f"{VIT_RUN}/attention.csv", f"{VIT_RUN}/finetune.csv",
+                 f"{DETR_RUN}/mse_by_stage.csv", f"{DETR_RUN}/detection.csv", f"{DETR_RUN}/colour_ap.csv"):
+        if not (w / path).exists() or not (w / path).stat().st_size:
+            problems.append(f"{path}: missing or empty")
+    for r in rows(f"{DETR_RUN}/colour_ap.csv"):
+        values = [v for k, v in r.items() if "ap" in k.lower()]
+        if not values or not all(np.isfinite(float(v)) for v in values):
+            problems.append(f"{DETR_RUN}/colour_ap.csv: no box AP in {r}")
+    return problems
+
+
+def _check_targets(w: Path) -> list[str]:
+    """The cached train targets are SD's latents: 4 x 32 x 32 at 256 px, equal to the VAE's mean latent
+    of the central square times SD's scaling factor 0.18215."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+
+    from featinv import rowstore
+    from featinv.data.shards import index_split, read_image
+    from featinv.data.target_view import TargetView
+
+    path = w / "data/targets/imagenet/train.zarr"
+    if not path.exists():
+        return [f"{path.relative_to(w)}: missing"]
+    group = rowstore.open_complete(path)
+    if list(group.attrs["latent_shape"]) != [4, 32, 32]:
+        return [f"{path.relative_to(w)}: latents {group.attrs['latent_shape']}, not SD's 4 x 32 x 32 at 256 px"]
+    entry = index_split(w / "data/shards/imagenet", "train", views=False)[0]
+    vae = AutoencoderKL.from_pretrained(w / ROOT / "miniSD" / "vae").eval()
+    with torch.no_grad():
+        mean = vae.encode(TargetView(256)(read_image(entry))[None]).latent_dist.mean[0].numpy()
+    stored = group["latents"][0].astype(np.float32)
+    ratio = float(np.sum(stored * mean) / np.sum(mean * mean))
+    if abs(ratio - SD_SCALING) > 1e-3:
+        return [f"{path.relative_to(w)}: latents are {ratio:.5f} x the VAE's mean latent, not SD's scaling factor "
+                f"{SD_SCALING} (vae/config.json scaling_factor, featinv.diffusion.codec)"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m featinv.rehearsal", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("prepare", help="write data/rehearsal/")
+    sub.add_parser("check", help="after the paper commands: what the paper fixes, checked in their outputs")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare()
-    return 0
+        return 0
+    problems = check()
+    for problem in problems:
+        print(f"rehearsal: {problem}", file=sys.stderr)
+    if not problems:
+        print("ok: the rehearsal's outputs show what the paper fixes")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ from featinv.metrics.similarity import cosine_per_position, topk_match
 from featinv.metrics.stats import summarise
 
 
+
+# What a sample store records of how it was sampled, carried into its metrics (Table 1 shows the
+# control strength and guidance scale each model was sampled at, tuned or fixed).
+SAMPLING_ATTRS = ("control_strength", "guidance_scale", "scheduler", "steps", "timestep_spacing", "seed")
+
 def _batches(n: int, size: int, desc: str):
     return tqdm(range(0, n, size), desc=desc, unit="batch", mininterval=2.0)
 
@@ -180,7 +185,8 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
 
     cond_store = rowstore.open_complete(stores[conditioning])
     split = dict(cond_store.attrs)["split"]
-    result: dict[str, Any] = {"model": model, "samples": str(samples), "split": split,
+    sampling = {k: attrs[k] for k in SAMPLING_ATTRS if k in attrs}  # the (tuned) settings the samples were made with
+    result: dict[str, Any] = {"model": model, "samples": str(samples), "split": split, "sampling": sampling,
                               "n_images": n, "samples_per_map": s, "resolution": int(images.shape[-1]),
                               "confidence": cfg.confidence, "scoring": cfg.scoring, "match": {}, "cosine_sim_by": {}}
     per_image: dict[str, np.ndarray] = {}

@@ -85,13 +85,16 @@ class Table1Row:
     oracles: dict[str, float]  # "<oracle>_<measure>" for ORACLES x ORACLE_MEASURES, NaN where not computed
     mismatched: Interval  # cosine-sim of each reconstruction against another image's original
     paired: Interval  # unpooled row: its cosine-sim minus the pooled model's, per image (NaN elsewhere)
+    control_strength: float = float("nan")  # what the model was sampled at (tuned under sampling.tuning: auto)
+    guidance_scale: float = float("nan")
 
     def cells(self) -> list[Any]:
         """The row's cells, in :attr:`Table1.header` order (without the table's ``scoring``)."""
         out: list[Any] = [*split_source(self.backbone), self.variant]
         for i in [*(self.measures[name] for name in MEASURES), self.mismatched, self.paired]:
             out += [i.mean, i.low, i.high]
-        return out + [self.fid, self.n_images, self.samples_per_map, self.cosine_sim_unrelated, *self.oracles.values()]
+        return out + [self.fid, self.n_images, self.samples_per_map, self.cosine_sim_unrelated, *self.oracles.values(),
+                      self.control_strength, self.guidance_scale]
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class Table1:
         for name in [*MEASURES, *EXTRA]:
             header += [name, f"{name}_ci{self.level}_low", f"{name}_ci{self.level}_high"]
         header += [self.fid_column, "n_images", "samples_per_map", "cosine_sim_unrelated"]
-        return header + oracle_columns() + ["scoring"]
+        return header + oracle_columns() + ["control_strength", "guidance_scale", "scoring"]
 
     def csv_rows(self) -> list[list[Any]]:
         """The CSV body: each row's cells, then how it was scored."""
@@ -130,8 +133,10 @@ def table1(metrics: list[dict[str, Any]], boot: dict[str, Any] | None = None) ->
         backbone, variant = m["model"]["backbone"], m["model"]["variant"]
         pooled = by_model.get((backbone, "pooled"))
         paired = paired_difference(m, pooled, boot or {}) if variant == "unpooled" and pooled else NAN
+        sampled = m.get("sampling", {})  # absent in metrics older than it: NaN
         rows.append(Table1Row(backbone, variant, measures, m["fid"]["value"], m["n_images"], m["samples_per_map"],
-                              m["cosine_sim_unrelated"], oracles, _interval(m.get("cosine_sim_mismatched")), paired))
+                              m["cosine_sim_unrelated"], oracles, _interval(m.get("cosine_sim_mismatched")), paired,
+                              float(sampled.get("control_strength", "nan")), float(sampled.get("guidance_scale", "nan"))))
     return Table1(_fid_column(metrics), round(100 * metrics[0]["confidence"]), _scoring(metrics), rows)
 
 
