@@ -361,6 +361,16 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     set_param(clone, "sampling", "guidance_scale", 1.75)
     run(snake + ["results/table1.csv"], clone)
     assert (clone / "results/table1.csv").read_text() == table1  # same params, same samples, same table
+    # `all` as a user runs it, under params.yaml with the DVC record on (the onsuccess `dvc commit`):
+    # recording the outputs keeps their modification times, so a second plan has nothing to do.
+    run(snake, clone)
+    assert "Nothing to be done" in run(snake + ["-n"], clone)
+    assert "up to date" in run(dvc + ["status"], clone)
+    # an execution key changed (a smaller node's loader) plans nothing in either tool
+    set_param(clone, "features", "num_workers", 1)
+    assert "Nothing to be done" in run(snake + ["-n"], clone)
+    assert "up to date" in run(dvc + ["status"], clone)
+    set_param(clone, "features", "num_workers", 0)
 
     # An experiment with another sampling seed reruns sampling and what reads samples, and records
     # its metrics next to the baseline's.

@@ -11,7 +11,7 @@ bring it, made from small real photographs and weights with random values.
 - ``miniSD/``: a Stable Diffusion diffusers directory as ``lambdalabs/miniSD-diffusers`` lays it out
   (``model_index.json``, ``unet/``, ``vae/`` with SD's scaling factor 0.18215 and 8x downsampling,
   ``text_encoder/``, ``tokenizer/`` with CLIP's BPE files ``vocab.json`` / ``merges.txt``, and
-  ``scheduler/`` with SD's PNDM config), its widths small (UNet 32/64, VAE 16/32/32/32, text 32);
+  ``scheduler/`` with SD's PNDM config), its widths small (UNet 32/64 with attention at 16 x 16, VAE 16/32/32/32, text 32);
 - ``weights/<timm name>/model.safetensors``: the paper's backbones (ResNet50, ConvNeXt-B, SwinV2-B)
   and the modular part's ViT-B/16 at their full architectures, as ``backbones.weights`` names them;
 - ``torch/pt_inception-2015-12-05-6726825d.pth``: pytorch-fid's Inception file, by the name it has;
@@ -153,8 +153,8 @@ def mini_sd(directory: Path, seed: int = 0) -> None:
     vocab = _clip_tokenizer_files(directory / "tokenizer")
     UNet2DConditionModel(
         sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16,  # attention at 16 x 16 only
     ).save_pretrained(directory / "unet")
     AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=256, scaling_factor=SD_SCALING,
@@ -220,7 +220,8 @@ def detr_cache(hf_home: Path, seed: int = 0) -> Path:
     repo = hf_home / "hub" / f"models--{DETR_HUB_ID.replace('/', '--')}"
     snapshot = repo / "snapshots" / HF_SNAPSHOT
     torch.manual_seed(seed)
-    DetrForObjectDetection(DetrConfig(use_pretrained_backbone=False)).save_pretrained(snapshot)
+    config = DetrConfig(use_pretrained_backbone=False, num_labels=91)  # COCO's category ids 0..90, as its id2label
+    DetrForObjectDetection(config).save_pretrained(snapshot)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(HF_SNAPSHOT)
     return snapshot
