@@ -12,7 +12,9 @@ rule build_shards:
         f"results/logs/build_shards/{DATASET}.log",
     benchmark:
         f"results/benchmarks/build_shards/{DATASET}.tsv"
-    threads: 8  # images decoded on this many threads (Snakemake gives at most --cores)
+    # images decoded on this many threads: locally at most --cores; a cluster job asks as many CPUs (8 at
+    # most, and no more than the planning machine has: a SLURM node's partition refuses a larger ask)
+    threads: min(8, os.cpu_count() or 1)
     resources:
         **job_resources("build_shards"),
     shell:
