@@ -61,6 +61,15 @@ def test_pipeline_makes_the_images_featinv_sample_makes(project, tmp_path, monke
         pipe(feature_maps=torch.zeros(1, 24, 4, 4))
     with pytest.raises(ValueError, match="exactly one of"):
         pipe()
+    nan = out.feature_maps[:3].clone()
+    nan[1] = float("nan")
+    with pytest.raises(ValueError, match=r"feature map\(s\) \[1\] hold NaN or inf"):
+        pipe(feature_maps=nan)
+    for steps in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"num_inference_steps must be a positive integer, got {steps}"):
+            pipe(feature_maps=out.feature_maps[:1], num_inference_steps=steps)
+    with pytest.raises(ValueError, match="samples_per_map must be a positive integer, got 0"):
+        pipe(feature_maps=out.feature_maps[:1], samples_per_map=0)
 
 
 def test_pipeline_generators_give_one_noise_per_image(project):

@@ -48,6 +48,26 @@ def test_a_verb_gets_its_sections_validated_and_a_missing_one_is_named(capsys):
         build_parser().parse_args(["plot-losses", "--csv", "a.csv", "--out", "b.png", "--config", "{}"])
 
 
+def test_a_name_not_found_is_one_line_and_an_unexpected_key_error_keeps_its_traceback(monkeypatch, capsys):
+    from featinv import config
+
+    argv = ["tables", "--metrics", "m.json", "--out-dir", "x", "--metrics-json", "y", "--config", "{}"]
+
+    def missing_split(*_):
+        raise config.NameNotFound("split 'test' not in m.json (has ['val'])")
+
+    monkeypatch.setattr(config, "sections", missing_split)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "featinv tables: error: split 'test' not in m.json (has ['val'])"
+
+    def bug(*_):
+        return {}["features"]
+
+    monkeypatch.setattr(config, "sections", bug)
+    with pytest.raises(KeyError, match="features"):
+        main(argv)
+
+
 def test_each_rule_passes_exactly_its_verbs_sections_from_params():
     """Every job of `all` (Snakemake's own DAG, forced), its command read by featinv's parser."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         v = args.verb_
         v(args, params.sections(args.config if v.sections else {}, *v.sections))
-    except (params.ParamsError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (params.ParamsError, params.NameNotFound, FileNotFoundError, ValueError) as exc:
         print(f"featinv {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     return 0 if launched() else _stamp(args)

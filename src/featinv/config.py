@@ -30,6 +30,14 @@ class ParamsError(ValueError):
     """A params file is invalid; the message names every offending key path."""
 
 
+class NameNotFound(KeyError):
+    """A name the user gave (a stage, a split) that is not there; the message says what is. The CLI
+    prints it as one line (an unexpected ``KeyError`` keeps its traceback)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @functools.cache
 def schema(schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """The params schema (parsed once)."""

@@ -24,7 +24,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from featinv.config import DataViews
+from featinv.config import DataViews, NameNotFound
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
 from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_images, tar_samples
 from featinv.data.views import View, check_views, views_of
@@ -241,7 +241,7 @@ def index_split(manifest_path: str | Path, split: str, verify: bool = False, vie
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
     if split not in manifest["splits"]:
-        raise KeyError(f"split '{split}' not in {manifest_path} (has {sorted(manifest['splits'])})")
+        raise NameNotFound(f"split '{split}' not in {manifest_path} (has {sorted(manifest['splits'])})")
     entry = manifest["splits"][split]
     excluded = set(entry.get("excluded", []))
     base = manifest_path.parent if manifest_path.is_file() else manifest_path

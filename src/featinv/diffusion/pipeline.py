@@ -175,11 +175,19 @@ class FeatInvPipeline:
         a store's keys (default keys: "0", "1", ...), so equal keys and seed give equal images."""
         if (images is None) == (feature_maps is None):
             raise ValueError("give exactly one of images= or feature_maps=")
+        for name, value in (("num_inference_steps", num_inference_steps), ("samples_per_map", samples_per_map)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         cond = self.features(images) if images is not None else torch.as_tensor(np.asarray(feature_maps)).float()
         expected = tuple(self.meta["fmap_shape"][:1]) if self.variant == "pooled" else tuple(self.meta["fmap_shape"])
         if tuple(cond.shape[1:]) != expected:
             raise ValueError(f"feature maps of shape {tuple(cond.shape[1:])} given to a {self.variant} model of "
                              f"{self.meta['backbone']}, which takes {expected}")
+        finite = torch.isfinite(cond).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise ValueError(f"feature map(s) {bad[:10]}{' ...' if len(bad) > 10 else ''} hold NaN or inf values: "
+                             "a reconstruction of them would be noise")
         n = len(cond)
         keys = [str(i) for i in range(n)] if keys is None else [str(k) for k in keys]
         if len(keys) != n:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from featinv.config import NameNotFound
+
 
 class Stage(nn.Module):
     """One processing stage: a named callable over the previous stage's representation, and the kind
@@ -64,7 +66,7 @@ class StagedModel(nn.Module):
         try:
             return self.names.index(name) + 1
         except ValueError:
-            raise KeyError(f"no stage '{name}' (stages: {', '.join(self.names)})") from None
+            raise NameNotFound(f"no stage '{name}' (stages: {', '.join(self.names)})") from None
 
     def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """x_stop from x_start (stages start+1 .. stop)."""
