@@ -49,3 +49,16 @@ def test_every_featinv_verb_named_exists(page):
     named = set(re.findall(r"(?:`|^\s*|\$ )featinv ([a-z][a-z0-9-]*)", page.read_text(), re.M))
     unknown = sorted(named - COMMANDS)
     assert not unknown, f"{page.name} names featinv verbs that do not exist: {unknown}"
+
+
+def test_the_evaluation_docs_name_every_table1_column_and_no_other():
+    from featinv.metrics.tables import Table1
+
+    header = Table1(fid_column="fid[<features>, N=<n>]", level=95, scoring="resize", rows=[]).header
+    text = (ROOT / "docs/evaluation.md").read_text()
+    table = text[text.index("| column | meaning |"):].split("\n\n")[0].splitlines()[2:]
+    documented = []
+    for line in table:
+        for name in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+            documented += [name[:-len("low/high")] + end for end in ("low", "high")] if name.endswith("low/high") else [name]
+    assert sorted(documented) == sorted(header)
