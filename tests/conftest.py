@@ -121,3 +121,14 @@ def photo_array(seed: int = 0, size: int = 48) -> np.ndarray:
     base = np.linspace(0, 255, size, dtype=np.float32)
     img = np.stack([base[None, :].repeat(size, 0), base[:, None].repeat(size, 1), np.full((size, size), 128.0)], -1)
     return np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def lite0_val_store(tmp_path_factory, demo_shards):
+    from featinv.backbones import create_backbone
+    from featinv.features.extract import extract
+
+    out = tmp_path_factory.mktemp("metrics") / "val.zarr"
+    extract(create_backbone("tf_efficientnet_lite0"), demo_shards, "val", out, batch_size=8, num_workers=0,
+            device="cpu", rows_per_shard=8, rows_per_chunk=4, progress=False)
+    return out

@@ -192,18 +192,7 @@ def test_table_assembly(tmp_path):
         table1(mixed)
 
 
-@pytest.fixture(scope="module")
-def lite0_val_store(tmp_path_factory, demo_shards):
-    from featinv.backbones import create_backbone
-    from featinv.features.extract import extract
-
-    out = tmp_path_factory.mktemp("metrics") / "val.zarr"
-    extract(create_backbone("tf_efficientnet_lite0"), demo_shards, "val", out, batch_size=8, num_workers=0,
-            device="cpu", rows_per_shard=8, rows_per_chunk=4, progress=False)
-    return out
-
-
-def _sample_store(path, images, keys):
+def sample_store_of(path, images, keys):
     arrays = {"images": ((1, *images.shape[1:]), "uint8", 0), "keys": ((), "str", None)}
     group, _ = rowstore.open_or_resume(path, len(keys), arrays, 8, 8,
                                        {"model": {"backbone": "tf_efficientnet_lite0", "variant": "unpooled"}})
@@ -226,7 +215,7 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
     originals = original_views(demo_shards, "val", keys, 64)  # the demo crops are 64 px squares
     stores = {"tf_efficientnet_lite0": lite0_val_store}
-    perfect = evaluate_samples(_sample_store(tmp_path / "same.zarr", originals, keys), stores, demo_shards,
+    perfect = evaluate_samples(sample_store_of(tmp_path / "same.zarr", originals, keys), stores, demo_shards,
                                METRICS_CFG, per_image_csv=tmp_path / "same.csv")
     assert perfect["cosine_sim"]["mean"] == pytest.approx(1.0, abs=1e-3)
     assert perfect["match"]["tf_efficientnet_lite0"]["top1"]["mean"] == 1.0
@@ -244,7 +233,7 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     assert float(rows[0]["cosine_sim_mismatched"]) < 0.9
 
     # Every reconstruction swapped with another image's original: far worse on every measure.
-    swapped = evaluate_samples(_sample_store(tmp_path / "swapped.zarr", originals[::-1].copy(), keys), stores,
+    swapped = evaluate_samples(sample_store_of(tmp_path / "swapped.zarr", originals[::-1].copy(), keys), stores,
                                demo_shards, METRICS_CFG)
     assert swapped["cosine_sim"]["mean"] < 0.5
     assert swapped["cosine_sim_unrelated"] == perfect["cosine_sim_unrelated"] < 0.5
@@ -270,7 +259,7 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     assert other_batch["fid"]["value"] == pytest.approx(swapped["fid"]["value"], abs=1e-3)
 
     with pytest.raises(ValueError, match="keys differ"):
-        evaluate_samples(_sample_store(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
+        evaluate_samples(sample_store_of(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
                          METRICS_CFG)
 
     # Nearest-train oracle with the originals themselves as the "training set": each finds itself.
@@ -297,7 +286,7 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
     originals = original_views(demo_shards, "val", keys, 64)
     stores = {"tf_efficientnet_lite0": lite0_val_store, "tf_efficientnet_lite0@blocks.4": deep}
-    perfect = evaluate_samples(_sample_store(tmp_path / "same.zarr", originals, keys), stores, demo_shards, METRICS_CFG)
+    perfect = evaluate_samples(sample_store_of(tmp_path / "same.zarr", originals, keys), stores, demo_shards, METRICS_CFG)
     assert set(perfect["cosine_sim_by"]) == set(stores) == set(perfect["match"])
     for name in stores:
         assert perfect["cosine_sim_by"][name]["mean"] == pytest.approx(1.0, abs=1e-3)
@@ -306,7 +295,7 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     assert perfect["match"]["tf_efficientnet_lite0@blocks.4"] == perfect["match"]["tf_efficientnet_lite0"]
     assert perfect["pixel_mse"]["mean"] == 0.0 and perfect["oracle_copy"]["pixel_mse"]["mean"] == 0.0
     swapped_images = originals[::-1].copy()
-    swapped = evaluate_samples(_sample_store(tmp_path / "swapped.zarr", swapped_images, keys), stores, demo_shards,
+    swapped = evaluate_samples(sample_store_of(tmp_path / "swapped.zarr", swapped_images, keys), stores, demo_shards,
                                METRICS_CFG)
     expected = ((swapped_images / 255.0 - originals / 255.0) ** 2).reshape(len(keys), -1).mean(axis=1).mean()
     assert swapped["pixel_mse"]["mean"] == pytest.approx(expected, rel=1e-5) and expected > 0.01
@@ -315,7 +304,7 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     from featinv.metrics import fid
     from featinv.metrics.evaluate import fid_extractor
     flipped = originals[:, :, ::-1].copy()
-    upside = evaluate_samples(_sample_store(tmp_path / "flipped.zarr", flipped, keys), stores, demo_shards, METRICS_CFG)
+    upside = evaluate_samples(sample_store_of(tmp_path / "flipped.zarr", flipped, keys), stores, demo_shards, METRICS_CFG)
     extract = fid_extractor("tf_efficientnet_lite0", {}, 8, "cpu")
     expected_fid = fid.frechet_distance(extract(originals), extract(flipped))
     assert upside["fid"]["value"] == pytest.approx(expected_fid, rel=1e-4) and expected_fid > 1.0

@@ -123,3 +123,35 @@ def test_import_featinv_is_light_and_exposes_the_pipeline():
             "from featinv import FeatInvPipeline; print(light, FeatInvPipeline.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "FeatInvPipeline"]
+
+
+def test_pipe_score_is_table1s_per_image_values(tmp_path, demo_shards, lite0_val_store):
+    """One path from images to a backbone's outputs: for the same reconstructions of the same
+    originals, ``FeatInvPipeline.score`` gives per image what ``evaluate`` writes for Table 1."""
+    import csv
+
+    from featinv.data.shards import index_split, read_image
+    from featinv.metrics.evaluate import evaluate_samples, original_views
+    from test_metrics import METRICS_CFG, sample_store_of
+
+    keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
+    recon = np.roll(original_views(demo_shards, "val", keys, 64), 1, axis=0)  # each another image's crop
+    recon[0] = recon[1]  # ... and one a copy of its own original: a mix of high and low scores
+    evaluate_samples(sample_store_of(tmp_path / "s.zarr", recon, keys), {"tf_efficientnet_lite0": lite0_val_store},
+                     demo_shards, METRICS_CFG, per_image_csv=tmp_path / "per-image.csv")
+    with open(tmp_path / "per-image.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    entries = {e.key: e for e in index_split(demo_shards / "manifest.json", "val")}
+    originals = [read_image(entries[k]) for k in keys]  # what the extraction saw
+    base = create_demo_base(section("diffusion.base", TINY_BASE))
+    net = make_net(base, channels=1280, fmap=(7, 7))
+    net.meta.update({"backbone": "tf_efficientnet_lite0", "fmap_shape": [1280, 7, 7], "input_size": 224,
+                     "view": "eval_transform", "variant": "unpooled"})
+    pipe = FeatInvPipeline(base, net, PROMPT, torch.device("cpu"))
+    pipe._backbone = create_backbone("tf_efficientnet_lite0")
+    scores = pipe.score(recon.transpose(0, 2, 3, 1), originals, view=METRICS_CFG.scoring)
+    # the CSV rounds to 6 decimals; the stored maps were extracted in other batches (summation order)
+    np.testing.assert_allclose(scores["cosine_sim"], [float(r["cosine_sim"]) for r in rows], atol=1e-5)
+    assert scores["cosine_sim"].max() > 0.99 > 0.6 > scores["cosine_sim"].min()
+    for measure in ("top5_match", "top1_match"):
+        assert scores[measure].astype(int).tolist() == [int(r[measure]) for r in rows]

@@ -11,13 +11,17 @@ how to supply it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
+import numpy as np
 import timm
 import torch
+from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from featinv.backbones import efficientnet_lite
 from featinv.backbones.families import family_for
@@ -78,6 +82,42 @@ class _TargetRegion:
 
 class _Captured(Exception):
     """Raised by the capture hook to stop a forward pass once the layer's output is in hand."""
+
+
+# PIL images or (H, W, 3) uint8 arrays: one, a sequence of them, or an (N, H, W, 3) uint8 array.
+Images = Union[Image.Image, np.ndarray, Sequence[Union[Image.Image, np.ndarray]]]
+
+
+def image_items(images: Images) -> Sequence[Image.Image | np.ndarray]:
+    """``images`` as a sequence of single images (converted one by one, as they are used: ``to_pil``)."""
+    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        return [images]
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"images: an array must be (H, W, 3) or (N, H, W, 3) uint8, got {images.shape}")
+    return images if isinstance(images, (Sequence, np.ndarray)) else list(images)
+
+
+def to_pil(img: Image.Image | np.ndarray, i: int = 0) -> Image.Image:
+    """Image ``i`` as an RGB PIL image, or a clear error naming it."""
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"image {i}: arrays must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+        img = Image.fromarray(img)
+    if not isinstance(img, Image.Image):
+        raise TypeError(f"image {i}: expected a PIL image or an (H, W, 3) uint8 array, got {type(img).__name__}")
+    return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImageOutputs:
+    """What a backbone makes of images (``Backbone.of_images``), on the CPU."""
+
+    maps: torch.Tensor  # (N, C, h, w) float32: the layer's spatial maps
+    pooled: torch.Tensor  # (N, C) float32: ``Backbone.pooled`` of the maps
+    topk: torch.Tensor  # (N, k) int64: the classifier's top-k classes, best first
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        return {"features": self.maps.numpy(), "pooled": self.pooled.numpy(), "topk": self.topk.numpy()}
 
 
 class Backbone(nn.Module):
@@ -147,6 +187,27 @@ class Backbone(nn.Module):
 
     def pooled(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.family.pool(fmap) if self.layer == LAST else fmap.mean(dim=(2, 3))
+
+    @torch.no_grad()  # not inference_mode: callers edit the maps in place (composition)
+    def of_images(self, images: Images, view: str = "eval_transform", batch_size: int = 32, topk: int = 5,
+                  progress: str | None = None) -> ImageOutputs:
+        """The layer's maps, pooled features and top-k classes of ``images``, each seen as ``view``
+        (``Preprocessing.transform``), in batches of ``batch_size`` on the device the weights are on;
+        ``progress``: a tqdm bar of that name. The one path from images to a backbone's outputs."""
+        items = image_items(images)
+        if len(items) == 0:
+            raise ValueError(f"{self.name}: no images given")
+        transform = self.preprocessing.transform(view)
+        device = next(self.model.parameters()).device
+        maps, pooled, top = [], [], []
+        starts = range(0, len(items), batch_size)
+        for i in tqdm(starts, desc=progress, unit="batch", mininterval=2.0, disable=progress is None):
+            x = torch.stack([transform(to_pil(items[j], j)) for j in range(i, min(i + batch_size, len(items)))])
+            fmap, logits = self.outputs(x.to(device))
+            maps.append(fmap.float().cpu())
+            pooled.append(self.pooled(fmap).float().cpu())
+            top.append(logits.topk(topk, dim=-1).indices.cpu())
+        return ImageOutputs(torch.cat(maps), torch.cat(pooled), torch.cat(top))
 
     def head(self, fmap: torch.Tensor) -> torch.Tensor:
         if self.layer != LAST:

@@ -32,6 +32,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from featinv.backbones import Backbone, create_backbone
+from featinv.backbones.registry import image_items
 from featinv.devices import resolve_device
 from featinv.diffusion.base import BaseModel, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
@@ -52,22 +53,6 @@ class FeatInvPipelineOutput(BaseOutput):
 
     images: list[Image.Image]
     feature_maps: torch.Tensor
-
-
-def _pil_list(images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray]) -> list[Image.Image]:
-    """PIL images from a PIL image, an (H, W, 3) uint8 array, or a sequence of those."""
-    if isinstance(images, (Image.Image, np.ndarray)):
-        images = [images]
-    out = []
-    for i, img in enumerate(images):
-        if isinstance(img, np.ndarray):
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
-                raise ValueError(f"image {i}: arrays must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
-            img = Image.fromarray(img)
-        if not isinstance(img, Image.Image):
-            raise TypeError(f"image {i}: expected a PIL image or an (H, W, 3) uint8 array, got {type(img).__name__}")
-        out.append(img.convert("RGB"))
-    return out
 
 
 def resolve_relative(path: str, anchor: Path) -> str:
@@ -142,24 +127,11 @@ class FeatInvPipeline:
         """What the backbone saw of each training image (``features.view``)."""
         return str(self.meta.get("view", "eval_transform"))
 
-    @torch.no_grad()  # not inference_mode: callers edit the maps in place (composition)
-    def _backbone_outputs(self, images, view: str, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        """(spatial maps (B, C, h, w), top-5 classes (B, 5)) of PIL-like images seen as ``view``."""
-        transform = self.backbone.preprocessing.transform(view)
-        pil = _pil_list(images)
-        maps, top = [], []
-        for i in range(0, len(pil), batch_size):
-            x = torch.stack([transform(img) for img in pil[i:i + batch_size]]).to(self.device)
-            fmap, logits = self.backbone.outputs(x)
-            maps.append(fmap.float().cpu())
-            top.append(logits.topk(5, dim=-1).indices.cpu())
-        return torch.cat(maps), torch.cat(top)
-
     def features(self, images) -> torch.Tensor:
         """The backbone's maps of ``images`` as the model was trained on them: the spatial map
         (B, C, h, w), or its pooled vector (B, C) for a pooled model."""
-        maps, _ = self._backbone_outputs(images, self.view)
-        return self.backbone.pooled(maps.to(self.device)).float().cpu() if self.variant == "pooled" else maps
+        out = self.backbone.of_images(images, self.view)
+        return out.pooled if self.variant == "pooled" else out.maps
 
     def __call__(self, images=None, feature_maps: torch.Tensor | np.ndarray | None = None,
                  num_inference_steps: int = DEFAULTS["num_inference_steps"],
@@ -213,12 +185,10 @@ class FeatInvPipeline:
         backbone: ``cosine_sim`` (cosine per spatial position, averaged), ``top5_match`` and
         ``top1_match`` (the original's top-1 class among the reconstruction's top 5 / top 1).
         ``view``: how the reconstructions are seen (``metrics.scoring``); originals as the model saw them."""
-        recon = _pil_list(reconstructions)
-        orig = _pil_list(originals)
+        recon, orig = image_items(reconstructions), image_items(originals)
         if len(recon) != len(orig):
             raise ValueError(f"{len(recon)} reconstructions for {len(orig)} originals")
-        r_maps, r_top = self._backbone_outputs(recon, view)
-        o_maps, o_top = self._backbone_outputs(orig, self.view)
-        ref = o_top[:, 0].numpy()
-        return {"cosine_sim": cosine_per_position(o_maps, r_maps),
-                "top5_match": topk_match(ref, r_top.numpy(), 5), "top1_match": topk_match(ref, r_top.numpy(), 1)}
+        r, o = self.backbone.of_images(recon, view), self.backbone.of_images(orig, self.view)
+        ref, top = o.topk[:, 0].numpy(), r.topk.numpy()
+        return {"cosine_sim": cosine_per_position(o.maps, r.maps),
+                "top5_match": topk_match(ref, top, 5), "top1_match": topk_match(ref, top, 1)}

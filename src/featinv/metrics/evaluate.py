@@ -37,7 +37,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from featinv import rowstore
@@ -64,20 +63,11 @@ def _batches(n: int, size: int, desc: str):
 
 @torch.inference_mode()
 def backbone_outputs(backbone: Backbone, images: np.ndarray, batch_size: int, device: torch.device,
-                     topk: int = 5, view: str = "eval_transform") -> dict[str, np.ndarray]:
-    """Feature maps, pooled features and top-k classes of (M, 3, R, R) uint8 images, each through
-    ``view`` (``metrics.scoring``): the backbone's own eval preprocessing (resize and centre crop to
-    its input size) or the whole image resized to its input size; then normalised."""
-    transform = backbone.preprocessing.transform(view)
-    backbone = backbone.to(device)
-    out: dict[str, list[np.ndarray]] = {"features": [], "pooled": [], "topk": []}
-    for i in _batches(len(images), batch_size, f"{backbone.name} on reconstructions"):
-        x = torch.stack([transform(Image.fromarray(a.transpose(1, 2, 0))) for a in images[i:i + batch_size]])
-        fmap, logits = backbone.outputs(x.to(device))
-        out["features"].append(fmap.float().cpu().numpy())
-        out["pooled"].append(backbone.pooled(fmap).float().cpu().numpy())
-        out["topk"].append(logits.topk(topk, dim=-1).indices.cpu().numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+                     view: str = "eval_transform") -> dict[str, np.ndarray]:
+    """``Backbone.of_images`` of (M, 3, R, R) uint8 images (a store's layout) on ``device``, each
+    through ``view`` (``metrics.scoring``), as arrays: features, pooled, topk."""
+    return backbone.to(device).of_images(images.transpose(0, 2, 3, 1), view, batch_size,
+                                         progress=f"{backbone.name} on images").numpy()
 
 
 def fid_extractor(name: str, weights: Mapping[str, str], batch_size: int, device: torch.device,
