@@ -758,6 +758,7 @@ def train_candidate(res: Result, candidate: str, tiny: bool, deadline: float, ta
     (the cosine schedule then ends at the deadline), under the project's own train_base (checkpoints, loss log)."""
     from featinv import config
     from featinv.diffusion.recipes import train_base
+    from featinv.provenance import params_hash
 
     out_root = work / f"base-{candidate}"
     calib = 1 if tiny else 150
@@ -766,7 +767,7 @@ def train_candidate(res: Result, candidate: str, tiny: bool, deadline: float, ta
     res.update(candidate=candidate, overrides=CANDIDATES[candidate], batch_size=b.train.batch_size,
                block_out_channels=list(b.block_out_channels), prediction_type=b.prediction_type)
     t0 = now()
-    s = train_base(b, cfg.diffusion.prompt, targets, out_root / "calib", out_root / "calib-loss.csv", device="auto",
+    s = train_base(b, cfg.diffusion.prompt, targets, out_root / "calib", out_root / "calib-loss.csv", "benchmark", device="auto",
                    progress=False)
     step_s = b.train.batch_size / s["samples_per_second"]
     res.update(calibration={"steps": calib, "samples_per_s": s["samples_per_second"], "wall_s": now() - t0})
@@ -779,7 +780,8 @@ def train_candidate(res: Result, candidate: str, tiny: bool, deadline: float, ta
     res.update(steps_planned=steps, lr_warmup_steps=b.train.lr_warmup_steps)
     log(f"base {candidate}: {s['samples_per_second']:.0f} samples/s in calibration; training {steps} steps")
     model, loss_csv = out_root / "base", out_root / "base-loss.csv"
-    s = train_base(b, cfg.diffusion.prompt, targets, model, loss_csv, device="auto", progress=False)
+    s = train_base(b, cfg.diffusion.prompt, targets, model, loss_csv, params_hash({"diffusion": cfg.diffusion}), device="auto",
+                   progress=False)
     res.update(steps=s["steps"], samples_per_s=s["samples_per_second"], final_loss=s["final_loss"],
                seconds=s["seconds"], complete=True)
     res.update(packed=str(pack_base(candidate, model, loss_csv, base_config(candidate, tiny, steps=steps), work)))

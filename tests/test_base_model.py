@@ -68,7 +68,7 @@ def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_
     from test_diffusion import PROMPT, TINY_BASE, TRAIN
 
     train_base(section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 3}}), PROMPT, demo_targets, tmp_path / "trained",
-               tmp_path / "loss.csv", device="cpu", progress=False)
+               tmp_path / "loss.csv", "test", device="cpu", progress=False)
     files = export_base(tmp_path / "trained", tmp_path / "shipped")
     assert all(not f.name.endswith(".bin") for f in files)
     card = write_card(tmp_path / "shipped", [("# Tiny", "text"), ("Data", "more")])
@@ -129,7 +129,7 @@ def test_ship_base_writes_a_verifiable_card_with_its_figures_probe_and_remake_co
 
     base_params = {**TINY_BASE, "train": {**TRAIN, "steps": 3}}
     train_base(section("diffusion.base", base_params), PROMPT, demo_targets, tmp_path / "trained", tmp_path / "loss.csv",
-               device="cpu", progress=False)
+               "test", device="cpu", progress=False)
     raw = deep_merge(config.load(REPO / "params.yaml"),
                      {"diffusion": {"base": base_params, "prompt": PROMPT, "device": "cpu"}, "sampling": {"steps": 4}})
     files = ("params.yaml", "config/demo-base.yaml", "config/demo-base-v.yaml")

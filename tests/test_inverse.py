@@ -54,7 +54,7 @@ def test_the_inverse_learns_its_training_pairs_and_writes_a_sample_store(tmp_pat
     images = _targets(tmp_path / "t.zarr")
     cfg = section("inverse", INVERSE)
     summary = train_inverse(tmp_path / "f.zarr", tmp_path / "t.zarr", PatchCodec(4), cfg, tmp_path / "inv",
-                            tmp_path / "loss.csv", device="cpu", progress=False)
+                            tmp_path / "loss.csv", "test", device="cpu", progress=False)
     assert summary["steps"] == 150 and summary["final_loss"] < 0.05
     decoder, meta = load_decoder(tmp_path / "inv")
     assert meta["variant"] == "inverse" and meta["backbone"] == "toy" and meta["resolution"] == 16
@@ -86,7 +86,7 @@ def test_inverse_execution_keys_change_nothing(tmp_path):
     for every in (7, 1000):
         cfg = section("inverse", {**INVERSE, "train": {**INVERSE["train"], "steps": 20, "checkpoint_every": every}})
         train_inverse(tmp_path / "f.zarr", tmp_path / "t.zarr", PatchCodec(4), cfg, tmp_path / f"inv{every}",
-                      tmp_path / f"loss{every}.csv", device="cpu", progress=False)
+                      tmp_path / f"loss{every}.csv", "test", device="cpu", progress=False)
         weights[every] = load_decoder(tmp_path / f"inv{every}")[0].state_dict()
     assert all(torch.equal(weights[7][k], weights[1000][k]) for k in weights[7])
     images = {}

@@ -88,3 +88,11 @@ def test_killed_online_training_resumes_to_the_same_weights(demo_shards, tmp_pat
     assert (tmp_path / "killed.csv").read_text() == (tmp_path / "whole.csv").read_text()
     meta = json.loads((tmp_path / "whole" / "featinv.json").read_text())
     assert meta["backbone"] == "tf_efficientnet_lite0" and meta["fmap_shape"] == [1280, 2, 2]
+    # the one params hash (as the job's stamp records it: tests/test_workflow.py), in meta and card
+    from featinv import config
+    from featinv.cards import read_card
+    from featinv.cli import VERBS
+    from featinv.provenance import params_hash
+
+    typed = config.sections(cfg, *VERBS["train_controlnet"].sections)
+    assert meta["params_hash"] == read_card(tmp_path / "whole" / "README.md")[0]["featinv"]["params_hash"] == params_hash(typed)

@@ -14,7 +14,7 @@ from featinv import rowstore
 from featinv.backbones import create_backbone
 from featinv.cards import read_card
 from featinv.diffusion.codec import PatchCodec
-from featinv.diffusion.recipes import train_base, train_controlnet
+from featinv.diffusion.recipes import cached_rows, train_base, train_controlnet
 from featinv.features.extract import extract
 from test_diffusion import PROMPT, TINY_BASE, TRAIN
 
@@ -52,7 +52,7 @@ def test_target_execution_keys_leave_the_latents_unchanged(demo_targets, demo_sh
 
 def test_base_training_lowers_the_loss(demo_targets, tmp_path):
     cfg = section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 200, "checkpoint_every": 1000}})
-    summary = train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
+    summary = train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", "test", device="cpu", progress=False)
     curve = losses(tmp_path / "loss.csv")
     assert len(curve) == 200 and summary["steps"] == 200
     assert curve[-30:].mean() < 0.7 * curve[:30].mean()
@@ -63,7 +63,7 @@ def test_base_training_lowers_the_loss(demo_targets, tmp_path):
 def test_cosine_lr_schedule_decays_to_zero_at_the_last_step(demo_targets, tmp_path):
     cfg = section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 20, "lr": 2e-3, "lr_warmup_steps": 4, "lr_schedule": "cosine",
                                   "checkpoint_every": 1000}})
-    train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", device="cpu", progress=False)
+    train_base(cfg, PROMPT, demo_targets, tmp_path / "base", tmp_path / "loss.csv", "test", device="cpu", progress=False)
     rows = Path(tmp_path / "loss.csv").read_text().splitlines()[1:]
     lr = {int(r.split(",")[0]): float(r.split(",")[2]) for r in rows}  # the LR after each step
     assert lr[2] == pytest.approx(2e-3 * 2 / 4, rel=1e-3)  # linear warm-up
@@ -91,12 +91,15 @@ def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path
     from featinv.diffusion.controlnet import FeatureControlNet
 
     train_base(section("diffusion.base", {**TINY_BASE, "train": {**TRAIN, "steps": 100}}), PROMPT, demo_targets, tmp_path / "base",
-               tmp_path / "bl.csv", device="cpu", progress=False)
+               tmp_path / "bl.csv", "test", device="cpu", progress=False)
     lite0 = create_backbone("tf_efficientnet_lite0")
     extract(lite0, demo_shards, "train", tmp_path / "f.zarr", batch_size=16, num_workers=0, device="cpu",
             rows_per_shard=16, rows_per_chunk=8, progress=False)
-    train_controlnet(tmp_path / "base", tmp_path / "f.zarr", demo_targets, "unpooled", section("controlnet", CN), PROMPT,
-                     tmp_path / "cn", tmp_path / "cn.csv", device="cpu", progress=False)
+    base = load_base(tmp_path / "base")
+    data, attrs, _ = cached_rows(tmp_path / "f.zarr", demo_targets, "unpooled",
+                                 section("controlnet", CN).train.augment.mode == "none")
+    train_controlnet(base, str(tmp_path / "base"), data, attrs, "unpooled", section("controlnet", CN), PROMPT,
+                     tmp_path / "cn", tmp_path / "cn.csv", "0123abcd", device="cpu", progress=False)
     base = load_base(tmp_path / "base")
     trained = FeatureControlNet.from_pretrained(tmp_path / "cn")
     torch.manual_seed(CN["train"]["seed"])
@@ -118,7 +121,7 @@ def test_controlnet_training_lowers_the_loss(demo_targets, demo_shards, tmp_path
                                   "weights_source")} == {k: meta[k] for k in ("backbone", "layer", "variant", "fmap_shape",
                                                                               "view", "input_size", "weights_source")}
     assert facts["steps"] == CN["train"]["steps"] == training["steps"]
-    assert facts["params_hash"] == training["params_hash"] == meta["params_hash"]
+    assert facts["params_hash"] == training["params_hash"] == meta["params_hash"] == "0123abcd"
     assert facts["final_loss"] == pytest.approx(training["final_loss"], abs=1e-5)
     assert facts["train_rows"] == rowstore.open_complete(tmp_path / "f.zarr")["keys"].shape[0]
     assert front["datasets"] == ["demo"]

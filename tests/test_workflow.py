@@ -271,8 +271,12 @@ def test_snakemake_and_dvc_build_the_same_tables(project, tmp_path):
     for variant in ("unpooled", "pooled"):
         samples = rowstore.open_complete(project / f"data/samples/demo/tf_efficientnet_lite0-{variant}/val.zarr")
         assert samples["images"].shape == (12, 1, 3, 64, 64)
-        meta = json.loads((project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}/featinv.json").read_text())
+        model = project / f"data/models/demo/controlnet/tf_efficientnet_lite0-{variant}"
+        meta = json.loads((model / "featinv.json").read_text())
         assert meta["variant"] == variant and meta["steps"] == 4 and meta["base_model"] == "models/demo-base"
+        # one params hash: the job's stamp (from the rule's params) and the model's own records agree
+        assert meta["params_hash"] == json.loads((model / "training.json").read_text())["params_hash"] \
+            == json.loads((model / "provenance.json").read_text())["params_hash"]
         metrics = json.loads((project / f"results/metrics/demo/tf_efficientnet_lite0-{variant}-val.json").read_text())
         assert metrics["n_images"] == 12 and -1 <= metrics["cosine_sim"]["mean"] <= 1
     table1 = (project / "results/table1.csv").read_text()

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from featinv.config import plain
+from featinv.config import plain, result_params
 
 STAMP = "provenance.json"
 KEY = "provenance"
@@ -30,9 +30,13 @@ class StaleError(ValueError):
     """An output read something that has changed since: its producer must run again."""
 
 
-def params_hash(*sections: Any) -> str:
-    """The one params hash of the project: a short hash of params sections (typed or plain)."""
-    return _digest(json.dumps(plain(list(sections)), sort_keys=True).encode())
+def params_hash(sections: Any) -> str:
+    """The one params hash of the project: of the params sections a verb reads, by name (a mapping, or
+    the typed sections object a verb gets), without their execution keys: what decides the job's
+    outputs. Stamps, model cards, ``featinv.json`` and ``training.json`` all record this one."""
+    named = plain(sections)
+    return _digest(json.dumps({name: result_params(name, named[name]) for name in sorted(named)},
+                              sort_keys=True).encode())
 
 
 def code_hash(files: Iterable[str | Path], root: str | Path = ".") -> str:

@@ -17,7 +17,7 @@ from featinv.sourceid import LAST, backbone_name, source_id
 from featinv.cli import VERBS
 from featinv.codedeps import rule_code_hash
 from featinv.fileio import write_json
-from featinv.config import forward_family, modular_run_name, narrow, result_params, validate
+from featinv.config import forward_family, modular_run_name, narrow, validate
 from featinv.provenance import params_hash
 
 # Stop before any job when params (with any --configfile overlay) break the schema.
@@ -96,7 +96,7 @@ def verb_params(rule):
     from a job's files (`cfg` and `stamp` are, so an execution key such as features.num_workers reaches
     the verb and reruns nothing); it reruns a job when a plain param (`result`, `code`) changes."""
     sections = VERBS[rule].sections
-    result, code = params_hash(*(result_params(name, config[name]) for name in sections)), rule_code_hash(rule)
+    result, code = params_hash({name: config[name] for name in sections}), rule_code_hash(rule)
     text = json.dumps({name: config[name] for name in sections}, sort_keys=True)
 
     def job_stamp(wildcards, input, output):

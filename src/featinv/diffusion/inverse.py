@@ -30,13 +30,11 @@ from tqdm import tqdm
 
 from featinv import rowstore
 from featinv.cards import write_card
-from featinv.config import Inverse, plain, result_params
+from featinv.config import Inverse, plain
 from featinv.devices import resolve_device
-from featinv.diffusion.recipes import checkpoint_dir, first_views
-from featinv.diffusion.train import RowData, run
-from featinv.fileio import write_json
+from featinv.diffusion.recipes import cached_rows, checkpoint_dir, finish
+from featinv.diffusion.train import run
 from featinv.plots import to_uint8
-from featinv.provenance import params_hash
 
 META = "featinv.json"
 VARIANT = "inverse"  # the sample-store variant of its reconstructions, beside unpooled and pooled
@@ -81,18 +79,13 @@ def load_decoder(directory: str | Path) -> tuple[FeatureDecoder, dict[str, Any]]
 
 
 def train_inverse(features: str | Path, targets: str | Path, codec, cfg: Inverse, out: str | Path,
-                  loss_csv: str | Path, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                  loss_csv: str | Path, params_hash: str, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Train the decoder on the (map, target view) rows of ``features`` and ``targets`` (same keys);
-    resumable from its checkpoints; save to ``out`` (diffusers layout, ``featinv.json``, a card)."""
-    feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
-    keys = [str(k) for k in feats["keys"][:]]
-    if keys != [str(k) for k in tgts["keys"][:]]:
-        raise ValueError(f"{features} and {targets} do not hold the same samples in the same order")
-    attrs = dict(feats.attrs)
-    data = RowData({"latents": tgts["latents"], "cond": feats["features"]},
-                   select=first_views(keys) if cfg.train.views == "none" else None)
+    resumable from its checkpoints; save to ``out`` (diffusers layout, ``featinv.json``, a card).
+    ``params_hash``: the job's, recorded in meta, card and ``training.json``."""
+    data, attrs, target_attrs = cached_rows(features, targets, "unpooled", cfg.train.views == "none")  # the spatial maps
     fmap_shape = tuple(attrs["fmap_shape"])
-    resolution = int(tgts.attrs["resolution"])
+    resolution = int(target_attrs["resolution"])
     torch.manual_seed(cfg.train.seed)
     net = FeatureDecoder(fmap_shape[0], fmap_shape[1:], resolution, cfg.hidden)
 
@@ -103,21 +96,16 @@ def train_inverse(features: str | Path, targets: str | Path, codec, cfg: Inverse
 
     result = run(net, [codec], loss_fn, data, cfg.train, device, checkpoint_dir(out), loss_csv,
                  desc=f"inverse {attrs['backbone']}", progress=progress)
-    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(result_params("inverse", cfg))}
-    if result["is_main"]:
-        import shutil
-
-        trained = result["unwrapped"].eval()
+    def save(trained: torch.nn.Module) -> None:
         trained.save_pretrained(out)
         meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "variant": VARIANT,
                 "fmap_shape": list(fmap_shape), "resolution": resolution, "weights_source": attrs["weights_source"],
-                "steps": cfg.train.steps, "final_loss": result["final_loss"], "params_hash": summary["params_hash"]}
+                "steps": cfg.train.steps, "final_loss": result["final_loss"], "params_hash": params_hash}
         (Path(out) / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        write_json(Path(out) / "training.json", summary)
-        _card(out, meta, summary, {"dataset": attrs.get("dataset"), "split": attrs.get("split"), "rows": data.n},
-              plain(cfg))
-        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-    return summary
+        _card(out, meta, {**result, "params_hash": params_hash},
+              {"dataset": attrs.get("dataset"), "split": attrs.get("split"), "rows": data.n}, plain(cfg))
+
+    return finish(result, params_hash, out, save)
 
 
 def _card(out, meta: dict[str, Any], summary: dict[str, Any], data: dict[str, Any], cfg: dict[str, Any]) -> None:

@@ -11,16 +11,12 @@ import torch
 
 from featinv import rowstore
 from featinv.cards import controlnet_card
-from featinv.backbones import Backbone
-from featinv.config import Controlnet, DiffusionBase, plain, result_params
-from featinv.data.shards import index_split
+from featinv.config import Controlnet, DiffusionBase, plain
 from featinv.diffusion.base import BaseModel, create_demo_base, load_base
 from featinv.diffusion.controlnet import FeatureControlNet
-from featinv.diffusion.online import OnlineViews
 from featinv.diffusion.train import RowData, TrainingRows, batch_rows, diffusion_loss, run, step_generator
 from featinv.features.store import conditioning
 from featinv.fileio import write_json
-from featinv.provenance import params_hash
 
 
 def draw_timesteps(gen: torch.Generator, n: int, timesteps: int, how: str) -> torch.Tensor:
@@ -51,8 +47,9 @@ def checkpoint_dir(out: str | Path) -> Path:
 
 
 def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: str | Path, loss_csv: str | Path,
-               device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Train the embedded base model on the cached targets of the demo train split; save it to ``out``."""
+               params_hash: str, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train the embedded base model on the cached targets of the demo train split; save it to ``out``
+    (``params_hash``: the job's, recorded in ``training.json``)."""
     base = create_demo_base(base_cfg)
     store = rowstore.open_complete(targets)
     if tuple(store["latents"].shape[1:]) != base.latent_shape:
@@ -74,7 +71,7 @@ def train_base(base_cfg: DiffusionBase, prompt: str, targets: str | Path, out: s
 
     result = run(base.unet, [base.text_encoder], loss_fn, data, settings, device, checkpoint_dir(out), loss_csv,
                  desc="base model", progress=progress)
-    return _finish(result, (result_params("diffusion.base", base_cfg), {"prompt": prompt}), out, save)
+    return finish(result, params_hash, out, save)
 
 
 @torch.no_grad()
@@ -111,48 +108,33 @@ def first_views(keys: list[str]) -> np.ndarray:
     return np.array([i for i, k in enumerate(keys) if "@v" not in k or k.endswith("@v0")], dtype=np.int64)
 
 
-def train_controlnet(base_source: str | Path, features: str | Path, targets: str | Path, variant: str,
-                     cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path,
-                     device: str = "auto", progress: bool = True, resolution: int | None = None) -> dict[str, Any]:
-    """Train one FeatInv ControlNet on cached (feature map or pooled vector -> target) pairs (augment
-    ``none``: each image itself; ``views``: every cached view); save to ``out``. ``resolution``:
-    ``diffusion.base.resolution``, checked against the base model (None = its own)."""
-    mode = cn_cfg.train.augment.mode
-    if mode == "online":
-        raise ValueError("controlnet.train.augment.mode is online: train from the shards (train_controlnet_online)")
+def cached_rows(features: str | Path, targets: str | Path, variant: str, first_only: bool
+                ) -> tuple[RowData, dict[str, Any], dict[str, Any]]:
+    """(latents, cond) training rows from a feature store and the targets of the same keys (a clear
+    error where they differ), with both stores' attrs. ``cond``: what ``variant`` is conditioned on;
+    ``first_only``: each image itself, not its other cached views (augment ``none``)."""
     feats, tgts = rowstore.open_complete(features), rowstore.open_complete(targets)
     keys = [str(k) for k in feats["keys"][:]]
     if keys != [str(k) for k in tgts["keys"][:]]:
         raise ValueError(f"{features} and {targets} do not hold the same samples in the same order")
     data = RowData({"latents": tgts["latents"], "cond": conditioning(feats, variant)},
-                   select=first_views(keys) if mode == "none" else None)
-    return _train(load_base(base_source, resolution), str(base_source), data, dict(feats.attrs), variant, cn_cfg,
-                  prompt, out, loss_csv, device, progress)
+                   select=first_views(keys) if first_only else None)
+    return data, dict(feats.attrs), dict(tgts.attrs)
 
 
-def train_controlnet_online(base_source: str | Path, shards: str | Path, split: str, backbone: Backbone, variant: str,
-                            cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path,
-                            device: str = "auto", progress: bool = True, resolution: int | None = None) -> dict[str, Any]:
-    """Train one FeatInv ControlNet on views drawn at every step from the images of ``split``
-    (``controlnet.train.augment.mode: online``, :mod:`featinv.diffusion.online`); save to ``out``."""
-    if cn_cfg.train.augment.mode != "online":
-        raise ValueError(f"controlnet.train.augment.mode is {cn_cfg.train.augment.mode}: train from cached stores")
-    base = load_base(base_source, resolution)
-    data = OnlineViews(index_split(shards, split, views=False), backbone, base.codec, base.resolution, variant,
-                       cn_cfg.train.augment, cn_cfg.train.seed)
-    return _train(base, str(base_source), data, backbone.describe(), variant, cn_cfg, prompt, out, loss_csv, device,
-                  progress)
-
-
-def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[str, Any], variant: str,
-           cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path, device: str,
-           progress: bool) -> dict[str, Any]:
-    """Train a ControlNet for the backbone ``attrs`` describe on ``data``'s (latents, cond) rows."""
+def train_controlnet(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[str, Any], variant: str,
+                     cn_cfg: Controlnet, prompt: str, out: str | Path, loss_csv: str | Path, params_hash: str,
+                     device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train one FeatInv ControlNet for the backbone ``attrs`` describe (a feature store's attrs or
+    ``Backbone.describe()``) on ``data``'s (latents, cond) rows: cached (``cached_rows``) or views drawn
+    online (``OnlineViews``), whichever the caller was given; save to ``out``. ``params_hash``: the job's
+    (``featinv.provenance.params_hash`` of the sections its verb reads), recorded in meta, card and
+    ``training.json``."""
     pooled = variant == "pooled"
     fmap_shape = tuple(attrs["fmap_shape"])
     meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "weights_source": attrs["weights_source"],
             "fmap_shape": list(fmap_shape), "variant": variant, "base_model": base_source,
-            "prompt": prompt, "params_hash": params_hash(result_params("controlnet", cn_cfg), {"prompt": prompt}),  # as training.json's
+            "prompt": prompt, "params_hash": params_hash,
             # how the backbone saw each training image, for FeatInvPipeline.features
             "input_size": int(attrs["preprocessing"]["input_size"][-1]), "view": attrs.get("view", "eval_transform")}
     torch.manual_seed(cn_cfg.train.seed)
@@ -181,17 +163,17 @@ def _train(base: BaseModel, base_source: str, data: TrainingRows, attrs: dict[st
     def save(trained: FeatureControlNet) -> None:
         trained.meta.update({"steps": settings.steps, "final_loss": result["final_loss"]})
         trained.save_pretrained(out)
-        controlnet_card(out, trained.meta, {**result, "params_hash": meta["params_hash"]},
+        controlnet_card(out, trained.meta, {**result, "params_hash": params_hash},
                         {"dataset": attrs.get("dataset"), "split": attrs.get("split"), "rows": data.n},
                         plain(settings))
 
-    return _finish(result, (result_params("controlnet", cn_cfg), {"prompt": prompt}), out, save)
+    return finish(result, params_hash, out, save)
 
 
-def _finish(result: dict[str, Any], cfg: tuple[Any, ...], out: str | Path, save: Callable[[torch.nn.Module], None]):
+def finish(result: dict[str, Any], params_hash: str, out: str | Path, save: Callable[[torch.nn.Module], None]):
     """On the main process: save the trained module (``save``) and ``training.json``, then drop the
     checkpoints. Returns the training summary."""
-    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash(*cfg)}
+    summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash}
     if result["is_main"]:
         save(result["unwrapped"].eval())
         write_json(Path(out) / "training.json", summary)

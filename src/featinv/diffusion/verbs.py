@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from featinv.provenance import params_hash
 from featinv.verbs import Arg, verb
 
 BASE = Arg("--base", "base model directory or hub id", required=True)
@@ -33,7 +34,7 @@ def train_base(args, cfg) -> None:
     diffusion = cfg.diffusion
     if diffusion.base.source != "train":
         raise ValueError(f"diffusion.base.source is '{diffusion.base.source}': a pretrained base model is loaded, not trained")
-    summary = train(diffusion.base, diffusion.prompt, args.targets, args.out, args.loss_csv,
+    summary = train(diffusion.base, diffusion.prompt, args.targets, args.out, args.loss_csv, params_hash(cfg),
                     device=diffusion.device)
     print(json.dumps(summary, indent=1))
 
@@ -69,34 +70,40 @@ def export_base(args, cfg) -> None:
     BASE,
     Arg("--features", "feature store of the train split (cached views: augment none or views)"),
     Arg("--targets", "cached targets of the train split (cached views)"),
-    Arg("--shards", "shard directory (augment online)"),
-    Arg("--backbone", "backbone whose maps condition it (augment online)"),
-    Arg("--split", "split trained on (augment online)", default="train"),
+    Arg("--shards", "shard directory, whose images give views drawn at every step (augment online)"),
+    Arg("--backbone", "backbone whose maps condition it (with --shards)"),
+    Arg("--split", "split trained on (with --shards)", default="train"),
     Arg("--variant", "unpooled (the spatial map) or pooled (the baseline)", required=True),
     Arg("--out", required=True),
     Arg("--loss-csv", required=True)))
 def train_controlnet(args, cfg) -> None:
     from featinv.diffusion import recipes
+    from featinv.diffusion.base import load_base
 
-    common = dict(device=cfg.diffusion.device, resolution=cfg.diffusion.base.resolution)
-    if cfg.controlnet.train.augment.mode == "online":
+    # What it trains on is what the rule gave it (controlnet.train.augment.mode decides that, once, there).
+    online, cached = bool(args.shards and args.backbone), bool(args.features and args.targets)
+    if online == cached:
+        raise ValueError("train-controlnet trains from --features and --targets (cached views) or from --shards "
+                         "and --backbone (views drawn online), one of the two")
+    base = load_base(args.base, cfg.diffusion.base.resolution)
+    augment = cfg.controlnet.train.augment
+    if online:
         from featinv.backbones import create_backbone
+        from featinv.data.shards import index_split
+        from featinv.diffusion.online import OnlineViews
         from featinv.sourceid import backbone_name
 
-        if not (args.shards and args.backbone):
-            raise ValueError("controlnet.train.augment.mode online trains from --shards and --backbone")
         name = backbone_name(args.backbone)
         backbone = create_backbone(args.backbone, weights=cfg.backbones.weights.get(name),
                                    input_size=cfg.backbones.input_size.get(name))
-        summary = recipes.train_controlnet_online(args.base, args.shards, args.split, backbone, args.variant,
-                                                  cfg.controlnet, cfg.diffusion.prompt, args.out, args.loss_csv,
-                                                  **common)
+        data = OnlineViews(index_split(args.shards, args.split, views=False), backbone, base.codec, base.resolution,
+                           args.variant, augment, cfg.controlnet.train.seed)
+        attrs = backbone.describe()
     else:
-        if not (args.features and args.targets):
-            raise ValueError(f"controlnet.train.augment.mode {cfg.controlnet.train.augment.mode} trains from "
-                             "--features and --targets (cached views)")
-        summary = recipes.train_controlnet(args.base, args.features, args.targets, args.variant, cfg.controlnet,
-                                           cfg.diffusion.prompt, args.out, args.loss_csv, **common)
+        data, attrs, _ = recipes.cached_rows(args.features, args.targets, args.variant, augment.mode == "none")
+    summary = recipes.train_controlnet(base, str(args.base), data, attrs, args.variant, cfg.controlnet,
+                                       cfg.diffusion.prompt, args.out, args.loss_csv, params_hash(cfg),
+                                       device=cfg.diffusion.device)
     print(json.dumps(summary, indent=1))
 
 
@@ -132,7 +139,8 @@ def train_inverse(args, cfg) -> None:
     from featinv.diffusion.targets import target_codec
 
     codec, _ = target_codec(cfg.diffusion)
-    summary = train(args.features, args.targets, codec, cfg.inverse, args.out, args.loss_csv, device=cfg.diffusion.device)
+    summary = train(args.features, args.targets, codec, cfg.inverse, args.out, args.loss_csv, params_hash(cfg),
+                    device=cfg.diffusion.device)
     print(json.dumps(summary, indent=1))
 
 

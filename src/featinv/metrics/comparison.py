@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from featinv import rowstore
 from featinv.sourceid import LAST, split_source
