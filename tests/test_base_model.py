@@ -12,7 +12,8 @@ import yaml
 from conftest import REPO
 from featinv.config import section
 from featinv.diffusion.base import create_demo_base, load_base
-from featinv.diffusion.export import card_files, export_base, file_table, verify, write_card
+from featinv.cards import card_files, file_table, read_card, verify, write_card
+from featinv.diffusion.export import export_base
 
 SHIPPED = REPO / "models" / "demo-base"
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -71,8 +72,10 @@ def test_export_writes_float16_safetensors_and_a_verifiable_card(tmp_path, demo_
                tmp_path / "loss.csv", "test", device="cpu", progress=False)
     files = export_base(tmp_path / "trained", tmp_path / "shipped")
     assert all(not f.name.endswith(".bin") for f in files)
-    card = write_card(tmp_path / "shipped", [("# Tiny", "text"), ("Data", "more")])
-    assert card.read_text().startswith("# Tiny\n\ntext\n\n## Data")
+    card = write_card(tmp_path / "shipped", {"featinv": {"kind": "base"}}, "Tiny", [("What", "text"), ("Data", "more")],
+                      files=True)
+    front, body = read_card(card)
+    assert front == {"featinv": {"kind": "base"}} and body.startswith("\n# Tiny\n\n## What\n\ntext\n\n## Data")
     assert set(card_files(tmp_path / "shipped")) == {name for name, _, _ in file_table(tmp_path / "shipped")}
     verify(tmp_path / "shipped")
     trained, shipped = load_base(tmp_path / "trained"), load_base(tmp_path / "shipped")
@@ -136,6 +139,9 @@ def test_ship_base_writes_a_verifiable_card_with_its_figures_probe_and_remake_co
     card = ship_base(config.typed(raw), tmp_path / "trained", tmp_path / "loss.csv", demo_shards, demo_targets,
                      tmp_path / "shipped", n=64, params_files=files).read_text()
     verify(tmp_path / "shipped")
+    front, _ = read_card(tmp_path / "shipped" / "README.md")
+    assert front["library_name"] == "diffusers" and front["featinv"]["kind"] == "base"
+    assert front["featinv"]["params_hash"] == "test" and front["featinv"]["steps"] == 3
     assert (tmp_path / "shipped" / "samples.png").exists()
     probe = re.findall(r"^\| (\d+) \| ([-\d.]+) \| ([-\d.]+) \| ([-\d.]+) \|$", card, re.M)
     assert [int(r[0]) for r in probe] == [900, 600, 300]

@@ -43,7 +43,10 @@ def test_each_stage_has_its_rules_inputs_code_and_verb_sections():
     assert extract["outs"] == ["data/features/demo/${item.backbone}/${item.split}.zarr",
                                "results/backbones/demo/${item.backbone}-${item.split}.json"]
     assert doc["tables"]["metrics"] == ["results/metrics.json"] and "results/metrics.json" not in doc["tables"]["outs"]
-    assert "models/demo-base" in doc["train_controlnet"]["deps"]  # the shipped base model
+    # the shipped base model: its weights and configs, not its card
+    assert {"models/demo-base/unet", "models/demo-base/scheduler", "models/demo-base/codec.json"} <= set(
+        doc["train_controlnet"]["deps"])
+    assert not [d for d in doc["train_controlnet"]["deps"] if d.endswith(("README.md", ".png"))]
     # every model is scored on every backbone's store (Table 2, the comparison): a stage per source, its
     # models (unpooled, pooled, the deterministic inverse) the matrix; DVC's names: no '@' or '.'
     evaluate = doc["evaluate"]

@@ -302,3 +302,23 @@ def test_a_sidecar_holds_the_stamp_so_that_dvc_metrics_stay_numbers(tmp_path, mo
     Path("r/metrics.json").write_text(json.dumps({"table1": {"a/unpooled": {"cosine_sim": 0.9}}}))
     with pytest.raises(provenance.StaleError, match="r/metrics.json is not the file tables wrote"):
         provenance.check(["r/metrics.json"])
+
+
+def test_editing_the_base_models_card_plans_nothing(built):
+    """The shipped base's identity is its weights and configs: its card (and the card's figure) are
+    documentation; a config file changed plans the ControlNets' training again."""
+    root, jobs = built
+    models = root / "models"
+    models.unlink()
+    shutil.copytree(REPO / "models", models)  # copy2: the modification times are kept
+    try:
+        card = models / "demo-base" / "README.md"
+        card.write_text(card.read_text() + "\nA note.\n")
+        (models / "demo-base" / "samples.png").touch()
+        assert planned(root) == Counter()
+        codec = models / "demo-base" / "codec.json"
+        codec.write_text(codec.read_text() + "\n")  # Snakemake 9 compares a touched small file's content
+        assert planned(root)["train_controlnet"] == sum(j.rule == "train_controlnet" for j in jobs) >= 2
+    finally:
+        shutil.rmtree(models)
+        models.symlink_to(REPO / "models")

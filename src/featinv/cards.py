@@ -1,19 +1,22 @@
 """Model cards in the Hugging Face format (``README.md``: YAML front matter, then Markdown), written
-into every trained model directory when it is saved, so the directory can be shared as it is.
+into every trained model directory when it is saved (ControlNets, inverses, modular inverses) or
+shipped (the demo base), so the directory can be shared as it is. One writer, one format, one name.
 
 The front matter carries the hub's fields (``library_name``, ``tags``, ``base_model``, ``license``,
 ``datasets``) and a ``featinv`` block with the facts a reader checks (backbone, layer, variant, map
-shape, steps, final loss, params hash); :func:`read_card` parses it back.
+shape, steps, final loss, params hash); :func:`read_card` parses it back. A shipped directory's card
+also lists every other file with its size and sha256 (``files=True``), which :func:`verify` checks.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from featinv.fileio import atomic_write_text
+from featinv.fileio import atomic_write_text, sha256
 
 CARD = "README.md"
 LICENCE_NOTE = (
@@ -30,12 +33,48 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
-def write_card(directory: str | Path, front: dict[str, Any], title: str, sections: list[tuple[str, str]]) -> Path:
-    """``directory/README.md``: front matter, a title and ``(heading, Markdown)`` sections."""
+def write_card(directory: str | Path, front: dict[str, Any], title: str, sections: list[tuple[str, str]],
+               files: bool = False) -> Path:
+    """``directory/README.md``: front matter, a title and ``(heading, Markdown)`` sections; ``files``:
+    then a ``Files`` section listing every other file of the directory with its bytes and sha256."""
     body = f"# {title}\n\n" + "".join(f"## {heading}\n\n{text.strip()}\n\n" for heading, text in sections)
+    if files:
+        body += "## Files\n\n| file | bytes | sha256 |\n|---|---|---|\n" + "".join(
+            f"| `{name}` | {size} | `{digest}` |\n" for name, size, digest in file_table(directory))
     path = Path(directory) / CARD
     atomic_write_text(path, _front(front) + "\n" + body.rstrip() + "\n")
     return path
+
+
+_ROW = re.compile(r"^\| `([^`]+)` \| (\d+) \| `([0-9a-f]{64})` \|$")
+
+
+def file_table(directory: str | Path) -> list[tuple[str, int, str]]:
+    """(relative path, bytes, sha256) of every file under ``directory`` but the card, sorted."""
+    directory = Path(directory)
+    return [(p.relative_to(directory).as_posix(), p.stat().st_size, sha256(p))
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != CARD]
+
+
+def card_files(directory: str | Path) -> dict[str, tuple[int, str]]:
+    """The file table of a model card: path -> (bytes, sha256)."""
+    text = (Path(directory) / CARD).read_text()
+    rows = {m.group(1): (int(m.group(2)), m.group(3)) for m in map(_ROW.match, text.splitlines()) if m}
+    if not rows:
+        raise ValueError(f"{Path(directory) / CARD} has no file table")
+    return rows
+
+
+def verify(directory: str | Path) -> None:
+    """Raise, naming each, if a file listed in the card is missing or differs, or a file is not listed."""
+    listed = card_files(directory)
+    present = {name: (size, digest) for name, size, digest in file_table(directory)}
+    problems = [f"{name}: missing" for name in sorted(set(listed) - set(present))]
+    problems += [f"{name}: not in the model card" for name in sorted(set(present) - set(listed))]
+    problems += [f"{name}: sha256 {present[name][1]} differs from the card's {listed[name][1]}"
+                 for name in sorted(set(listed) & set(present)) if present[name] != listed[name]]
+    if problems:
+        raise ValueError(f"model at {directory} does not match its model card: " + "; ".join(problems))
 
 
 def read_card(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -77,7 +116,7 @@ def controlnet_card(directory: str | Path, meta: dict[str, Any], training: dict[
     conditioned = ("the spatial map" if variant == "unpooled"
                    else "the map average-pooled to one vector (the paper's baseline)")
     sections = [
-        ("What it is", f"A FeatInv ControlNet (Hamburger et al.): it steers the frozen base diffusion model "
+        ("What it is", f"A FeatInv ControlNet (Neukirch, Vielhaben and Strodthoff, arXiv:2505.21032): it steers the frozen base diffusion model "
                        f"`{meta['base_model']}` to images whose `{backbone}` features match a given feature map. "
                        f"Conditioned on {conditioned} of layer `{meta['layer']}`, shape {tuple(meta['fmap_shape'])}."),
         ("Model", _table([("backbone", f"`{backbone}`"), ("backbone weights", f"`{meta['weights_source']}`"),

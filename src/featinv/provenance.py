@@ -13,12 +13,12 @@ command that refreshes it, when one of them is no longer what it read.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from featinv.config import plain, result_params
+from featinv.fileio import sha256
 
 STAMP = "provenance.json"
 KEY = "provenance"
@@ -44,10 +44,8 @@ def code_hash(files: Iterable[str | Path], root: str | Path = ".") -> str:
     syntax tree without docstrings (comments never reach the tree), so an edit of a comment, a
     docstring or the layout changes nothing, while any change of what the code does changes the hash.
     Other files count by their bytes."""
-    h = hashlib.sha256()
-    for name in sorted(str(f) for f in files):
-        h.update(name.encode() + b"\0" + _code_bytes(Path(root) / name) + b"\0")
-    return h.hexdigest()[:16]
+    return _digest(b"".join(name.encode() + b"\0" + _code_bytes(Path(root) / name) + b"\0"
+                            for name in sorted(str(f) for f in files)))
 
 
 def _code_bytes(path: Path) -> bytes:
@@ -66,32 +64,13 @@ def _code_bytes(path: Path) -> bytes:
 
 
 def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
-def _file_hash(path: Path, h) -> None:
-    size = path.stat().st_size
-    h.update(str(size).encode() + b"\0")
-    with path.open("rb") as f:
-        if size <= SMALL:
-            h.update(f.read())
-        else:  # a large file (weights): size and both ends
-            h.update(f.read(SMALL // 2))
-            f.seek(-SMALL // 2, 2)
-            h.update(f.read())
+    return sha256(data)[:16]
 
 
 def content_hash(path: str | Path) -> str:
-    """A file's or directory tree's content hash (names, sizes, contents; see ``SMALL``)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if f.name in (STAMP, ".snakemake_timestamp"):
-            continue
-        h.update(f.relative_to(path).as_posix().encode() + b"\0" if f != path else b"")
-        _file_hash(f, h)
-    return h.hexdigest()[:16]
+    """A file's or directory tree's short content hash (``fileio.sha256``; files over ``SMALL`` by
+    their size and ends; stamps left out)."""
+    return sha256(Path(path), ends=SMALL // 2, skip=(STAMP, ".snakemake_timestamp"))[:16]
 
 
 def read_stamp(path: str | Path) -> dict[str, Any] | None:

@@ -188,11 +188,15 @@ def backbone_reports():
 
 
 def base_input(wildcards):
-    """The base model as a rule input: the one this pipeline trains, or a local directory (the
-    shipped models/demo-base, a downloaded miniSD); a hub id names no file."""
+    """The base model as a rule input: the one this pipeline trains, or a local directory's weights and
+    configs (the shipped models/demo-base, a downloaded miniSD), not its documentation (the model card
+    and its figures: *.md, *.png), so that editing the card reruns nothing; a hub id names no file."""
     if BASE_TRAINED_HERE:
         return [TRAINED_BASE]
-    return [BASE] if os.path.isdir(BASE) else []
+    if not os.path.isdir(BASE):
+        return []
+    return sorted(os.path.join(BASE, name) for name in os.listdir(BASE)
+                  if not name.endswith((".md", ".png")) and not name.startswith("."))
 
 
 def sample_stores():

@@ -28,7 +28,7 @@ from featinv.config import DataViews, NameNotFound
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
 from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_images, tar_samples
 from featinv.data.views import View, check_views, views_of
-from featinv.fileio import atomic_write_text, sha256_file
+from featinv.fileio import atomic_write_text, sha256
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ShardSink:
             return
         self._writer.close()
         os.replace(self._partial, self._path)
-        self.shards.append({"name": self._path.name, "count": self._count, "sha256": sha256_file(self._path)})
+        self.shards.append({"name": self._path.name, "count": self._count, "sha256": sha256(self._path)})
         self._writer = None
 
     def write(self, sample: dict[str, bytes | str]) -> None:
@@ -152,7 +152,7 @@ def index_in_place(source: WebDatasetSource, split: str, rejected: list) -> dict
     shards = []
     for path in split_shards(source.root, split):
         count = sum(1 for key, _ in tar_samples(path) if key in accepted)
-        shards.append({"path": str(path.resolve()), "name": path.name, "count": count, "sha256": sha256_file(path)})
+        shards.append({"path": str(path.resolve()), "name": path.name, "count": count, "sha256": sha256(path)})
     return {"count": len(accepted), "shards": shards, "excluded": excluded, "in_place": True}
 
 
@@ -248,7 +248,7 @@ def index_split(manifest_path: str | Path, split: str, verify: bool = False, vie
     index: list[IndexEntry] = []
     for shard in entry["shards"]:
         path = Path(shard.get("path") or base / shard["name"])
-        if verify and sha256_file(path) != shard["sha256"]:
+        if verify and sha256(path) != shard["sha256"]:
             raise ValueError(f"shard {path} does not match the sha256 in its manifest: rebuild the shards")
         rows = []
         try:
@@ -264,6 +264,11 @@ def index_split(manifest_path: str | Path, split: str, verify: bool = False, vie
     if views and spec:
         index = [IndexEntry(v.key, e.cls, e.shard, e.offset, e.size, v) for e in index for v in views_of(e.key, **spec)]
     return index
+
+
+def keys_digest(index: list[IndexEntry]) -> str:
+    """The identity of an index's images, in order."""
+    return sha256("\n".join(e.key for e in index).encode())
 
 
 def read_image(entry: IndexEntry) -> Image.Image:

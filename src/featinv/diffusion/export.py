@@ -1,15 +1,14 @@
 """Shipping a trained embedded base model: half-precision safetensors in the diffusers layout, and a
-model card (``MODEL_CARD.md``) that lists every file with its sha256.
+model card (``README.md``, :mod:`featinv.cards`) that lists every file with its sha256.
 
 The weights are stored as float16 (half the bytes; the loader computes in float32). The card's
-file table is what :func:`verify` checks, so a changed or corrupted file is caught.
+file table is what ``featinv.cards.verify`` checks, so a changed or corrupted file is caught.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,7 @@ import torch
 
 from featinv.config import Params, plain
 from featinv.diffusion.base import load_base
-from featinv.fileio import atomic_write_text, sha256_file
-
-CARD = "MODEL_CARD.md"
-_ROW = re.compile(r"^\| `([^`]+)` \| (\d+) \| `([0-9a-f]{64})` \|$")
+from featinv.cards import write_card
 
 
 def export_base(model_dir: str | Path, out: str | Path) -> list[Path]:
@@ -34,47 +30,6 @@ def export_base(model_dir: str | Path, out: str | Path) -> list[Path]:
     base.text_encoder.to(torch.float16)
     base.save(out)
     return sorted(p for p in out.rglob("*") if p.is_file())
-
-
-def file_table(directory: str | Path) -> list[tuple[str, int, str]]:
-    """(relative path, bytes, sha256) of every file under ``directory`` but the card, sorted."""
-    directory = Path(directory)
-    return [(str(p.relative_to(directory)), p.stat().st_size, sha256_file(p))
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != CARD]
-
-
-def write_card(directory: str | Path, sections: list[tuple[str, str]]) -> Path:
-    """``MODEL_CARD.md``: the given (heading, Markdown body) sections, then the file table."""
-    directory = Path(directory)
-    lines = []
-    for heading, body in sections:
-        lines += [heading if heading.startswith("#") else f"## {heading}", "", body.rstrip(), ""]
-    lines += ["## Files", "", "| file | bytes | sha256 |", "|---|---|---|"]
-    lines += [f"| `{name}` | {size} | `{digest}` |" for name, size, digest in file_table(directory)]
-    path = directory / CARD
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
-def card_files(directory: str | Path) -> dict[str, tuple[int, str]]:
-    """The file table of a model card: path -> (bytes, sha256)."""
-    text = (Path(directory) / CARD).read_text()
-    rows = {m.group(1): (int(m.group(2)), m.group(3)) for m in map(_ROW.match, text.splitlines()) if m}
-    if not rows:
-        raise ValueError(f"{Path(directory) / CARD} has no file table")
-    return rows
-
-
-def verify(directory: str | Path) -> None:
-    """Raise if any file listed in the card is missing or differs, or a file is not listed."""
-    listed = card_files(directory)
-    present = {name: (size, digest) for name, size, digest in file_table(directory)}
-    problems = [f"{name}: missing" for name in sorted(set(listed) - set(present))]
-    problems += [f"{name}: not in the model card" for name in sorted(set(present) - set(listed))]
-    problems += [f"{name}: sha256 {present[name][1]} differs from the card's {listed[name][1]}"
-                 for name in sorted(set(listed) & set(present)) if present[name] != listed[name]]
-    if problems:
-        raise ValueError(f"base model at {directory} does not match its model card: " + "; ".join(problems))
 
 
 def parameter_counts(directory: str | Path) -> dict[str, int]:
@@ -121,7 +76,7 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
     views = manifest["splits"]["train"].get("views")
     tail = losses[-200:]
     sections = [
-        ("# Demo base diffusion model (featinv embedded default)", (
+        ("What it is", (
             "The frozen base model under the embedded default's FeatInv ControlNets, as miniSD is under the "
             "paper's. Trained by the pipeline's own `train_base` rule; shipped here so that the main job "
             "only trains ControlNets on it. Loaded by `featinv.diffusion.base.load_base` "
@@ -176,4 +131,10 @@ def ship_base(cfg: Params, model: str | Path, loss_csv: str | Path, shards: str 
             "Training is deterministic given the seeds on one machine type; CPU kernels differ across machines in "
             "the last bits, so a remade model matches in quality, not byte for byte.")),
     ]
-    return write_card(out, sections)
+    front = {"library_name": "diffusers", "tags": ["featinv", "feature-inversion", "base-model"],
+             "license": "other", "license_name": "licences-of-the-inputs", "datasets": [str(manifest["dataset"])],
+             "featinv": {"kind": "base", "resolution": base_cfg.resolution, "patch": base_cfg.patch,
+                         "prediction_type": base_cfg.prediction_type, "steps": base_cfg.train.steps,
+                         "params_hash": training.get("params_hash"),
+                         "wall_time_s": round(training.get("total_seconds", training["seconds"]))}}
+    return write_card(out, front, "Demo base diffusion model (featinv embedded default)", sections, files=True)

@@ -14,7 +14,6 @@ image itself and, for the splits in ``data.views``, K augmented crops (``featinv
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from featinv import rowstore
 from featinv.config import Diffusion
 from featinv.data.batches import shard_batches
-from featinv.data.shards import index_split
+from featinv.data.shards import index_split, keys_digest
 from featinv.data.target_view import TargetView
 from featinv.devices import resolve_device
 
@@ -57,7 +56,7 @@ def encode_targets(codec, codec_name: str, shards: str | Path, split: str, out: 
     probe = codec.encode(torch.zeros(1, 3, resolution, resolution, device=dev))
     shape = tuple(probe.shape[1:])
     attrs = {"codec": codec_name, "resolution": resolution, "split": split, "latent_shape": list(shape),
-             "view": "central square, bicubic resize", "keys_digest": _keys_digest(index)}
+             "view": "central square, bicubic resize", "keys_digest": keys_digest(index)}
     arrays = {"latents": (shape, "float16", 0), "keys": ((), "str", None)}
     group, resumed = rowstore.open_or_resume(out, n, arrays, rows_per_shard, rows_per_chunk, attrs)
     if not resumed:
@@ -72,6 +71,3 @@ def encode_targets(codec, codec_name: str, shards: str | Path, split: str, out: 
     rowstore.finalize(out)
     return {"n_images": n, "seconds": time.perf_counter() - started, "latent_shape": list(shape)}
 
-
-def _keys_digest(index) -> str:
-    return hashlib.sha256("\n".join(e.key for e in index).encode()).hexdigest()

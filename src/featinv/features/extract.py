@@ -7,7 +7,6 @@ resumes at the first block not done. The rows follow the shard manifest's order.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,13 +23,14 @@ from featinv.data.batches import shard_batches
 from featinv.data.shards import index_split, load_manifest
 from featinv.devices import resolve_device
 from featinv.features import store
+from featinv.fileio import sha256
 
 log = logging.getLogger(__name__)
 
 
 def _manifest_digest(manifest: dict[str, Any], split: str) -> str:
     entry = manifest["splits"][split]
-    return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+    return sha256(json.dumps(entry, sort_keys=True).encode())
 
 
 def _store_attrs(backbone: Backbone, manifest: dict, split: str, n: int, topk: int, view: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ images whatever the split size, so inverses train on ImageNet or COCO train as o
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from featinv import rowstore
-from featinv.data.shards import index_split, read_image
+from featinv.data.shards import index_split, keys_digest, read_image
 from featinv.data.target_view import TargetView
 
 
@@ -42,7 +41,7 @@ def write_representations(forward, shards: str | Path, split: str, out: str | Pa
     store made from the same images and forward model."""
     out = Path(out)
     index = index_split(shards, split, views=False)
-    digest = hashlib.sha256("\n".join(e.key for e in index).encode()).hexdigest()
+    digest = keys_digest(index)
     attrs = {"forward": forward.name, "stages": forward.staged.names, "split": split,
              "image_size": list(forward.image_size), "fit": forward.fit, "keys_digest": digest}
     if out.exists():
