@@ -68,7 +68,11 @@ def verb_modules(name: str) -> set[str]:
     functions = _functions(module)
     if module != cli:
         roots |= set().union(*(_imports(n, functions, set()) for n in _top_imports(module)))
-    roots |= _imports(functions[name], functions, {name})
+    verb = VERBS[name]
+    top = verb.run.__qualname__.split(".")[0]  # the verb's function, or the one that declared it from a table
+    roots |= _imports(functions[top], functions, {top})
+    if verb.runs:
+        roots.add(verb.runs.split(":")[0])
     graph = _graph()
     return {cli, module} | roots.union(*(graph.find_upstream_modules(m) for m in roots))
 

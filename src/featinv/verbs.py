@@ -42,6 +42,7 @@ class Verb:
     sections: tuple[str, ...] = ()
     args: tuple[Arg, ...] = ()
     processes: bool = False  # splits its work across processes (``featinv --processes N``)
+    runs: str = ""  # a verb declared from a table: the ``module:function`` its run imports when it runs
 
     @property
     def command(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from featinv.verbs import Arg, verb
+from featinv.verbs import Arg, Verb, verb
 
 ANALYSIS_SECTIONS = ("modular", "modular_analyses", "backbones")
 ANALYSIS_ARGS = (
@@ -18,10 +18,15 @@ def _weights(cfg) -> str | None:
     return cfg.backbones.weights.get(cfg.modular.backbone)
 
 
-def _analysis(args, cfg, analysis) -> None:
-    """Run ``analysis(trained, modular_analyses, shards, out_dir)`` on the saved inverses."""
+def _analysis(args, cfg, runs: str) -> None:
+    """Run the analysis ``runs`` (``module:function``, called as ``f(trained, modular_analyses, shards,
+    out_dir)``) on the saved inverses."""
+    import importlib
+
     from featinv.modular.trained import load_trained
 
+    module, function = runs.split(":")
+    analysis = getattr(importlib.import_module(module), function)
     trained = load_trained(cfg.modular, args.model_dir, _weights(cfg))
     print(json.dumps(analysis(trained, cfg.modular_analyses, args.shards, args.out_dir), indent=1, default=str))
 
@@ -36,63 +41,32 @@ def train_modular(args, cfg) -> None:
     print(json.dumps(train_inverses(cfg.modular, args.shards, args.model_dir, args.loss_csv, _weights(cfg)), indent=1))
 
 
-@verb("modular vs classic inversion: reconstruction MSE by stage, parameter counts, grid",
-      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_mse(args, cfg) -> None:
-    from featinv.modular.analysis import mse_by_stage
-
-    _analysis(args, cfg, mse_by_stage)
-
-
-@verb("colour perturbations: pairwise MSE of recoloured versions by stage, task score per filter",
-      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_colour(args, cfg) -> None:
-    from featinv.modular.colour import colour_analysis
-
-    _analysis(args, cfg, colour_analysis)
-
-
-@verb("prediction-head inverses on the full class distribution and on one-hot, side by side",
-      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_prediction(args, cfg) -> None:
-    from featinv.modular.prediction import prediction_inverses
-
-    _analysis(args, cfg, prediction_inverses)
+# The analyses, each one verb (= rule) reading the saved inverses: name, help, what it runs.
+ANALYSES = (
+    ("modular_mse", "modular vs classic inversion: reconstruction MSE by stage, parameter counts, grid",
+     "featinv.modular.analysis:mse_by_stage"),
+    ("modular_colour", "colour perturbations: pairwise MSE of recoloured versions by stage, task score per filter",
+     "featinv.modular.colour:colour_analysis"),
+    ("modular_prediction", "prediction-head inverses on the full class distribution and on one-hot, side by side",
+     "featinv.modular.prediction:prediction_inverses"),
+    ("modular_detection", "DETR's detection errors: reconstructions of detected and missed objects by stage",
+     "featinv.modular.detection:detection_errors"),
+    ("modular_noise", "token noise: reconstructions of manipulated tokens", "featinv.modular.noise:token_noise"),
+    ("modular_layers", "intermediate layers fed to the trained inverses",
+     "featinv.modular.layers:intermediate_layers"),
+    ("modular_finetune", "forward model fine-tuned with a reconstruction loss (eq. 3), per lambda",
+     "featinv.modular.finetune:finetune"),
+    ("modular_attention", "ViT without self-attention among image tokens: accuracy as it is and fine-tuned",
+     "featinv.modular.attention:attention_analysis"),
+)
 
 
-@verb("DETR's detection errors: reconstructions of detected and missed objects by stage",
-      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_detection(args, cfg) -> None:
-    from featinv.modular.detection import detection_errors
+def _declare(name: str, help: str, runs: str) -> Verb:
+    def run(args, cfg) -> None:
+        _analysis(args, cfg, runs)
 
-    _analysis(args, cfg, detection_errors)
-
-
-@verb("token noise: reconstructions of manipulated tokens", sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_noise(args, cfg) -> None:
-    from featinv.modular.noise import token_noise
-
-    _analysis(args, cfg, token_noise)
+    run.__name__ = name
+    return Verb(name, run, help, ANALYSIS_SECTIONS, ANALYSIS_ARGS, runs=runs)
 
 
-@verb("intermediate layers fed to the trained inverses", sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_layers(args, cfg) -> None:
-    from featinv.modular.layers import intermediate_layers
-
-    _analysis(args, cfg, intermediate_layers)
-
-
-@verb("forward model fine-tuned with a reconstruction loss (eq. 3), per lambda",
-      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_finetune(args, cfg) -> None:
-    from featinv.modular.finetune import finetune
-
-    _analysis(args, cfg, finetune)
-
-
-@verb("ViT without self-attention among image tokens: accuracy as it is and fine-tuned",
-      sections=ANALYSIS_SECTIONS, args=ANALYSIS_ARGS)
-def modular_attention(args, cfg) -> None:
-    from featinv.modular.attention import attention_analysis
-
-    _analysis(args, cfg, attention_analysis)
+globals().update({name: _declare(name, help, runs) for name, help, runs in ANALYSES})
