@@ -3,6 +3,7 @@
 import copy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -250,3 +251,22 @@ def test_result_params_and_keys_leave_out_exactly_the_execution_keys():
     assert "controlnet.encoder" in keys and "controlnet.train.lr" in keys and "controlnet.train.augment" in keys
     assert not [k for k in keys if k.endswith("checkpoint_every") or k in ("controlnet", "controlnet.train")]
     assert config.result_keys("backbones") == ["backbones"]  # no execution key: the whole section
+
+
+def test_the_typed_params_module_is_generated_from_the_schema():
+    """featinv/paramtypes.py is what `python -m featinv.config` writes from the schema (rerun it after
+    a schema change), and its annotations are the schema's types."""
+    import dataclasses
+    import typing
+
+    from featinv import config, paramtypes
+
+    assert Path(paramtypes.__file__).read_text() == config.types_source()
+    hints = typing.get_type_hints(paramtypes.Train)
+    assert hints["steps"] is int and hints["lr"] is float and hints["augment"] is paramtypes.TrainAugment
+    assert typing.get_args(hints["lr_schedule"]) == ("constant", "cosine")
+    assert hints["augment"] is paramtypes.TrainAugment and hints["augment"] is config.TrainAugment
+    fields = {f.name for f in dataclasses.fields(paramtypes.Controlnet)}
+    assert fields == set(config.schema()["properties"]["controlnet"]["properties"])
+    typed = config.section("controlnet", config.load(REPO / "params.yaml")["controlnet"])
+    assert isinstance(typed, paramtypes.Controlnet) and isinstance(typed.train.steps, int)

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 from jsonschema import Draft202012Validator
 
+from featinv import paramtypes
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
@@ -190,19 +192,76 @@ def _node_at(path: tuple[str, ...]) -> Mapping[str, Any]:
     return node
 
 
-@functools.cache
+def _object_name(path: tuple[str, ...]) -> str:
+    return _class_name(path[1:] if path[:1] == ("$defs",) else path) or "Params"
+
+
 def _object_class(path: tuple[str, ...]) -> type:
-    """The frozen dataclass of the schema object at ``path`` (a key path, or ``("$defs", name)``)."""
-    node = _node_at(path)
-    name = _class_name(path[1:] if path[:1] == ("$defs",) else path) or "Params"
-    required = set(node.get("required", ()))
-    specs = [(key, Any) if key in required else (key, Any, dataclasses.field(default=prop.get("default")))
-             for key, prop in node["properties"].items()]
-    specs.sort(key=len)  # fields with a default come last
-    cls = dataclasses.make_dataclass(name, specs, frozen=True, namespace={"__module__": __name__})
-    where = path[1] if path[:1] == ("$defs",) else ".".join(path)
-    cls.__doc__ = " ".join(node.get("description", f"The {where or 'whole'} section of params.yaml.").split())
-    return cls
+    """The frozen dataclass of the schema object at ``path`` (a key path, or ``("$defs", name)``): the
+    class of ``featinv.paramtypes`` that ``types_source`` generates from the schema."""
+    return getattr(paramtypes, _object_name(path))
+
+
+_SCALARS = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "None"}
+
+
+def _annotation(prop: Mapping[str, Any], path: tuple[str, ...]) -> str:
+    """The Python type of the schema node ``prop`` at key path ``path``, as source text."""
+    prop, ref = _resolve(prop)
+    path = ("$defs", ref) if ref else path
+    if "enum" in prop:
+        return "Literal[" + ", ".join(repr(v) for v in prop["enum"]) + "]"
+    if "oneOf" in prop or "anyOf" in prop:
+        return " | ".join(dict.fromkeys(_annotation(alt, path) for alt in prop.get("oneOf", prop.get("anyOf"))))
+    kind = prop.get("type")
+    if isinstance(kind, list):
+        return " | ".join(_annotation({**prop, "type": k}, path) for k in kind)
+    if kind == "object" and "properties" in prop:
+        return _object_name(path)
+    if kind == "object":
+        items = prop.get("additionalProperties")
+        return f"Mapping[str, {_annotation(items, path) if isinstance(items, Mapping) else 'Any'}]"
+    if kind == "array":
+        return f"tuple[{_annotation(prop.get('items', {}), path)}, ...]"
+    return _SCALARS.get(kind, "Any")
+
+
+def _all_object_paths() -> list[tuple[str, ...]]:
+    return [p for name, node in schema().get("$defs", {}).items()
+            for p in [("$defs", name), *_object_paths(node, ("$defs", name))]] + [(), *_object_paths(schema(), ())]
+
+
+def types_source() -> str:
+    """``featinv/paramtypes.py``: one frozen dataclass per object of the schema, its fields typed from
+    the schema (integer -> int, number -> float, string -> str, boolean -> bool, enum -> Literal,
+    array -> tuple, map -> Mapping, an object -> its class), for editors and mypy."""
+    out = ['"""Typed params sections, generated from workflow/schemas/params.schema.yaml by',
+           "`python -m featinv.config` (tests/test_config.py checks that it is current): do not edit.",
+           "Each class is an object of the schema, named by its key path in CamelCase; featinv.config's",
+           'sections() and typed() fill them from validated params."""', "",
+           "from __future__ import annotations", "", "from dataclasses import dataclass",
+           "from typing import Any, Literal, Mapping", ""]
+    for path in _all_object_paths():
+        node = _node_at(path)
+        where = path[1] if path[:1] == ("$defs",) else ".".join(path)
+        doc = " ".join(node.get("description", f"The {where or 'whole'} section of params.yaml.").split())
+        required = set(node.get("required", ()))
+        fields = []
+        for key, prop in node["properties"].items():
+            kind = _annotation(prop, (*path, key))
+            if key in required:
+                fields.append((0, f"    {key}: {kind}"))
+            else:
+                default = _resolve(prop)[0].get("default")
+                fields.append((1, f"    {key}: {kind if default is not None else kind + ' | None'} = {default!r}"))
+        out += ["", "@dataclass(frozen=True)", f"class {_object_name(path)}:", f"    {_docstring(doc)}", ""]
+        out += [line for _, line in sorted(fields, key=lambda f: f[0])]  # fields with a default come last
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _docstring(text: str) -> str:
+    return repr(text) if '"""' in text or "\\" in text else f'"""{text}"""'
 
 
 @functools.cache
@@ -243,9 +302,8 @@ def _object_paths(node: Mapping[str, Any], path: tuple[str, ...]):
 
 
 # Every section class by name (config.Train, config.TrainAugment, config.Controlnet, ...).
-for _path in [p for name, node in schema().get("$defs", {}).items()
-              for p in [("$defs", name), *_object_paths(node, ("$defs", name))]] + [(), *_object_paths(schema(), ())]:
-    globals()[_object_class(_path).__name__] = _object_class(_path)
+for _path in _all_object_paths():
+    globals()[_object_name(_path)] = _object_class(_path)
 del _path
 
 
@@ -364,3 +422,8 @@ def load(*paths: str | Path) -> dict[str, Any]:
         config = deep_merge(config, overlay)
     validate(config, source=" + ".join(str(p) for p in paths))
     return config
+
+
+if __name__ == "__main__":  # after a schema change: regenerate featinv/paramtypes.py
+    Path(paramtypes.__file__).write_text(types_source())
+    print(f"wrote {paramtypes.__file__}")
