@@ -23,6 +23,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from featinv import paramtypes
+from featinv.paramtypes import *  # noqa: F401,F403  every section class by name: config.Train, config.Controlnet, ...
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
@@ -301,10 +302,6 @@ def _object_paths(node: Mapping[str, Any], path: tuple[str, ...]):
             yield from _object_paths(prop, (*path, key))
 
 
-# Every section class by name (config.Train, config.TrainAugment, config.Controlnet, ...).
-for _path in _all_object_paths():
-    globals()[_object_name(_path)] = _object_class(_path)
-del _path
 
 
 def _cross_checks(config: Mapping[str, Any]) -> list[str]:
