@@ -209,13 +209,26 @@ METRICS = {"batch_size": 8, "device": "cpu", "bootstrap": 200, "confidence": 0.9
 METRICS_CFG = section("metrics", METRICS)
 
 
+def originals_of(stores, shards, tmp_path, cfg=METRICS_CFG, resolution=64):
+    """``score_originals`` of each feature store, as the workflow's rule writes them: {source: path}."""
+    from featinv.metrics.evaluate import score_originals
+
+    out = {}
+    for name, store in stores.items():
+        out[name] = tmp_path / "originals" / f"{name}-{resolution}.zarr"
+        if not out[name].exists():
+            score_originals(store, shards, cfg, resolution, out[name])
+    return out
+
+
 def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shards, lite0_val_store):
     from featinv.metrics.evaluate import evaluate_samples, original_views
 
     keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
     originals = original_views(demo_shards, "val", keys, 64)  # the demo crops are 64 px squares
     stores = {"tf_efficientnet_lite0": lite0_val_store}
-    perfect = evaluate_samples(sample_store_of(tmp_path / "same.zarr", originals, keys), stores, demo_shards,
+    scored = originals_of(stores, demo_shards, tmp_path)
+    perfect = evaluate_samples(sample_store_of(tmp_path / "same.zarr", originals, keys), stores, scored, demo_shards,
                                METRICS_CFG, per_image_csv=tmp_path / "same.csv")
     assert perfect["cosine_sim"]["mean"] == pytest.approx(1.0, abs=1e-3)
     assert perfect["match"]["tf_efficientnet_lite0"]["top1"]["mean"] == 1.0
@@ -234,7 +247,7 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
 
     # Every reconstruction swapped with another image's original: far worse on every measure.
     swapped = evaluate_samples(sample_store_of(tmp_path / "swapped.zarr", originals[::-1].copy(), keys), stores,
-                               demo_shards, METRICS_CFG)
+                               scored, demo_shards, METRICS_CFG)
     assert swapped["cosine_sim"]["mean"] < 0.5
     assert swapped["cosine_sim_unrelated"] == perfect["cosine_sim_unrelated"] < 0.5
     assert swapped["cosine_sim"]["ci_high"] < perfect["cosine_sim"]["ci_low"]
@@ -242,8 +255,9 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     assert swapped["fid"]["value"] == pytest.approx(0.0, abs=1e-2)  # same set of images, other order
 
     # metrics.batch_size and metrics.device (x-execution keys) change no score
-    other_batch = evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards,
-                                   section("metrics", {**METRICS, "batch_size": 3, "device": "auto"}))
+    batch3 = section("metrics", {**METRICS, "batch_size": 3, "device": "auto"})
+    other_batch = evaluate_samples(tmp_path / "swapped.zarr", stores, originals_of(stores, demo_shards, tmp_path / "b3", batch3),
+                                   demo_shards, batch3)
     def leaves(tree, path=""):
         if isinstance(tree, dict):
             return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{path}.{key}").items()}
@@ -253,23 +267,28 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
         numeric = isinstance(y, float) or (isinstance(y, list) and all(isinstance(v, float) for v in y))
         return x == pytest.approx(y, rel=1e-5) if numeric else x == y
 
-    for key in ("cosine_sim_per_map", "cosine_sim", "cosine_sim_mismatched", "pixel_mse", "match"):
+    for key in ("cosine_sim_per_map", "cosine_sim", "cosine_sim_mismatched", "pixel_mse", "match", "oracle_copy"):
         a, b = leaves(other_batch[key]), leaves(swapped[key])
         assert a.keys() == b.keys() and all(same(a[k], b[k]) for k in a), key
     assert other_batch["fid"]["value"] == pytest.approx(swapped["fid"]["value"], abs=1e-3)
 
     with pytest.raises(ValueError, match="keys differ"):
-        evaluate_samples(sample_store_of(tmp_path / "other.zarr", originals, keys[::-1]), stores, demo_shards,
+        evaluate_samples(sample_store_of(tmp_path / "other.zarr", originals, keys[::-1]), stores, scored, demo_shards,
                          METRICS_CFG)
+
+    # The originals' scores are made once per source and split; ones made otherwise are refused, named.
+    with pytest.raises(ValueError, match="made at 32 px"):
+        evaluate_samples(tmp_path / "swapped.zarr", stores, originals_of(stores, demo_shards, tmp_path, resolution=32),
+                         demo_shards, METRICS_CFG)
 
     # Nearest-train oracle with the originals themselves as the "training set": each finds itself.
     with_bank = section("metrics", {**METRICS, "oracles": {"nearest_train": True}})
-    recalled = evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards, with_bank, train_store=lite0_val_store)
+    recalled = evaluate_samples(tmp_path / "swapped.zarr", stores, scored, demo_shards, with_bank, train_store=lite0_val_store)
     assert recalled["oracle_nearest_train"]["cosine_sim"]["mean"] == pytest.approx(
         recalled["oracle_copy"]["cosine_sim"]["mean"], abs=1e-6)
     assert recalled["oracle_nearest_train"]["train_rows"] == len(keys)
     with pytest.raises(ValueError, match="--train-store"):
-        evaluate_samples(tmp_path / "swapped.zarr", stores, demo_shards, with_bank)
+        evaluate_samples(tmp_path / "swapped.zarr", stores, scored, demo_shards, with_bank)
 
 
 def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(tmp_path, demo_shards, lite0_val_store):
@@ -286,7 +305,8 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
     originals = original_views(demo_shards, "val", keys, 64)
     stores = {"tf_efficientnet_lite0": lite0_val_store, "tf_efficientnet_lite0@blocks.4": deep}
-    perfect = evaluate_samples(sample_store_of(tmp_path / "same.zarr", originals, keys), stores, demo_shards, METRICS_CFG)
+    scored = originals_of(stores, demo_shards, tmp_path)
+    perfect = evaluate_samples(sample_store_of(tmp_path / "same.zarr", originals, keys), stores, scored, demo_shards, METRICS_CFG)
     assert set(perfect["cosine_sim_by"]) == set(stores) == set(perfect["match"])
     for name in stores:
         assert perfect["cosine_sim_by"][name]["mean"] == pytest.approx(1.0, abs=1e-3)
@@ -295,7 +315,7 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     assert perfect["match"]["tf_efficientnet_lite0@blocks.4"] == perfect["match"]["tf_efficientnet_lite0"]
     assert perfect["pixel_mse"]["mean"] == 0.0 and perfect["oracle_copy"]["pixel_mse"]["mean"] == 0.0
     swapped_images = originals[::-1].copy()
-    swapped = evaluate_samples(sample_store_of(tmp_path / "swapped.zarr", swapped_images, keys), stores, demo_shards,
+    swapped = evaluate_samples(sample_store_of(tmp_path / "swapped.zarr", swapped_images, keys), stores, scored, demo_shards,
                                METRICS_CFG)
     expected = ((swapped_images / 255.0 - originals / 255.0) ** 2).reshape(len(keys), -1).mean(axis=1).mean()
     assert swapped["pixel_mse"]["mean"] == pytest.approx(expected, rel=1e-5) and expected > 0.01
@@ -304,7 +324,8 @@ def test_every_evaluator_scores_its_own_layer_and_pixel_mse_is_the_known_answer(
     from featinv.metrics import fid
     from featinv.metrics.evaluate import fid_extractor
     flipped = originals[:, :, ::-1].copy()
-    upside = evaluate_samples(sample_store_of(tmp_path / "flipped.zarr", flipped, keys), stores, demo_shards, METRICS_CFG)
+    upside = evaluate_samples(sample_store_of(tmp_path / "flipped.zarr", flipped, keys), stores, scored, demo_shards,
+                              METRICS_CFG)
     extract = fid_extractor("tf_efficientnet_lite0", {}, 8, "cpu")
     expected_fid = fid.frechet_distance(extract(originals), extract(flipped))
     assert upside["fid"]["value"] == pytest.approx(expected_fid, rel=1e-4) and expected_fid > 1.0

@@ -132,12 +132,13 @@ def test_pipe_score_is_table1s_per_image_values(tmp_path, demo_shards, lite0_val
 
     from featinv.data.shards import index_split, read_image
     from featinv.metrics.evaluate import evaluate_samples, original_views
-    from test_metrics import METRICS_CFG, sample_store_of
+    from test_metrics import METRICS_CFG, originals_of, sample_store_of
 
     keys = [str(k) for k in rowstore.open_complete(lite0_val_store)["keys"][:]]
     recon = np.roll(original_views(demo_shards, "val", keys, 64), 1, axis=0)  # each another image's crop
     recon[0] = recon[1]  # ... and one a copy of its own original: a mix of high and low scores
-    evaluate_samples(sample_store_of(tmp_path / "s.zarr", recon, keys), {"tf_efficientnet_lite0": lite0_val_store},
+    stores = {"tf_efficientnet_lite0": lite0_val_store}
+    evaluate_samples(sample_store_of(tmp_path / "s.zarr", recon, keys), stores, originals_of(stores, demo_shards, tmp_path),
                      demo_shards, METRICS_CFG, per_image_csv=tmp_path / "per-image.csv")
     with open(tmp_path / "per-image.csv") as fh:
         rows = list(csv.DictReader(fh))

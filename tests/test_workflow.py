@@ -127,7 +127,7 @@ def test_gpu_count_is_the_process_count_of_the_rules_that_split_their_work(proje
     # The shipped base model: no train-base job in the main job.
     assert planned_processes(project, "results/table1.csv", "gpus2.yaml") == {
         "build-shards": None, "extract-features": "2", "encode-targets": None, "train-controlnet": "2", "sample": "2",
-        "evaluate": None, "tables": None}
+        "score-originals": None, "evaluate": None, "tables": None}
     # The overlay that made it trains it with rule train_base.
     assert planned_processes(project, "data/models/demo-base/base", "config/demo-base.yaml", "gpus2.yaml") == {
         "build-shards": None, "encode-targets": None, "train-base": "2"}

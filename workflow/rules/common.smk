@@ -163,6 +163,7 @@ TARGETS = f"data/targets/{DATASET}/{{split}}.zarr"
 TRAINED_BASE = f"data/models/{DATASET}/base"
 CONTROLNET = f"data/models/{DATASET}/controlnet/{{backbone}}-{{variant}}"
 SAMPLES = f"data/samples/{DATASET}/{{backbone}}-{{variant}}/{{split}}.zarr"
+ORIGINALS = f"data/originals/{DATASET}/{{backbone}}/{{split}}.zarr"  # the originals scored once per source
 METRICS = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}.json"
 PER_IMAGE = f"results/metrics/{DATASET}/{{backbone}}-{{variant}}-{{split}}-per-image.csv"
 TUNING = f"results/tuning/{DATASET}/{{backbone}}-{{variant}}.csv"

@@ -19,12 +19,35 @@ def train_store_arg(wildcards, input):
     return f"--train-store {input.train_store}" if input.train_store else ""
 
 
+rule score_originals:
+    message:
+        "Scoring the originals of {wildcards.split} with {wildcards.backbone}, once for every model"
+    input:
+        store=STORE,
+        shards=rules.build_shards.output.shards,
+    output:
+        scores=directory(ORIGINALS),
+    params:
+        **verb_params("score_originals"),
+    log:
+        f"results/logs/score_originals/{DATASET}-{{backbone}}-{{split}}.log",
+    benchmark:
+        f"results/benchmarks/score_originals/{DATASET}-{{backbone}}-{{split}}.tsv"
+    threads: 1
+    resources:
+        **job_resources("score_originals", gpu="one"),
+    shell:
+        "featinv --stamp {params.stamp:q} --threads {threads} score-originals --store {input.store}"
+        " --shards {input.shards} --out {output.scores} --config {params.cfg:q} > {log} 2>&1"
+
+
 rule evaluate:
     message:
         "Scoring {wildcards.backbone} ({wildcards.variant}) reconstructions of {wildcards.split}"
     input:
         samples=SAMPLES,
         stores=lambda wildcards: expand(STORE, backbone=evaluators(wildcards), split=wildcards.split),
+        originals=lambda wildcards: expand(ORIGINALS, backbone=evaluators(wildcards), split=wildcards.split),
         shards=rules.build_shards.output.shards,
         train_store=train_store_input,
     output:
@@ -42,6 +65,7 @@ rule evaluate:
         **job_resources("evaluate", gpu="one"),
     shell:
         "featinv --stamp {params.stamp:q} --threads {threads} evaluate --samples {input.samples} --stores {input.stores}"
+        " --originals {input.originals}"
         " --shards {input.shards} {params.train_store} --out {output.metrics} --per-image {output.per_image}"
         " --config {params.cfg:q} > {log} 2>&1"
 

@@ -21,7 +21,8 @@
 
 - Oracles, through the same scoring path (the image at the sample resolution, the conditioning
   backbone through ``metrics.scoring``): ``oracle_copy`` scores the original itself, the ceiling of a
-  perfect reconstruction at this resolution; ``oracle_nearest_train`` scores, for each original, the
+  perfect reconstruction at this resolution (``score_originals``: once per evaluating source and split,
+  read by every model's evaluation, with the pooled features FID's real side takes); ``oracle_nearest_train`` scores, for each original, the
   training image (view) whose stored map is closest to the original's by cosine per position: what
   a model that only recalls its training set can reach (``metrics.oracles.nearest_train``; it needs
   the conditioning backbone's train feature store).
@@ -46,7 +47,7 @@ from featinv.config import Metrics
 from featinv.data.target_view import view_images
 from featinv.devices import resolve_device
 from featinv.features.origin import store_backbone
-from featinv.fileio import atomic_write_text, csv_text
+from featinv.fileio import atomic_write_text, csv_text, sha256
 from featinv.metrics import fid
 from featinv.metrics.similarity import cosine_per_position, topk_match
 from featinv.metrics.stats import summarise
@@ -134,10 +135,13 @@ def score_images(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, r
 def score_outputs(out: dict[str, np.ndarray], ref_maps: np.ndarray, reference_top1: np.ndarray,
                   boot: dict[str, Any]) -> dict[str, Any]:
     """``score_images`` from the images' ``backbone_outputs``."""
-    cos = cosine_per_position(ref_maps, out["features"])
+    return _summaries(cosine_per_position(ref_maps, out["features"]), out["topk"], reference_top1, boot)
+
+
+def _summaries(cos: np.ndarray, topk: np.ndarray, reference_top1: np.ndarray, boot: dict[str, Any]) -> dict[str, Any]:
     return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
-            "top5": summarise(topk_match(reference_top1, out["topk"], 5).astype(np.float64), **boot),
-            "top1": summarise(topk_match(reference_top1, out["topk"], 1).astype(np.float64), **boot)}
+            "top5": summarise(topk_match(reference_top1, topk, 5).astype(np.float64), **boot),
+            "top1": summarise(topk_match(reference_top1, topk, 1).astype(np.float64), **boot)}
 
 
 def _per_map(values: np.ndarray, n_maps: int) -> np.ndarray:
@@ -150,16 +154,71 @@ def pixel_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (diff ** 2).reshape(len(a), -1).mean(axis=1)
 
 
-def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards: str | Path, cfg: Metrics,
-                     weights: Mapping[str, str] | None = None, per_image_csv: str | Path | None = None,
-                     train_store: str | Path | None = None) -> dict[str, Any]:
+def originals_arrays(topk: int, dim: int) -> rowstore.ArraySpec:
+    """What ``score_originals`` keeps per original: its cosine-sim against its own stored map, its top-k
+    classes and its pooled features."""
+    return {"cosine_sim": ((), "float32", 0), "topk": ((topk,), "int64", -1), "pooled": ((dim,), "float32", 0),
+            "keys": ((), "str", None)}
+
+
+def score_originals(store: str | Path, shards: str | Path, cfg: Metrics, resolution: int, out: str | Path,
+                    weights: Mapping[str, str] | None = None) -> None:
+    """The originals of a feature store (its rows, as the diffusion model sees them: the target view at
+    ``resolution``) through the store's own source as ``cfg.scoring`` says, once for every model
+    evaluated on that source: per original the cosine-sim against its stored map (the copy oracle),
+    its top-k classes and its pooled features (FID's real side where this backbone gives FID).
+    Resumable in blocks of rows (``featinv.rowstore``)."""
+    originals = rowstore.open_complete(store)
+    keys = [str(k) for k in originals["keys"][:]]
+    split = str(originals.attrs["split"])
+    backbone = store_backbone(originals.attrs, (weights or {}).get(backbone_name(str(originals.attrs["backbone"]))) or None)
+    attrs = {"backbone": str(originals.attrs["backbone"]), "split": split, "resolution": int(resolution),
+             "scoring": cfg.scoring, "store_keys": sha256("\n".join(keys).encode())}
+    batch = max(1, cfg.batch_size)
+    group, resumed = rowstore.open_or_resume(out, len(keys), originals_arrays(5, backbone.fmap_shape[0]),
+                                             rows_per_shard=batch * 16, rows_per_chunk=batch * 16, attrs=attrs)
+    if not resumed:
+        group["keys"][:] = np.array(keys, dtype=object)
+    pending = rowstore.pending_batches(group, batch)
+    if pending:
+        views = original_views(shards, split, keys, resolution)
+        device = resolve_device(cfg.device)
+        backbone = backbone.to(device)
+        writer = rowstore.BlockWriter(group)
+        for rows in tqdm(pending, desc=f"{backbone.name} on the originals", unit="batch", mininterval=2.0):
+            out_ = backbone_outputs(backbone, views[rows], batch, device, view=cfg.scoring)
+            maps = originals["features"][rows[0]:rows[-1] + 1].astype(np.float32)
+            writer.add(rows, {"cosine_sim": cosine_per_position(maps, out_["features"]).astype(np.float32),
+                              "topk": out_["topk"].astype(np.int64), "pooled": out_["pooled"].astype(np.float32)})
+    rowstore.finalize(out)
+
+
+def _open_originals(path: str | Path, name: str, keys: list[str], resolution: int, scoring: str):
+    """The ``score_originals`` store of source ``name``, checked against the samples it is read for."""
+    group = rowstore.open_complete(path)
+    attrs = dict(group.attrs)
+    if attrs["backbone"] != name:
+        raise ValueError(f"originals' scores {path} are of {attrs['backbone']}, not {name}")
+    if (attrs["resolution"], attrs["scoring"]) != (resolution, scoring):
+        raise ValueError(f"originals' scores {path} were made at {attrs['resolution']} px with scoring "
+                         f"{attrs['scoring']!r}, the samples are {resolution} px scored with {scoring!r}: rerun score_originals")
+    if [str(k) for k in group["keys"][:]] != keys:
+        raise ValueError(f"originals' scores {path} hold other images than the samples (keys differ)")
+    return group
+
+
+def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], originals: dict[str, str | Path],
+                     shards: str | Path, cfg: Metrics, weights: Mapping[str, str] | None = None,
+                     per_image_csv: str | Path | None = None, train_store: str | Path | None = None) -> dict[str, Any]:
     """Metrics of one sample store. ``stores`` maps each evaluating source (backbone, ``@layer`` for an
-    intermediate one) to its feature store of the originals (same split, same rows); the conditioning
-    source must be among them. Every evaluator scores cosine-sim (``cosine_sim_by``) and top-k match
-    (``match``); the conditioning one also the baselines and oracles (the oracles on every evaluator's
-    cosine too). ``train_store``: the conditioning source's train feature store, for
-    ``oracle_nearest_train``."""
+    intermediate one) to its feature store of the originals (same split, same rows), ``originals`` to
+    its ``score_originals`` store; the conditioning source must be among them. Every evaluator scores
+    cosine-sim (``cosine_sim_by``) and top-k match (``match``); the conditioning one also the baselines
+    and oracles (the oracles on every evaluator's cosine too). ``train_store``: the conditioning
+    source's train feature store, for ``oracle_nearest_train``."""
     weights = weights or {}
+    if set(originals) != set(stores):
+        raise ValueError(f"originals' scores of {sorted(originals)} given for the feature stores of {sorted(stores)}")
     group = rowstore.open_complete(samples)
     attrs = dict(group.attrs)
     model = attrs["model"]
@@ -184,38 +243,41 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], shards:
     real_views = original_views(shards, split, keys, resolution)
     mse = pixel_mse(flat, np.repeat(real_views, s, axis=0))
     result["pixel_mse"] = summarise(_per_map(mse, n), **boot)
-    # The oracles' images: the original itself; the nearest training view by the conditioning map.
-    oracle_images = {"oracle_copy": real_views,
-                     "oracle_nearest_train": _nearest_train_images(cond_store, train_store, shards, resolution, cfg)}
+    # The nearest-train oracle's images: the training view nearest by the conditioning map.
+    nearest_images = _nearest_train_images(cond_store, train_store, shards, resolution, cfg)
     # FID's features, when its network is an evaluator on its last map: the pooled outputs computed below
     fid_name = cfg.fid.features
     pooled: dict[str, np.ndarray] = {}
     for name in [conditioning] + [k for k in stores if k != conditioning]:
-        originals = rowstore.open_complete(stores[name])
-        stored_keys = [str(k) for k in originals["keys"][:]]
+        store = rowstore.open_complete(stores[name])
+        stored_keys = [str(k) for k in store["keys"][:]]
         if stored_keys != keys:
             raise ValueError(f"feature store {stores[name]} holds other images than {samples} (keys differ)")
-        backbone = store_backbone(originals.attrs, weights.get(backbone_name(name)) or None)
+        backbone = store_backbone(store.attrs, weights.get(backbone_name(name)) or None)
         recon = backbone_outputs(backbone, flat, cfg.batch_size, device, view=cfg.scoring)
         if name == fid_name:
             pooled["fake"] = recon["pooled"]
-        reference = np.repeat(originals["topk_indices"][:, 0], s)
+        reference = np.repeat(store["topk_indices"][:, 0], s)
         top5 = topk_match(reference, recon["topk"], 5)
         top1 = topk_match(reference, recon["topk"], 1)
         result["match"][name] = {"top5": summarise(_per_map(top5, n), **boot),
                                  "top1": summarise(_per_map(top1, n), **boot)}
-        maps, top1_ref = originals["features"][:].astype(np.float32), originals["topk_indices"][:, 0]
+        maps, top1_ref = store["features"][:].astype(np.float32), store["topk_indices"][:, 0]
         ref_maps = np.repeat(maps, s, axis=0)
         cos = cosine_per_position(ref_maps, recon["features"])
         result["cosine_sim_by"][name] = summarise(_per_map(cos, n), **boot)
-        for oracle, chosen in oracle_images.items():
-            if chosen is None:
+        copy = _open_originals(originals[name], name, keys, resolution, cfg.scoring)
+        if name == fid_name:
+            pooled["real"] = copy["pooled"][:]
+        oracles = {"oracle_copy": (real_views, _summaries(copy["cosine_sim"][:], copy["topk"][:], top1_ref, boot)),
+                   "oracle_nearest_train": None if nearest_images is None else (nearest_images, score_outputs(
+                       backbone_outputs(backbone, nearest_images, cfg.batch_size, device, view=cfg.scoring),
+                       maps, top1_ref, boot))}
+        for oracle, made in oracles.items():
+            if made is None:
                 result.setdefault(oracle, None)
                 continue
-            out = backbone_outputs(backbone, chosen, cfg.batch_size, device, view=cfg.scoring)
-            if name == fid_name and oracle == "oracle_copy":
-                pooled["real"] = out["pooled"]
-            scored = score_outputs(out, maps, top1_ref, boot)
+            chosen, scored = made
             if name == conditioning:
                 result[oracle] = {**scored, "pixel_mse": summarise(pixel_mse(chosen, real_views), **boot),
                                   "cosine_sim_by": {name: scored["cosine_sim"]}}

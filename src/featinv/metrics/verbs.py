@@ -8,9 +8,22 @@ from pathlib import Path
 from featinv.verbs import Arg, verb
 
 
+@verb("the originals through one evaluating source, once for every model: the copy oracle, FID's real side",
+      sections=("metrics", "backbones", "diffusion"), args=(
+          Arg("--store", "the source's feature store of the originals", required=True),
+          Arg("--shards", "shards holding the originals", required=True),
+          Arg("--out", "originals' scores (zarr)", required=True)))
+def score_originals(args, cfg) -> None:
+    from featinv.metrics.evaluate import score_originals as score
+
+    score(args.store, args.shards, cfg.metrics, cfg.diffusion.base.resolution, args.out, cfg.backbones.weights)
+
+
 @verb("cosine-sim, top-k match and FID of one model's reconstructions", sections=("metrics", "backbones"), args=(
     Arg("--samples", "sample store (zarr)", required=True),
     Arg("--stores", "feature stores of the originals, one per evaluating backbone (the conditioning one first)",
+        required=True, nargs="+"),
+    Arg("--originals", "the originals' scores (`featinv score-originals`), one per evaluating backbone",
         required=True, nargs="+"),
     Arg("--shards", "shards holding the originals (for FID and the oracles)", required=True),
     Arg("--train-store", "the conditioning backbone's train feature store (nearest-train oracle)"),
@@ -21,8 +34,9 @@ def evaluate(args, cfg) -> None:
     from featinv.fileio import write_json
     from featinv.metrics.evaluate import evaluate_samples
 
-    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), args.shards, cfg.metrics,
-                              cfg.backbones.weights, per_image_csv=args.per_image, train_store=args.train_store)
+    result = evaluate_samples(args.samples, stores_by_backbone(args.stores), stores_by_backbone(args.originals),
+                              args.shards, cfg.metrics, cfg.backbones.weights, per_image_csv=args.per_image,
+                              train_store=args.train_store)
     write_json(args.out, result)
     print(json.dumps({k: result[k] for k in ("cosine_sim", "match", "fid")}, indent=1))
 
