@@ -236,6 +236,14 @@ def test_reconstructions_equal_to_originals_score_perfectly(tmp_path, demo_shard
     # The copy oracle is the original through the same path: here exactly the perfect reconstruction.
     assert perfect["oracle_copy"]["cosine_sim"]["mean"] == pytest.approx(perfect["cosine_sim"]["mean"], abs=1e-6)
     assert perfect["oracle_copy"]["top5"]["mean"] == 1.0 and perfect["oracle_nearest_train"] is None
+    # ... read from score_originals' store: bit for bit what scoring the originals in the job gives
+    from featinv.features.origin import store_backbone
+    from featinv.metrics.evaluate import backbone_outputs, score_outputs
+    store = rowstore.open_complete(lite0_val_store)
+    in_job = score_outputs(backbone_outputs(store_backbone(store.attrs), originals, 8, "cpu"),
+                           store["features"][:].astype(np.float32), store["topk_indices"][:, 0],
+                           {"n_boot": 200, "level": 0.95, "seed": 0})
+    assert {k: perfect["oracle_copy"][k] for k in in_job} == in_job
     with open(tmp_path / "same.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["key"] for r in rows] == keys and float(rows[0]["cosine_sim"]) > 0.999
