@@ -200,6 +200,12 @@ def base_input(wildcards):
                   if not name.endswith((".md", ".png")) and not name.startswith("."))
 
 
+def codec_input(wildcards):
+    """What the diffusion targets are encoded with: a pretrained base's VAE (or the shipped base's
+    codec), so its files as `base_input` gives them; nothing for a base trained here (its pixel space)."""
+    return [] if BASE_TRAINED_HERE else base_input(wildcards)
+
+
 def sample_stores():
     return expand(SAMPLES, backbone=SOURCES, variant=VARIANTS, split=SAMPLING_SPLIT)
 

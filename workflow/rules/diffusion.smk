@@ -6,6 +6,7 @@ rule encode_targets:
         "Caching diffusion targets of {wildcards.split}"
     input:
         shards=rules.build_shards.output.shards,
+        codec=codec_input,
     output:
         targets=directory(TARGETS),
     params:
