@@ -224,7 +224,7 @@ def _annotation(prop: Mapping[str, Any], path: tuple[str, ...]) -> str:
         return f"Mapping[str, {_annotation(items, path) if isinstance(items, Mapping) else 'Any'}]"
     if kind == "array":
         return f"tuple[{_annotation(prop.get('items', {}), path)}, ...]"
-    return _SCALARS.get(kind, "Any")
+    return _SCALARS.get(kind, "Any") if isinstance(kind, str) else "Any"
 
 
 def _all_object_paths() -> list[tuple[str, ...]]:

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -141,9 +142,18 @@ def _groups(jobs: list[Job]) -> list[tuple[str, tuple[dict[str, list[str]], dict
         for job in jobs:
             split.setdefault(job.wildcards[key], []).append(job)
         parts = {value: _matrix(group) for value, group in sorted(split.items())}
-        if all(part is not None for part in parts.values()):
-            return [(f"_{value}", part) for value, part in parts.items()]
-    return [(f"_{'_'.join(j.wildcards.values())}", _matrix([j])) for j in jobs]
+        whole_parts = [(f"_{value}", part) for value, part in parts.items() if part is not None]
+        if len(whole_parts) == len(parts):
+            return whole_parts
+    return [(f"_{'_'.join(j.wildcards.values())}", _single(j)) for j in jobs]
+
+
+def _single(job: Job) -> tuple[dict[str, list[str]], dict]:
+    """The stage of one job (a matrix of one item always renders to its job)."""
+    stage = _matrix([job])
+    if stage is None:
+        raise ValueError(f"rule {job.rule}: job {job.wildcards} renders to no DVC stage")
+    return stage
 
 
 def _item_safe_groups(jobs: list[Job]) -> list[tuple[str, tuple[dict[str, list[str]], dict]]]:
@@ -192,7 +202,7 @@ def dvc_yaml(workdir: str | Path, configfiles: tuple[str, ...] = ()) -> str:
 
     jobs = snakemake_jobs(workdir, configfiles)
     keys = {name: tuple(k for s in v.sections for k in result_keys(s)) for name, v in VERBS.items()}
-    doc = {"stages": stages(jobs, rule_code(), keys)}
+    doc: dict[str, Any] = {"stages": stages(jobs, rule_code(), keys)}
     loss_dirs = sorted({Path(p).parent.as_posix() for j in jobs if j.rule == PLOTS for p in j.inputs})
     if loss_dirs:
         doc["plots"] = [{d: {"x": "step", "y": "loss"}} for d in loss_dirs]

@@ -4,6 +4,7 @@ curves, and the matplotlib set-up every figure shares."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 
-def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
+def image_grid(rows: Sequence[Sequence[np.ndarray | None]], pad: int = 2) -> Image.Image:
     """A grid of HWC uint8 images, one list per grid row, on white (None leaves a cell blank)."""
     h, w = next(img for row in rows for img in row if img is not None).shape[:2]
     cols = max(len(r) for r in rows)

@@ -86,7 +86,8 @@ def coco_tree(root: Path) -> None:
     next_id = 1
     for split, chosen in (("train", names[:10]), ("val", names[10:16])):
         (root / f"{split}2017").mkdir(exist_ok=True)
-        images, anns = [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
         for name in chosen:
             img = DemoSource.photo(name)
             img.thumbnail((640, 640))

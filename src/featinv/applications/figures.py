@@ -92,7 +92,7 @@ def _store(path: str | Path):
     return group, [str(k) for k in group["keys"][:]]
 
 
-def _maps(group, rows: Sequence[int]) -> torch.Tensor:
+def _maps(group, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(group["features"].get_orthogonal_selection((np.asarray(rows),)).astype(np.float32))
 
 
@@ -108,7 +108,7 @@ def _check_rows(rows: Sequence[int], n: int, what: str) -> None:
         raise ValueError(f"{what}: rows {bad} are outside the store's {n} feature maps")
 
 
-def _figure(panels: list[list[tuple[torch.Tensor | None, str]]], path: Path, scale: float = 1.3) -> None:
+def _figure(panels: Sequence[Sequence[tuple[torch.Tensor | None, str]]], path: Path, scale: float = 1.3) -> None:
     """A grid of (image (3, H, W) in [0, 1], title) panels, one list per row."""
     from featinv.plots import pyplot, save_figure
 
@@ -208,12 +208,12 @@ def composition_figure(gen: FeatInvGenerator, scorer: MapScorer, store: str | Pa
     for a, b in cfg.pairs:
         _check_rows([a, b], len(keys), "applications.composition.pairs")
         phi = _maps(group, [a, b])
-        mask = region_mask(tuple(phi.shape[-2:]), cfg.box)
+        mask = region_mask((phi.shape[-2], phi.shape[-1]), cfg.box)
         maps = torch.stack([phi[0], phi[1], compose(phi[0], phi[1], mask)])
         recon = gen(maps, [cfg.seed] * 3)
         cos = scorer(recon, maps)
         originals = _originals(shards, split, [keys[a], keys[b]], gen.pipe.base.resolution)
-        edge = outline(image_mask(mask, tuple(recon.shape[-2:])))
+        edge = outline(image_mask(mask, (recon.shape[-2], recon.shape[-1])))
         panels.append([(originals[0], keys[a]), (originals[1], keys[b]), (recon[0], f"a cos={cos[0]:.3f}"),
                        (recon[1], f"b cos={cos[1]:.3f}"), (_paint(recon[2], edge), f"a + b in box cos={cos[2]:.3f}")])
         rows += [[keys[a], keys[b], name, float(c), float(mask.float().mean())]

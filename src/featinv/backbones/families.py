@@ -12,14 +12,20 @@ model's own global pooling.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+# A timm classifier: an nn.Module whose parts (blocks, patch_embed, forward_features, forward_head,
+# pretrained_cfg) torch's stubs type as ``Tensor | Module`` attributes: typed by what timm documents.
+TimmModel = Any
 
 
 class CnnFamily:
     name = "cnn"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: TimmModel):
         self.model = model
 
     def to_spatial(self, native: torch.Tensor) -> torch.Tensor:
@@ -52,7 +58,7 @@ class TokenFamily(CnnFamily):
     name = "tokens"
     POOLS = ("avg", "avgmax", "max")
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: TimmModel):
         super().__init__(model)
         self.prefix = int(getattr(model, "num_prefix_tokens", 1))
         self.grid = tuple(model.patch_embed.grid_size)
@@ -108,7 +114,7 @@ def _class_families() -> list[tuple[type, type]]:
     return pairs
 
 
-def family_for(model: nn.Module) -> CnnFamily:
+def family_for(model: TimmModel) -> CnnFamily:
     """The adapter for a timm model, chosen by its class."""
     for cls, family in _class_families():
         if isinstance(model, cls):

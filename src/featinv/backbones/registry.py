@@ -11,10 +11,10 @@ how to supply it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 import timm
@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from featinv.backbones import efficientnet_lite
-from featinv.backbones.families import family_for
+from featinv.backbones.families import TimmModel, family_for
 from featinv.backbones.layers import check_layer
 from featinv.data.target_view import TargetView
 from featinv.hub import offline
@@ -36,6 +36,7 @@ class WeightsError(FileNotFoundError):
 
 
 VIEWS = ("eval_transform", "resize")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,19 @@ class Preprocessing:
         from timm.data.transforms import str_to_interp_mode
 
         return transforms.Compose([
-            _TargetRegion(TargetView(tuple(self.input_size[1:]))),
+            _TargetRegion(TargetView((self.input_size[1], self.input_size[2]))),
             transforms.Resize(self.input_size[1:], interpolation=str_to_interp_mode(self.interpolation), antialias=True),
             transforms.ToTensor(),
             transforms.Normalize(self.mean, self.std),
         ])
+
+
+def _triple(values: Iterable[T]) -> tuple[T, T, T]:
+    """Three values as a tuple (an RGB mean, a (C, H, W) size), refused otherwise."""
+    out = tuple(values)
+    if len(out) != 3:
+        raise ValueError(f"expected three values, got {out}")
+    return out[0], out[1], out[2]
 
 
 class _TargetRegion:
@@ -94,7 +103,7 @@ def image_items(images: Images) -> Sequence[Image.Image | np.ndarray]:
         return [images]
     if isinstance(images, np.ndarray) and images.ndim != 4:
         raise ValueError(f"images: an array must be (H, W, 3) or (N, H, W, 3) uint8, got {images.shape}")
-    return images if isinstance(images, (Sequence, np.ndarray)) else list(images)
+    return list(images) if isinstance(images, np.ndarray) or not isinstance(images, Sequence) else images
 
 
 def to_pil(img: Image.Image | np.ndarray, i: int = 0) -> Image.Image:
@@ -133,24 +142,24 @@ class Backbone(nn.Module):
     ``name`` is the source id: the timm name, followed by ``@layer`` for an intermediate layer.
     """
 
-    def __init__(self, name: str, model: nn.Module, weights_source: str, input_size: int | None = None,
+    def __init__(self, name: str, model: TimmModel, weights_source: str, input_size: int | None = None,
                  layer: str = LAST):
         super().__init__()
         self.model_name = name
         self.layer = check_layer(model, name, layer)
         self.name = source_id(name, self.layer)
         # channels_last: oneDNN's faster depthwise/pointwise convolutions on CPU, and the fast path on GPU.
-        self.model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.model: TimmModel = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.family = family_for(self.model)
         self.weights_source = weights_source
         cfg = timm.data.resolve_model_data_config(self.model)
         self.preprocessing = Preprocessing(
-            input_size=(3, input_size, input_size) if input_size else tuple(cfg["input_size"]),
+            input_size=(3, input_size, input_size) if input_size else _triple(int(v) for v in cfg["input_size"]),
             interpolation=cfg["interpolation"],
             crop_pct=float(cfg["crop_pct"]),
             crop_mode=cfg.get("crop_mode", "center"),
-            mean=tuple(float(m) for m in cfg["mean"]),
-            std=tuple(float(s) for s in cfg["std"]),
+            mean=_triple(float(m) for m in cfg["mean"]),
+            std=_triple(float(s) for s in cfg["std"]),
         )
         self.num_classes = int(getattr(self.model, "num_classes", 0))
         self._shape: tuple[int, int, int] | None = None
@@ -225,7 +234,7 @@ class Backbone(nn.Module):
             param = next(self.model.parameters())
             with torch.no_grad():
                 x = torch.zeros(1, *self.preprocessing.input_size, device=param.device, dtype=param.dtype)
-                self._shape = tuple(self.spatial(x).shape[1:])
+                self._shape = _triple(int(v) for v in self.spatial(x).shape[1:])
         return self._shape
 
     def describe(self) -> dict[str, Any]:
@@ -262,7 +271,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _hub_cached_file(model: nn.Module) -> str | None:
+def _hub_cached_file(model: TimmModel) -> str | None:
     """A cached copy of the model's pretrained weights (Hugging Face or torch hub cache), if any."""
     cfg = model.pretrained_cfg
     hub_id = cfg.get("hf_hub_id")
@@ -281,7 +290,7 @@ def _hub_cached_file(model: nn.Module) -> str | None:
     return None
 
 
-def _missing_weights_message(name: str, model: nn.Module, reason: str) -> str:
+def _missing_weights_message(name: str, model: TimmModel, reason: str) -> str:
     cfg = model.pretrained_cfg
     hub = cfg.get("hf_hub_id") or cfg.get("url") or "(none in timm's pretrained config)"
     return (
@@ -306,13 +315,13 @@ def create_backbone(name: str, weights: str | Path | None = None, pretrained: bo
     name, layer = split_source(name)
     if name.split(".")[0] not in timm.list_models() and name not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown timm model '{name}'")
-    model = timm.create_model(name, pretrained=False, **model_kwargs)
+    model: TimmModel = timm.create_model(name, pretrained=False, **model_kwargs)
     if input_size and hasattr(model, "patch_embed") and "img_size" not in model_kwargs:
         model_kwargs = {**model_kwargs, "img_size": input_size}
         model = timm.create_model(name, pretrained=False, **model_kwargs)
     arch = name.split(".")[0]
 
-    def backbone(model: nn.Module, source: str) -> Backbone:
+    def backbone(model: TimmModel, source: str) -> Backbone:
         return Backbone(name, model, source, input_size, layer)
 
     if not pretrained:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from featinv.config import DataViews, NameNotFound
 from featinv.data.images import BadImage, encode_png, normalise, to_rgb
-from featinv.data.sources import Record, WebDatasetSource, split_shards, tar_images, tar_samples
+from featinv.data.sources import Record, WebDatasetSource, member_bytes, split_shards, tar_images, tar_samples
 from featinv.data.views import View, check_views, views_of
 from featinv.fileio import atomic_write_text, sha256
 
@@ -42,13 +42,14 @@ class ShardSink:
         self._writer: wds.TarWriter | None = None
         self._count = 0
 
-    def _open(self) -> None:
+    def _open(self) -> wds.TarWriter:
         name = f"{self.split}-{len(self.shards):06d}.tar"
         self._path = self.out_dir / name
         self._partial = self.out_dir / (name + ".partial")
         # A fixed mtime makes shards byte-identical across runs (same sha256, DVC deduplicates).
         self._writer = wds.TarWriter(str(self._partial), encoder=False, mtime=0.0)
         self._count = 0
+        return self._writer
 
     def _close(self) -> None:
         if self._writer is None:
@@ -59,9 +60,8 @@ class ShardSink:
         self._writer = None
 
     def write(self, sample: dict[str, bytes | str]) -> None:
-        if self._writer is None:
-            self._open()
-        self._writer.write(sample)
+        writer = self._open() if self._writer is None else self._writer
+        writer.write(sample)
         self._count += 1
         if self._count >= self.maxcount:
             self._close()
@@ -293,9 +293,9 @@ def read_masks(entries: list[IndexEntry]) -> list[tuple[np.ndarray, list[int]] |
         with tarfile.open(shard, "r:") as tar:
             for key, members in tar_samples(Path(shard)):
                 if key in rows and "masks.npz" in members:
-                    with np.load(io.BytesIO(tar.extractfile(members["masks.npz"]).read())) as npz:
+                    with np.load(io.BytesIO(member_bytes(tar, members["masks.npz"]))) as npz:
                         masks = npz["masks"].astype(bool)
-                    extras = json.loads(tar.extractfile(members["json"]).read()) if "json" in members else {}
+                    extras = json.loads(member_bytes(tar, members["json"])) if "json" in members else {}
                     categories = [int(c) for c in extras.get("category_ids", [-1] * len(masks))]
                     if len(categories) != len(masks):
                         raise ValueError(f"shard {shard}, sample {key}: {len(masks)} masks but "

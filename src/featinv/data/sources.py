@@ -220,6 +220,14 @@ def split_shards(root: str | Path, split: str) -> list[Path]:
     return shards
 
 
+def member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The content of a regular file ``member`` of ``tar`` (``tar_samples`` yields only those)."""
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise ValueError(f"tar member {member.name} is not a regular file")
+    return fh.read()
+
+
 def tar_samples(path: Path) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
     """Group the members of a webdataset tar by key, in file order."""
     key, members = None, {}
@@ -247,7 +255,7 @@ def tar_images(shard: Path) -> Iterator[tuple[str, int, tarfile.TarInfo | None]]
     with tarfile.open(shard, "r:") as tar:
         for key, members in tar_samples(shard):
             ext = next((e for e in IMAGE_EXTS if e in members), None)
-            cls = int(tar.extractfile(members["cls"]).read()) if "cls" in members else -1
+            cls = int(member_bytes(tar, members["cls"])) if "cls" in members else -1
             yield key, cls, members[ext] if ext else None
 
 
@@ -313,7 +321,8 @@ def rle_decode(counts: list[int] | str, height: int, width: int) -> np.ndarray:
 
 def _rle_from_string(s: str) -> list[int]:
     """COCO's compressed RLE string (LEB128-like, 5 bits a char, delta-coded from the third run)."""
-    counts, p = [], 0
+    counts: list[int] = []
+    p = 0
     while p < len(s):
         x, k, more = 0, 0, True
         while more:
@@ -407,7 +416,7 @@ class CocoSource:
 
 SOURCES: dict[str, Callable[[Data], Any]] = {
     "demo": lambda p: DemoSource(**plain(p.demo)),
-    "imagefolder": lambda p: ImageFolderSource(p.root, p.splits),
+    "imagefolder": lambda p: ImageFolderSource(p.root, list(p.splits)),
     "webdataset": lambda p: WebDatasetSource(p.root),
     "coco": lambda p: CocoSource(p.root, **plain(p.coco)),
 }

@@ -58,7 +58,7 @@ class View:
 
 def views_of(key: str, count: int, scale: tuple[float, float], flip: bool, seed: int) -> list[View]:
     """The ``count`` views of one image (the keys of ``data.views``, as the manifest records them)."""
-    return [View(key, k, tuple(scale), bool(flip), int(seed)) for k in range(count)]
+    return [View(key, k, (float(scale[0]), float(scale[1])), bool(flip), int(seed)) for k in range(count)]
 
 
 def check_views(views: DataViews) -> None:

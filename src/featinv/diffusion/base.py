@@ -135,6 +135,7 @@ def load_base(source: str | Path, resolution: int | None = None) -> BaseModel:
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", torch_dtype=torch.float32).eval().requires_grad_(False)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
     scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    codec: PatchCodec | VaeCodec
     if (path / "codec.json").exists():
         spec = json.loads((path / "codec.json").read_text())
         codec = PatchCodec(spec["patch"])

@@ -25,6 +25,8 @@ of zero, leaving the ControlNet's own zero convolutions as the only zero layers.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -51,6 +53,7 @@ def upsampled_conv3x3(x: torch.Tensor, conv: nn.Conv2d, grid: int) -> torch.Tens
     y = F.interpolate(F.conv2d(x, taps), size=(grid, grid), mode="bilinear", align_corners=False)
     y = F.pad(y, (1, 1, 1, 1)).view(b, 3, 3, h, grid + 2, grid + 2)
     out = sum(y[:, i, j, :, i : i + grid, j : j + grid] for i in range(3) for j in range(3))
+    assert conv.bias is not None, "the factored first layer has a bias"
     return out + conv.bias.view(1, h, 1, 1)
 
 
@@ -72,7 +75,8 @@ class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
             zero_module(last)
         else:
             nn.init.normal_(last.weight, std=1e-3)
-            nn.init.zeros_(last.bias)
+            if last.bias is not None:
+                nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
         # levels 1..L-1: the hint, pooled to each down block's grid, into that block's input channels
@@ -101,6 +105,6 @@ class FeatureConditioningEncoder(ModelMixin, ConfigMixin):
         grid = self.config.grid
         cond = cond.to(self.dtype)
         if self.config.first_layer == "factored":
-            return self.net[1:](upsampled_conv3x3(cond, self.net[0], grid))
+            return self.net[1:](upsampled_conv3x3(cond, cast(nn.Conv2d, self.net[0]), grid))
         x = F.interpolate(cond, size=(grid, grid), mode="bilinear", align_corners=False)
         return self.net(x)

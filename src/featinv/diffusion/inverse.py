@@ -96,7 +96,7 @@ def train_inverse(features: str | Path, targets: str | Path, codec, cfg: Inverse
 
     result = run(net, [codec], loss_fn, data, cfg.train, device, checkpoint_dir(out), loss_csv,
                  desc=f"inverse {attrs['backbone']}", progress=progress)
-    def save(trained: torch.nn.Module) -> None:
+    def save(trained: FeatureDecoder) -> None:
         trained.save_pretrained(out)
         meta = {"backbone": attrs["backbone"], "layer": attrs["layer"], "variant": VARIANT,
                 "fmap_shape": list(fmap_shape), "resolution": resolution, "weights_source": attrs["weights_source"],

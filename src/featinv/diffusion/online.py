@@ -49,7 +49,7 @@ def crop_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[f
 def online_view(img: Image.Image, augment: TrainAugment, seed: int, step: int, row: int) -> Image.Image:
     """The ``size`` px square of ``img`` that step ``step`` trains on for row ``row``."""
     rng = np.random.default_rng([seed, step, row])
-    box = crop_box(*img.size, tuple(augment.scale), tuple(augment.ratio), rng)
+    box = crop_box(*img.size, (augment.scale[0], augment.scale[1]), (augment.ratio[0], augment.ratio[1]), rng)
     view = img.crop(box).resize((augment.size, augment.size), Image.Resampling.BICUBIC)
     if augment.hflip and rng.random() < 0.5:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

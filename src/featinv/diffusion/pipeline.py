@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,16 @@ from featinv.plots import to_uint8
 
 # The embedded default's sampling section (params.yaml; a test keeps them equal). At paper scale
 # pass the paper's: num_inference_steps=50 and timestep_spacing="leading".
-DEFAULTS = {"scheduler": "ddim", "timestep_spacing": "trailing", "num_inference_steps": 10, "guidance_scale": 1.75,
+class _Defaults(TypedDict):
+    scheduler: str
+    timestep_spacing: str
+    num_inference_steps: int
+    guidance_scale: float
+    control_strength: float
+    hint_guidance: float
+
+
+DEFAULTS: _Defaults = {"scheduler": "ddim", "timestep_spacing": "trailing", "num_inference_steps": 10, "guidance_scale": 1.75,
             "control_strength": 1.0, "hint_guidance": 1.0}
 
 

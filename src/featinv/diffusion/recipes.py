@@ -170,7 +170,7 @@ def train_controlnet(base: BaseModel, base_source: str, data: TrainingRows, attr
     return finish(result, params_hash, out, save)
 
 
-def finish(result: dict[str, Any], params_hash: str, out: str | Path, save: Callable[[torch.nn.Module], None]):
+def finish(result: dict[str, Any], params_hash: str, out: str | Path, save: Callable[[Any], None]):
     """On the main process: save the trained module (``save``) and ``training.json``, then drop the
     checkpoints. Returns the training summary."""
     summary = {k: v for k, v in result.items() if k not in ("unwrapped", "is_main")} | {"params_hash": params_hash}

@@ -26,12 +26,37 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from featinv.config import Train
 from featinv.devices import resolve_device
 
 log = logging.getLogger(__name__)
 ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved beside it
 LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
+
+
+class TrainSettings(Protocol):
+    """What ``run`` reads of a train section (``controlnet.train``, ``diffusion.base.train``,
+    ``inverse.train``)."""
+
+    @property
+    def steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def max_grad_norm(self) -> float: ...
+    @property
+    def lr_warmup_steps(self) -> int: ...
+    @property
+    def lr_schedule(self) -> str: ...
+    @property
+    def checkpoint_every(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def mixed_precision(self) -> str: ...
 
 
 class TrainingRows(Protocol):
@@ -54,7 +79,7 @@ class RowData:
             raise ValueError(f"training arrays have different row counts: { {k: a.shape[0] for k, a in arrays.items()} }")
         total_rows = sizes.pop()
         self.select = None if select is None else np.asarray(select)
-        self.n = total_rows if select is None else len(self.select)
+        self.n = total_rows if self.select is None else len(self.select)
         total = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in arrays.values())
         self.arrays = {k: np.asarray(a[:]) for k, a in arrays.items()} if total <= memory_limit else arrays
 
@@ -80,7 +105,7 @@ class RowData:
 def batch_rows(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
     """The global batch of ``step``: consecutive slices of seeded per-epoch permutations."""
     start = step * batch_size
-    rows = []
+    rows: list[int] = []
     while len(rows) < batch_size:
         epoch, offset = divmod(start + len(rows), n)
         perm = np.random.default_rng([seed, epoch]).permutation(n)
@@ -170,7 +195,7 @@ def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
-def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: TrainingRows, settings: Train, device: str,
+def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: TrainingRows, settings: TrainSettings, device: str,
         ckpt_dir: str | Path, loss_csv: str | Path, desc: str = "train", progress: bool = True) -> dict[str, Any]:
     """Train ``trainable``; ``loss_fn(model, batch, generator, n_global, rank_slice)`` returns the loss of
     this process's slice of the global batch."""
@@ -178,15 +203,15 @@ def run(trainable: nn.Module, frozen: list[nn.Module], loss_fn: Callable, data: 
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    device = resolve_device(device)
+    dev = resolve_device(device)
     # bf16 autocast runs on CPUs too (fast with AMX/AVX512-BF16); fp16 only on GPUs.
     mp = settings.mixed_precision
-    precision = "no" if mp == "fp32" or (mp == "fp16" and device.type != "cuda") else mp
-    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    precision = "no" if mp == "fp32" or (mp == "fp16" and dev.type != "cuda") else mp
+    if precision == "bf16" and dev.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("%s: mixed_precision bf16 on a CPU without native bf16 (AVX512-BF16 or AMX) runs emulated, "
                     "slower than fp32; set mixed_precision: fp32 (controlnet.train / diffusion.base.train) here", desc)
     accelerator = Accelerator(mixed_precision=precision,
-                              cpu=device.type == "cpu")
+                              cpu=dev.type == "cpu")
     set_seed(settings.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     if settings.batch_size % world:

@@ -27,6 +27,7 @@ from featinv.features.origin import store_backbone
 from featinv.features.store import conditioning
 from featinv.fileio import atomic_write_text, csv_text, write_json
 from featinv.metrics.evaluate import score_images
+from featinv.metrics.stats import bootstrap_of
 from featinv.plots import pyplot, save_figure, spread_rows, to_uint8
 
 MEASURES = ("top1", "top5", "cosine_sim")
@@ -75,7 +76,7 @@ def tune(base: BaseModel, net: FeatureControlNet, features: str | Path, sampling
     text = base.prompt_embeddings(prompt).to(dev)
     noise = initial_noise(keys, [0] * len(keys), grid.seed, base.latent_shape)
     batch = sampling.batch_size or auto_batch_size(dev, base.latent_shape)
-    boot = {"n_boot": metrics.bootstrap, "level": metrics.confidence, "seed": metrics.seed}
+    boot = bootstrap_of(metrics)
     settings = [(s, g) for s in grid.control_strength for g in grid.guidance_scale]
     cells = []
     for strength, guidance in tqdm(settings, desc=f"tune {net.meta['backbone']} {net.meta['variant']}",

@@ -87,6 +87,7 @@ def train_controlnet(args, cfg) -> None:
                          "and --backbone (views drawn online), one of the two")
     base = load_base(args.base, cfg.diffusion.base.resolution)
     augment = cfg.controlnet.train.augment
+    data: recipes.TrainingRows
     if online:
         from featinv.backbones import create_backbone
         from featinv.data.shards import index_split

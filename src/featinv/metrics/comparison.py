@@ -61,7 +61,7 @@ def comparison_rows(metrics: list[dict[str, Any]]) -> tuple[list[str], list[list
         if m is None:
             continue
         match = m["match"][source]
-        cells = [label, variant]
+        cells: list[Any] = [label, variant]
         for summary in (m["cosine_sim"], match["top5"], match["top1"], m.get("pixel_mse")):
             cells += _interval(summary)
         cells += [m["fid"]["value"]] + [_mean(m.get("cosine_sim_by", {}).get(o)) for o in others]

@@ -50,7 +50,7 @@ from featinv.features.origin import store_backbone
 from featinv.fileio import atomic_write_text, csv_text, sha256
 from featinv.metrics import fid
 from featinv.metrics.similarity import cosine_per_position, topk_match
-from featinv.metrics.stats import summarise
+from featinv.metrics.stats import Bootstrap, bootstrap_of, summarise
 
 
 
@@ -125,7 +125,7 @@ def nearest_by_cosine(queries: np.ndarray, bank, block: int = 512) -> tuple[np.n
 
 
 def score_images(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, reference_top1: np.ndarray,
-                 cfg: Metrics, device, boot: dict[str, Any]) -> dict[str, Any]:
+                 cfg: Metrics, device, boot: Bootstrap) -> dict[str, Any]:
     """Cosine-sim and top-5(1) match of candidate images (N, 3, R, R) against the originals' maps, seen
     as ``cfg.scoring`` says, with bootstrap intervals (a tuning cell; the oracles score their outputs)."""
     return score_outputs(backbone_outputs(backbone, images, cfg.batch_size, device, view=cfg.scoring),
@@ -133,12 +133,12 @@ def score_images(backbone: Backbone, images: np.ndarray, ref_maps: np.ndarray, r
 
 
 def score_outputs(out: dict[str, np.ndarray], ref_maps: np.ndarray, reference_top1: np.ndarray,
-                  boot: dict[str, Any]) -> dict[str, Any]:
+                  boot: Bootstrap) -> dict[str, Any]:
     """``score_images`` from the images' ``backbone_outputs``."""
     return _summaries(cosine_per_position(ref_maps, out["features"]), out["topk"], reference_top1, boot)
 
 
-def _summaries(cos: np.ndarray, topk: np.ndarray, reference_top1: np.ndarray, boot: dict[str, Any]) -> dict[str, Any]:
+def _summaries(cos: np.ndarray, topk: np.ndarray, reference_top1: np.ndarray, boot: Bootstrap) -> dict[str, Any]:
     return {"cosine_sim": summarise(cos.astype(np.float64), **boot),
             "top5": summarise(topk_match(reference_top1, topk, 5).astype(np.float64), **boot),
             "top1": summarise(topk_match(reference_top1, topk, 1).astype(np.float64), **boot)}
@@ -230,7 +230,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], origina
     n, s = images.shape[:2]
     flat = images.reshape(n * s, *images.shape[2:])
     device = resolve_device(cfg.device)
-    boot = {"n_boot": cfg.bootstrap, "level": cfg.confidence, "seed": cfg.seed}
+    boot = bootstrap_of(cfg)
 
     cond_store = rowstore.open_complete(stores[conditioning])
     split = dict(cond_store.attrs)["split"]
@@ -293,7 +293,7 @@ def evaluate_samples(samples: str | Path, stores: dict[str, str | Path], origina
             result["cosine_sim_per_map"] = {"keys": keys, "values": _per_map(cos, n).tolist()}  # paired comparisons
             per_image = {"cosine_sim": cos, "top5_match": top5, "top1_match": top1,
                          "cosine_sim_mismatched": cos_mismatched, "pixel_mse": mse}
-    if result["oracle_nearest_train"] is not None:
+    if result["oracle_nearest_train"] is not None and train_store is not None:
         train = rowstore.open_complete(train_store)
         result["oracle_nearest_train"].update(train_split=str(train.attrs["split"]), train_rows=int(train["keys"].shape[0]))
 

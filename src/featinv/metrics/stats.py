@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
+
+from featinv.config import Metrics
+
+
+class Bootstrap(TypedDict, total=False):
+    """``summarise``'s interval settings, from params ``metrics``: bootstrap, confidence, seed."""
+
+    n_boot: int
+    level: float
+    seed: int
+
+
+def bootstrap_of(metrics: Metrics) -> Bootstrap:
+    """The interval settings of a ``metrics`` params section."""
+    return {"n_boot": metrics.bootstrap, "level": metrics.confidence, "seed": metrics.seed}
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import numpy as np
 from featinv.sourceid import split_source
 from featinv.features.store import VARIANTS
 from featinv.fileio import atomic_write_text, csv_text, write_json
-from featinv.metrics.stats import summarise
+from featinv.metrics.stats import Bootstrap, summarise
 
 MEASURES = ("cosine_sim", "top5_match", "top1_match")
 ORACLES = ("oracle_copy", "oracle_nearest_train")
@@ -59,7 +59,7 @@ def _interval(summary: dict[str, float] | None) -> Interval:
     return NAN if summary is None else Interval(summary["mean"], summary["ci_low"], summary["ci_high"])
 
 
-def paired_difference(a: dict[str, Any], b: dict[str, Any], boot: dict[str, Any]) -> Interval:
+def paired_difference(a: dict[str, Any], b: dict[str, Any], boot: Bootstrap) -> Interval:
     """Mean of a's per-image cosine-sim minus b's, over the images both scored (same keys: same
     images, same seeds), with a bootstrap interval over images: a paired interval."""
     if "cosine_sim_per_map" not in a or "cosine_sim_per_map" not in b:
@@ -121,7 +121,7 @@ def oracle_columns() -> list[str]:
     return [f"{o}_{name}" for o in ORACLES for name, _ in ORACLE_MEASURES]
 
 
-def table1(metrics: list[dict[str, Any]], boot: dict[str, Any] | None = None) -> Table1:
+def table1(metrics: list[dict[str, Any]], boot: Bootstrap | None = None) -> Table1:
     """One row per (backbone, layer, variant), unpooled models first as in the paper. ``boot``: the bootstrap
     settings (n_boot, level, seed) of the paired unpooled - pooled interval."""
     order = {v: i for i, v in enumerate(VARIANTS)}
@@ -170,7 +170,7 @@ def table2(metrics: list[dict[str, Any]], variant: str) -> Table2:
     if not chosen:
         raise ValueError(f"no {variant} models to cross-evaluate")
 
-    def by_backbone(m: dict[str, Any]) -> dict[str, dict[str, float]]:
+    def by_backbone(m: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
         own = m["model"]["backbone"]
         out = {split_source(e)[0]: v for e, v in m["match"].items() if e == own}
         out.update({e: v for e, v in m["match"].items() if split_source(e)[1] == "last"})
@@ -231,7 +231,7 @@ def table2_markdown(table: Table2, dataset: str, variant: str) -> str:
 
 
 def write_tables(metrics: list[dict[str, Any]], out_dir: str | Path, dataset: str, cross_variant: str,
-                 metrics_json: str | Path, boot: dict[str, Any] | None = None) -> None:
+                 metrics_json: str | Path, boot: Bootstrap | None = None) -> None:
     """results/table1.{csv,md}, results/table2.{csv,md} and the metrics file DVC reads."""
     out_dir = Path(out_dir)
     t1, t2 = table1(metrics, boot), table2(metrics, cross_variant)

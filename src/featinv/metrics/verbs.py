@@ -46,12 +46,13 @@ def evaluate(args, cfg) -> None:
     Arg("--out-dir", "directory for table1/table2 .csv and .md", required=True),
     Arg("--metrics-json", "summary for `dvc metrics show`", required=True)))
 def tables(args, cfg) -> None:
+    from featinv.metrics.stats import bootstrap_of
     from featinv.metrics.tables import write_tables
     from featinv.provenance import check_or_warn
 
     check_or_warn(args.metrics, target=str(Path(args.out_dir) / "table1.csv"))
     metrics = [json.loads(Path(p).read_text()) for p in args.metrics]
-    boot = {"n_boot": cfg.metrics.bootstrap, "level": cfg.metrics.confidence, "seed": cfg.metrics.seed}
+    boot = bootstrap_of(cfg.metrics)
     write_tables(metrics, args.out_dir, cfg.data.dataset, cfg.metrics.cross_model_variant, args.metrics_json, boot)
     print((Path(args.out_dir) / "table1.md").read_text())
     print((Path(args.out_dir) / "table2.md").read_text())

@@ -7,6 +7,7 @@ image" baseline (the train split's mean image), with bootstrap 95% intervals ove
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.metrics.stats import summarise
 from featinv.plots import image_grid, spread_rows, unit_to_uint8
-from featinv.modular.inverses import chain
+from featinv.modular.inverses import chain, classic_path
 from featinv.modular.trained import Trained, load_split, representations, split_parts, split_size
 
 
@@ -26,7 +27,7 @@ def per_image_mse(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return ((a - b) ** 2).flatten(1).mean(1).numpy()
 
 
-def save_grid(rows: list[list[torch.Tensor | None]], path: str | Path) -> None:
+def save_grid(rows: Sequence[Sequence[torch.Tensor | None]], path: str | Path) -> None:
     """A grid of (3, H, W) [0, 1] images, one list per row (None leaves a cell blank)."""
     as_hwc = [[None if img is None else unit_to_uint8(img.permute(1, 2, 0)) for img in row] for row in rows]
     path = Path(path)
@@ -64,7 +65,7 @@ def mse_by_stage(trained: Trained, analyses: ModularAnalyses, shards: str | Path
     names = fwd.staged.names
     instances = trained.instances or [(trained.modular, trained.classic)]
     # per instance, path kind and stage: per-image MSE, part by part
-    errors = {(k, kind, j): [] for k in range(len(instances)) for kind in ("modular", "classic")
+    errors: dict[tuple[int, str, int], list[np.ndarray]] = {(k, kind, j): [] for k in range(len(instances)) for kind in ("modular", "classic")
               for j in range(1, len(names) + 1)}
     baseline = []
     with torch.no_grad():
@@ -74,7 +75,7 @@ def mse_by_stage(trained: Trained, analyses: ModularAnalyses, shards: str | Path
             for k, (modular, classic) in enumerate(instances):
                 for j in range(1, len(names) + 1):
                     errors[k, "modular", j].append(per_image_mse(fwd.pixels(chain(modular, reps[j], j)), px))
-                    errors[k, "classic", j].append(per_image_mse(fwd.pixels(chain(classic[j - 1], reps[j], j)), px))
+                    errors[k, "classic", j].append(per_image_mse(fwd.pixels(chain(classic_path(classic, j), reps[j], j)), px))
         _, shown, shown_reps = examples(trained, shards, analyses.examples)
         grid = [list(shown.pixels)] + [list(fwd.pixels(chain(trained.modular, shown_reps[j], j)))
                                        for j in range(1, len(names) + 1)]

@@ -21,6 +21,7 @@ from featinv.config import ModularAnalyses
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, val_parts
 from featinv.modular.finetune import train_pairs
+from featinv.modular.stages import ForwardModel
 from featinv.modular.trained import Trained, task_targets
 from featinv.modular.training import fit
 
@@ -42,7 +43,7 @@ class CrossAttentionOnly(nn.Module):
         return self.attn(x, attn_mask=mask, **kwargs)
 
 
-def cross_attention_only(model: nn.Module) -> nn.Module:
+def cross_attention_only(model: ForwardModel) -> ForwardModel:
     """A copy of a timm VisionTransformer with self-attention among image tokens removed in every block."""
     if not getattr(model, "num_prefix_tokens", 0):
         raise ValueError("removing self-attention keeps the class token's attention: the ViT has no class token")

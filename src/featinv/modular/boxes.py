@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from typing import Any
 
 import torch
+
+from featinv.modular.stages import ForwardModel
 
 
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -85,7 +88,7 @@ def detr_targets(objects: list[tuple[int, tuple, int]], size: tuple[int, int], n
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)}
 
 
-def detr_loss(model: torch.nn.Module, x_pred: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+def detr_loss(model: ForwardModel, x_pred: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """DETR's own training loss (Hungarian matching; class, L1 box and GIoU terms, weighted as
     ``model.config`` says) of x_pred (B, Q, C+1+4) against per-image :func:`detr_targets`: what
     ``DetrForObjectDetection(..., labels=targets).loss`` computes, without the auxiliary losses of
@@ -103,7 +106,8 @@ def box_ap(images: list[tuple[list[tuple[int, tuple, int]], list[tuple[int, floa
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt_anns, dets = [], []
+    gt_anns: list[dict[str, Any]] = []
+    dets: list[dict[str, Any]] = []
     for i, (objects, found) in enumerate(images, 1):
         for c, (x0, y0, x1, y1), area in objects:
             gt_anns.append({"id": len(gt_anns) + 1, "image_id": i, "category_id": c, "bbox": [x0, y0, x1 - x0, y1 - y0],

@@ -65,7 +65,8 @@ def colour_analysis(trained: Trained, analyses: ModularAnalyses, shards: str | P
     fwd = trained.forward
     levels = ["input", *fwd.staged.names]
     target = "none (not a classifier)"
-    results, example = [], None
+    results: list[dict[str, Any]] = []
+    example: Any = None
     sets = recolouring_sets(shards)
     shown_row = sets[0][1][len(sets[0][1]) // 2]  # the example: the middle image of the first set
     with torch.no_grad():
@@ -109,6 +110,8 @@ def ap_under_recolouring(trained: Trained, shards: str | Path, batch: int) -> li
     fwd = trained.forward
     found: dict[str, list] = {f: [] for f in ("none", *FILTERS)}
     for _, part in split_parts(shards, "val", fwd.image_size, fwd.fit, batch):
+        if part.objects is None:
+            raise ValueError("DETR's AP under recolouring needs object annotations (COCO shards): the val split has none")
         for f, images in found.items():
             x_pred = fwd.staged.run(fwd.normalise(recolour(part.pixels, f)))
             images += scored_detections(part.objects, x_pred, fwd.image_size)

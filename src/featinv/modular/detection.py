@@ -33,7 +33,9 @@ def detection_errors(trained: Trained, analyses: ModularAnalyses, shards: str | 
         raise ValueError(f"the detection-error analysis is for DETR; {fwd.name} is not one")
     cfg = analyses.detection
     n = len(fwd.staged.names)
-    errors, hits, per_image = [], [], {}  # per object: (stages,) box MSE, detected; per row: its boxes and detections
+    errors: list[list[float]] = []
+    hits: list[bool] = []
+    per_image: dict[int, Any] = {}  # per object: (stages,) box MSE, detected; per row: its boxes and detections
     with torch.no_grad():
         for part_rows, part, reps in val_parts(trained, shards, analyses.batch_size):
             if part.objects is None:
@@ -48,8 +50,8 @@ def detection_errors(trained: Trained, analyses: ModularAnalyses, shards: str | 
                     errors.append([_box_mse(recon[j][i], part.pixels[i], b) for j in range(n)])
                     hits.append(hit)
                 per_image[row] = (boxed, matched, found)
-    err, hit = np.array(errors).reshape(-1, n), np.array(hits, dtype=bool)
-    rows = [[name, *_summary(err[hit, j]), int(hit.sum()), *_summary(err[~hit, j]), int((~hit).sum())]
+    err, hit_mask = np.array(errors).reshape(-1, n), np.array(hits, dtype=bool)
+    rows = [[name, *_summary(err[hit_mask, j]), int(hit_mask.sum()), *_summary(err[~hit_mask, j]), int((~hit_mask).sum())]
             for j, name in enumerate(fwd.staged.names)]
     header = ["stage", "detected_box_mse", "detected_ci95_low", "detected_ci95_high", "detected_objects",
               "missed_box_mse", "missed_ci95_low", "missed_ci95_high", "missed_objects"]

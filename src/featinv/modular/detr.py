@@ -11,17 +11,16 @@ representation alone; the grid (h, w) of the backbone's map is fixed by the inpu
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from featinv.modular.stages import Stage, StagedModel
+from featinv.modular.stages import ForwardModel, Stage, StagedModel
 
 
-def detr_stages(model: nn.Module, image_size: tuple[int, int]) -> StagedModel:
+def detr_stages(model: ForwardModel, image_size: tuple[int, int]) -> StagedModel:
     """Stages of a ``DetrForObjectDetection`` for images of ``image_size`` (H, W)."""
     detr = model.model
     with torch.no_grad():
         probe = detr.backbone(torch.zeros(1, 3, *image_size), torch.ones(1, *image_size))[-1][0]
-    grid = tuple(probe.shape[-2:])
+    grid = (int(probe.shape[-2]), int(probe.shape[-1]))
 
     def positions(batch: int, like: torch.Tensor) -> torch.Tensor:
         mask = torch.ones(batch, *grid, dtype=torch.bool, device=like.device)

@@ -33,7 +33,7 @@ from featinv.config import ModularAnalyses, ModularAnalysesFinetune
 from featinv.fileio import atomic_write_text, csv_text
 from featinv.modular.analysis import ci_row, examples, per_image_mse, save_grid, val_parts
 from featinv.modular.boxes import box_ap, detr_loss, detr_targets, ground_truth, scored_detections
-from featinv.modular.inverses import build_inverses, chain
+from featinv.modular.inverses import build_inverses, chain, classic_path
 from featinv.modular.representations import stage_rows
 from featinv.modular.trained import REPRESENTATIONS, Trained, split_index, split_objects, task_targets
 from featinv.modular.training import fit
@@ -121,7 +121,8 @@ class _Score:
     targets (with its interval), or DETR's COCO box AP."""
 
     def __init__(self, trained: Trained):
-        self.forward, self.values = trained.forward, []
+        self.forward = trained.forward
+        self.values: list[Any] = []
 
     def add(self, part, reps: list[torch.Tensor], x_pred: torch.Tensor) -> None:
         if self.forward.staged.kind == "detr":
@@ -170,7 +171,7 @@ def finetune(trained: Trained, analyses: ModularAnalyses, shards: str | Path, ou
         score("fine-tuned", float(lam), tuned, float(np.mean(losses[-5:])))
     score("modular", float("nan"), lambda reps: (chain(trained.modular, reps[j], j), reps[-1]),
           trained.meta["final_loss"]["modular"][j - 1])
-    score("classic", float("nan"), lambda reps: (chain(trained.classic[j - 1], reps[j], j), reps[-1]),
+    score("classic", float("nan"), lambda reps: (chain(classic_path(trained.classic, j), reps[j], j), reps[-1]),
           trained.meta["final_loss"]["classic"][j - 1])
     header = ["variant", "lambda", "mse", "mse_ci95_low", "mse_ci95_high", "score", "score_ci95_low",
               "score_ci95_high", "score_name", "final_train_loss"]

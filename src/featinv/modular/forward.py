@@ -12,6 +12,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,7 +99,7 @@ def load_forward(cfg: Modular, weights: str | None = None, pretrained: bool = Tr
     from featinv.backbones import create_backbone
     from featinv.modular.stages import cnn_stages, vit_stages
 
-    kwargs = {"img_size": size} if family == "vit" else {}
+    kwargs: dict[str, Any] = {"img_size": size} if family == "vit" else {}
     backbone = create_backbone(name, weights=weights, pretrained=pretrained, **kwargs)
     model = backbone.model.eval()
     restage = vit_stages if kwargs else (lambda m: cnn_stages(m, cfg.groups))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -202,7 +203,12 @@ def build_inverses(staged, representations: Sequence[torch.Tensor], **kw) -> nn.
                          for stage, a, b in zip(staged.stages, representations[:-1], representations[1:]))
 
 
-def chain(inverses: Sequence[nn.Module], x: torch.Tensor, j: int) -> torch.Tensor:
+def classic_path(classic: nn.ModuleList, j: int) -> nn.ModuleList:
+    """The full-path (classic) inverse from x_j of a bundle of them: its components j, ..., 1."""
+    return cast(nn.ModuleList, classic[j - 1])
+
+
+def chain(inverses: nn.ModuleList | Sequence[nn.Module], x: torch.Tensor, j: int) -> torch.Tensor:
     """Image-level reconstruction from x_j: inverses j, j-1, ..., 1 applied in turn."""
     for inverse in reversed(inverses[:j]):
         x = inverse(x)

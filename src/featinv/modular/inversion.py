@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from featinv.config import section
-from featinv.modular.inverses import chain
+from featinv.modular.inverses import chain, classic_path
 from featinv.modular.representations import fit_image
 from featinv.modular.trained import Trained, load_trained, representations
 
@@ -93,7 +93,7 @@ class ModularInversion:
         if path == "modular":
             out = chain(self.trained.modular, x, j)
         elif path == "classic":
-            out = chain(self.trained.classic[j - 1], x, j)
+            out = chain(classic_path(self.trained.classic, j), x, j)
         else:
             raise ValueError(f"path is modular or classic, not '{path}'")
         rgb = self.forward.pixels(out)

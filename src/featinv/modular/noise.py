@@ -88,7 +88,7 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
     if not early < late:
         raise ValueError(f"modular_analyses.token_noise.stages: '{tn.stages[0]}' must come before '{tn.stages[1]}'")
     gen = torch.Generator().manual_seed(tn.seed)
-    grid_hint = getattr(staged, "grid", None)
+    grid_hint = staged.grid
     with torch.no_grad():  # positions and noise depend on the shapes only: drawn once, for every image
         probe = staged.representations(fwd.normalise(torch.zeros(1, 3, *fwd.image_size)))
     plan, masks = {}, {}
@@ -97,7 +97,7 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
         positions = pick_positions(grid, tn.fraction, gen)
         width = probe[j].shape[1] if probe[j].ndim == 4 else probe[j].shape[-1]
         noise = tn.low + (tn.high - tn.low) * torch.rand(width, generator=gen)
-        pos_fn = staged.stages[j - 1].position
+        pos_fn = staged.stage_list[j - 1].position
         plan[j] = (positions, noise, prefix, pos_fn() if pos_fn else None)
         masks[j] = pixel_mask(positions, grid, fwd.image_size)
     e_name, l_name = staged.names[early - 1], staged.names[late - 1]
@@ -106,7 +106,7 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
     if trained.local_first is not None:
         paths["local"] = torch.nn.ModuleList([trained.local_first, *trained.modular[1:]])
     # setting -> (manipulated at, reconstructed from, first-stage inverse)
-    settings = {}
+    settings: dict[str, tuple[int, int, str]] = {}
     for kind in paths:
         tag = "" if kind == "modular" else " local"
         settings |= {f"{e_name}_man{tag}": (early, early, kind), f"{l_name}_man{tag}": (late, late, kind),
@@ -123,7 +123,7 @@ def token_noise(trained: Trained, analyses: ModularAnalyses, shards: str | Path,
             made[name] = fwd.pixels(chain(paths[kind], x, frm))
         return default, made
 
-    stats = {name: {"default": [], "image": [], "in": [], "out": []} for name in settings}
+    stats: dict[str, dict[str, list[Any]]] = {name: {"default": [], "image": [], "in": [], "out": []} for name in settings}
     for _, part, reps in val_parts(trained, shards, analyses.batch_size):
         default, made = reconstruct(reps)
         for name, (at, frm, kind) in settings.items():

@@ -31,7 +31,7 @@ def prediction_inverses(trained: Trained, analyses: ModularAnalyses, shards: str
         raise ValueError("these inverses were saved without the one-hot prediction-head inverse: retrain them "
                          "(featinv train-modular)")
     n = len(fwd.staged.names)
-    boxes = getattr(fwd.staged, "boxes", 0)
+    boxes = fwd.staged.boxes
     variants = {"full distribution": ("pred_FD", trained.modular[n - 1], lambda x: x),
                 "one-hot": ("pred_OH", trained.pred_one_hot, lambda x: one_hot(x, boxes))}
 
@@ -40,7 +40,7 @@ def prediction_inverses(trained: Trained, analyses: ModularAnalyses, shards: str
         before = inverse(prepare(reps[n]))
         return before, fwd.pixels(chain(trained.modular, before, n - 1))
 
-    stats = {v: {"image": [], "rep": [], "kept": []} for v in variants}
+    stats: dict[str, dict[str, list[Any]]] = {v: {"image": [], "rep": [], "kept": []} for v in variants}
     with torch.no_grad():
         for _, part, reps in val_parts(trained, shards, analyses.batch_size):
             for variant, (_, inverse, prepare) in variants.items():

@@ -98,8 +98,10 @@ def stage_rows(store: str | Path, memory_limit: int = 512 << 20) -> list[StageRo
 
 def mean_of(rows: StageRows | torch.Tensor, block: int = 256) -> torch.Tensor:
     """The mean over all rows (1, ...), accumulated block by block in float64."""
-    total = None
+    total: torch.Tensor | None = None
     for start in range(0, len(rows), block):
         part = rows[start:start + block].double().sum(0, keepdim=True)
         total = part if total is None else total + part
+    if total is None:
+        raise ValueError("the mean of no rows")
     return (total / len(rows)).float()

@@ -21,11 +21,18 @@ embedding of its output tokens (token-noise analysis). Adapters:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
 
 from featinv.config import NameNotFound
+
+# A forward model (a timm ViT or CNN, transformers' DETR): an nn.Module whose parts (blocks,
+# patch_embed, forward_head, ...) torch's stubs type as ``Tensor | Module``: typed by what its
+# library documents.
+ForwardModel = Any
 
 
 class Stage(nn.Module):
@@ -48,7 +55,7 @@ class Stage(nn.Module):
 
 
 class StagedModel(nn.Module):
-    def __init__(self, model: nn.Module, stages: Sequence[Stage], kind: str):
+    def __init__(self, model: ForwardModel, stages: Sequence[Stage], kind: str):
         super().__init__()
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
@@ -56,10 +63,17 @@ class StagedModel(nn.Module):
         self.model = model
         self.stages = nn.ModuleList(stages)
         self.kind = kind
+        self.grid: tuple[int, int] | None = None  # the token grid, where the model fixes it (DETR)
+        self.boxes = 0  # trailing box channels of x_pred (DETR: 4, cx, cy, w, h in [0, 1])
+
+    @property
+    def stage_list(self) -> list[Stage]:
+        """The stages, in order (``stages`` is their ModuleList)."""
+        return [stage for stage in self.stages if isinstance(stage, Stage)]
 
     @property
     def names(self) -> list[str]:
-        return [s.name for s in self.stages]
+        return [s.name for s in self.stage_list]
 
     def index(self, name: str) -> int:
         """Position j (1-based) of the stage whose output is x_j."""
@@ -70,19 +84,19 @@ class StagedModel(nn.Module):
 
     def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """x_stop from x_start (stages start+1 .. stop)."""
-        for stage in self.stages[start:stop]:
+        for stage in self.stage_list[start:stop]:
             x = stage(x)
         return x
 
     def representations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[x_0 (the input), x_1, ..., x_n]."""
         out = [x]
-        for stage in self.stages:
+        for stage in self.stage_list:
             out.append(stage(out[-1]))
         return out
 
 
-def vit_stages(model: nn.Module) -> StagedModel:
+def vit_stages(model: ForwardModel) -> StagedModel:
     """A timm VisionTransformer as bb -> enc -> pred."""
     def bb(x):
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
@@ -105,7 +119,7 @@ def vit_stages(model: nn.Module) -> StagedModel:
     return StagedModel(model, stages, "vit")
 
 
-def encoder_layers(model: nn.Module, x_bb: torch.Tensor) -> list[torch.Tensor]:
+def encoder_layers(model: ForwardModel, x_bb: torch.Tensor) -> list[torch.Tensor]:
     """The output of every transformer block of a timm ViT, from the bb representation."""
     out, x = [], x_bb
     for block in model.blocks:
@@ -114,7 +128,7 @@ def encoder_layers(model: nn.Module, x_bb: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def cnn_stages(model: nn.Module, groups: Sequence[Sequence[int]]) -> StagedModel:
+def cnn_stages(model: ForwardModel, groups: Sequence[Sequence[int]]) -> StagedModel:
     """A timm EfficientNet-style CNN as stem -> block groups -> head -> pred. ``groups`` partition
     ``range(len(model.blocks))`` into consecutive runs (e.g. [[0, 1], [2, 3], [4, 5, 6]])."""
     flat = [i for g in groups for i in g]
@@ -123,7 +137,7 @@ def cnn_stages(model: nn.Module, groups: Sequence[Sequence[int]]) -> StagedModel
     stages = [Stage("stem", lambda x: model.bn1(model.conv_stem(x)), [model.conv_stem, model.bn1])]
     for k, group in enumerate(groups, 1):
         seq = nn.Sequential(*[model.blocks[i] for i in group])
-        stages.append(Stage(f"blocks{k}", seq, [seq], layers=lambda x, seq=seq: _layer_outputs(seq, x)))
+        stages.append(Stage(f"blocks{k}", seq, [seq], layers=partial(_layer_outputs, seq)))
     stages.append(Stage("head", lambda x: model.bn2(model.conv_head(x)), [model.conv_head, model.bn2]))
     stages.append(Stage("pred", model.forward_head, [model.classifier], inverse="mlp"))
     return StagedModel(model, stages, "cnn")

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ from featinv.modular.onehot import OneHotRows, one_hot
 from featinv.modular.representations import fit_image, mean_of, stage_rows, write_representations
 from featinv.plots import spread_rows
 from featinv.modular.training import (
+    FitArgs,
     Optimisation,
+    Rows,
     classic_inverses,
     count_parameters,
     train_classic,
@@ -57,8 +59,9 @@ class Split:
 
     def category_masks(self, category: int) -> tuple[list[int], torch.Tensor]:
         """The images holding ``category`` and, for each, the union of all its instances (M, 1, H, W)."""
-        rows = [i for i, objs in enumerate(self.objects or []) if any(c == category for c, _ in objs)]
-        masks = [torch.stack([m for c, m in self.objects[i] if c == category]).any(0) for i in rows]
+        objects = self.objects or []
+        rows = [i for i, objs in enumerate(objects) if any(c == category for c, _ in objs)]
+        masks = [torch.stack([m for c, m in objects[i] if c == category]).any(0) for i in rows]
         return rows, torch.stack(masks)[:, None] if masks else torch.zeros(0, 1, *self.pixels.shape[-2:], dtype=torch.bool)
 
 
@@ -172,7 +175,7 @@ def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
     a ViT's patch inverse is local already)."""
     with torch.no_grad():
         probe = forward.staged.representations(forward.normalise(torch.zeros(1, 3, *forward.image_size)))
-    pred = forward.staged.stages[-1].inverse
+    pred = forward.staged.stage_list[-1].inverse
     bundle = nn.ModuleDict({"modular": build_inverses(forward.staged, probe, **_inverse_kw(cfg)),
                             "classic": classic_inverses(forward.staged, probe, **_inverse_kw(cfg)),
                             "pred_one_hot": inverse_for(pred, probe[-2], one_hot(probe[-1], _boxes(forward)),
@@ -184,18 +187,24 @@ def _bundle(forward: ForwardModel, cfg: Modular) -> nn.ModuleDict:
 
 def _boxes(forward: ForwardModel) -> int:
     """Box channels at the end of x_pred (DETR: 4)."""
-    return getattr(forward.staged, "boxes", 0)
+    return forward.staged.boxes
 
 
-def _train_one_hot(inverse: nn.Module, reps, forward: ForwardModel, optim: Optimisation, **args) -> list[float]:
+def _paths(bundle: nn.ModuleDict) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """A bundle's modular inverses (inverse j at index j-1) and classic full-path inverses."""
+    return cast(nn.ModuleList, bundle["modular"]), cast(nn.ModuleList, bundle["classic"])
+
+
+def _train_one_hot(inverse: nn.Module, reps: Sequence[Rows], forward: ForwardModel, args: FitArgs) -> list[float]:
     """pred_OH^-1 trained as the modular pred^-1 is (same steps, batches, learning rate, seed), on
     one-hot x_pred."""
     n, boxes = len(reps) - 1, _boxes(forward)
+    optim = args["optim"]
     if optim.val is not None:
         optim = replace(optim, val=[optim.val[n - 1], one_hot(optim.val[n], boxes)])
-    args["seed"] += n - 1  # train_modular seeds stage j with seed + j
-    return train_modular([inverse], [reps[n - 1], OneHotRows(reps[n], boxes)], optim=optim,
-                         **{**args, "names": [forward.staged.names[-1]]})[0]
+    # train_modular seeds stage j with seed + j
+    one: FitArgs = {**args, "seed": args["seed"] + n - 1, "names": [forward.staged.names[-1]], "optim": optim}
+    return train_modular([inverse], [reps[n - 1], OneHotRows(reps[n], boxes)], **one)[0]
 
 
 MEAN_IMAGE = "baseline.mean_image"  # the train split's mean image, saved beside the inverses' weights
@@ -240,14 +249,15 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
     for k in range(cfg.instances):  # independent instances: their own initialisation and batches
         torch.manual_seed(cfg.seed + 1000 * k)
         bundle = _bundle(forward, cfg)
-        args = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed + 1000 * k,
-                "progress": progress, "names": names, "optim": optim}
-        losses_by_instance.append({"modular": train_modular(bundle["modular"], reps, **args),
-                                   "classic": train_classic(bundle["classic"], reps, **args),
-                                   "pred_one_hot": [_train_one_hot(bundle["pred_one_hot"], reps, forward, **args)]})
+        args: FitArgs = {"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed + 1000 * k,
+                         "progress": progress, "names": names, "optim": optim}
+        modular, classic = _paths(bundle)
+        losses_by_instance.append({"modular": train_modular(modular, reps, **args),
+                                   "classic": train_classic(classic, reps, **args),
+                                   "pred_one_hot": [_train_one_hot(bundle["pred_one_hot"], reps, forward, args)]})
         if "local_first" in bundle:  # trained as the modular inverse of stage 1 is
-            losses_by_instance[-1]["local_first"] = train_modular([bundle["local_first"]], reps[:2],
-                                                                  **{**args, "names": names[:1]})
+            first: FitArgs = {**args, "names": names[:1]}
+            losses_by_instance[-1]["local_first"] = train_modular([bundle["local_first"]], reps[:2], **first)
         tensors |= {_instance_prefix(k) + key: v.contiguous() for key, v in bundle.state_dict().items()}
     model_dir.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
@@ -258,8 +268,8 @@ def train_inverses(cfg: Modular, shards: str | Path, model_dir: str | Path, loss
     losses = losses_by_instance[0]
     meta = {"params": _inverse_params(cfg), "stages": names,
             "shapes": [list(r.shape[1:]) for r in reps], "n_train": len(reps[0]),
-            "parameters": {"modular": [count_parameters(m) for m in bundle["modular"]],
-                           "classic": [count_parameters(c) for c in bundle["classic"]],
+            "parameters": {"modular": [count_parameters(m) for m in _paths(bundle)[0]],
+                           "classic": [count_parameters(c) for c in _paths(bundle)[1]],
                            "pred_one_hot": count_parameters(bundle["pred_one_hot"]),
                            "local_first": count_parameters(bundle["local_first"]) if "local_first" in bundle else 0},
             "final_loss": {kind: [h[-1] for h in hist] for kind, hist in losses.items()},
@@ -316,7 +326,8 @@ def load_trained(cfg: Modular, model_dir: str | Path, weights: str | None = None
                if key.startswith(prefix) and (k or not key.startswith("instance"))}
         bundle = _bundle(forward, cfg)
         bundle.load_state_dict(own, strict=True)
-        instances.append((bundle["modular"].eval(), bundle["classic"].eval()))
+        modular, classic = _paths(bundle)
+        instances.append((modular.eval(), classic.eval()))
         if k == 0:
             pred_one_hot = bundle["pred_one_hot"].eval()
             local_first = bundle["local_first"].eval() if "local_first" in bundle else None

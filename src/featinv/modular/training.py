@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import nn
@@ -37,6 +38,27 @@ class Optimisation:
         return float(self.lr_by_stage.get(stage, default))
 
 
+class Rows(Protocol):
+    """Per-row representations a stage's inverse trains on: a tensor, or rows read from a store
+    (``StageRows``, ``OneHotRows``); indexing with row indices gives a tensor."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, idx: Any, /) -> torch.Tensor: ...
+
+
+class FitArgs(TypedDict):
+    """How ``train_modular`` and ``train_classic`` train, beside what they train."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    progress: bool
+    names: Sequence[str]
+    optim: Optimisation
+
+
 def _batches(n: int, batch_size: int, steps: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
@@ -56,7 +78,8 @@ def fit(params, loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: 
         raise ValueError(f"modular.optimizer is adamw or adam, not '{optimizer}'")
     opt = optimizers[optimizer](params, lr=lr)
     every = [p for group in opt.param_groups for p in group["params"]]
-    losses, best = [], (float("inf"), None)
+    losses: list[float] = []
+    best: tuple[float, dict[str, Any] | None] = (float("inf"), None)
     for step, idx in enumerate(tqdm(_batches(n, batch_size, steps, seed), total=steps, desc=desc,
                                     disable=not progress), 1):
         loss = loss_of(idx)
@@ -71,12 +94,12 @@ def fit(params, loss_of: Callable[[torch.Tensor], torch.Tensor], n: int, steps: 
                 value = float(keep_best[1]())
             if value < best[0]:
                 best = (value, copy.deepcopy(keep_best[0].state_dict()))
-    if best[1] is not None:
+    if keep_best is not None and best[1] is not None:
         keep_best[0].load_state_dict(best[1])
     return losses
 
 
-def train_modular(inverses: Sequence[nn.Module], reps: Sequence[torch.Tensor], steps: int, batch_size: int,
+def train_modular(inverses: Sequence[nn.Module] | nn.ModuleList, reps: Sequence[Rows], steps: int, batch_size: int,
                   lr: float, seed: int = 0, progress: bool = False, names: Sequence[str] = (),
                   optim: Optimisation = Optimisation()) -> list[list[float]]:
     """Train inverse j on (x_j -> x_{j-1}) with MSE, every stage independently; the loss per step per
@@ -88,8 +111,10 @@ def train_modular(inverses: Sequence[nn.Module], reps: Sequence[torch.Tensor], s
             return None
         return inv, lambda: nn.functional.mse_loss(inv(val[j]), val[j - 1]).item(), optim.val_every
 
-    return [fit(inv.parameters(),
-                lambda idx, j=j, inv=inv: nn.functional.mse_loss(inv(reps[j][idx]), reps[j - 1][idx]),
+    def loss_of(j: int, inv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda idx: nn.functional.mse_loss(inv(reps[j][idx]), reps[j - 1][idx])
+
+    return [fit(inv.parameters(), loss_of(j, inv),
                 len(reps[0]), steps, batch_size, optim.lr(_name(names, j), lr), seed + j,
                 optimizer=optim.optimizer, max_grad_norm=optim.max_grad_norm, keep_best=keep(j, inv))
             for j, inv in enumerate(tqdm(inverses, desc="modular inverses", disable=not progress), 1)]
@@ -105,7 +130,7 @@ def classic_inverses(staged, reps: Sequence[torch.Tensor], **kw) -> nn.ModuleLis
     return nn.ModuleList(build_inverses(staged, reps, **kw)[:j] for j in range(1, len(reps)))
 
 
-def train_classic(paths: Sequence[nn.ModuleList], reps: Sequence[torch.Tensor], steps: int, batch_size: int,
+def train_classic(paths: Sequence[nn.ModuleList] | nn.ModuleList, reps: Sequence[Rows], steps: int, batch_size: int,
                   lr: float, seed: int = 0, progress: bool = False, names: Sequence[str] = (),
                   optim: Optimisation = Optimisation()) -> list[list[float]]:
     """Train full-path inverse j on image MSE: ||chain(x_j) - x_0||^2; each of its components at its
@@ -117,9 +142,11 @@ def train_classic(paths: Sequence[nn.ModuleList], reps: Sequence[torch.Tensor], 
             return None
         return path, lambda: nn.functional.mse_loss(chain(path, val[j], j), val[0]).item(), optim.val_every
 
+    def loss_of(j: int, path: nn.ModuleList) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda idx: nn.functional.mse_loss(chain(path, reps[j][idx], j), reps[0][idx])
+
     return [fit([{"params": component.parameters(), "lr": optim.lr(_name(names, i), lr)}
-                 for i, component in enumerate(path, 1)],
-                lambda idx, j=j, path=path: nn.functional.mse_loss(chain(path, reps[j][idx], j), reps[0][idx]),
+                 for i, component in enumerate(path, 1)], loss_of(j, path),
                 len(reps[0]), steps, batch_size, lr, seed + j,
                 optimizer=optim.optimizer, max_grad_norm=optim.max_grad_norm, keep_best=keep(j, path))
             for j, path in enumerate(tqdm(paths, desc="classic inverses", disable=not progress), 1)]
