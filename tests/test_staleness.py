@@ -316,6 +316,14 @@ def test_editing_the_base_models_card_plans_nothing(built):
         card.write_text(card.read_text() + "\nA note.\n")
         (models / "demo-base" / "samples.png").touch()
         assert planned(root) == Counter()
+        # The UNet changed (a file replaced, as a copy does): its ControlNets train again, its targets,
+        # made by the codec alone, stand.
+        unet = models / "demo-base" / "unet" / "config.json"
+        unet.with_suffix(".new").write_text(unet.read_text() + "\n")
+        unet.with_suffix(".new").replace(unet)
+        after_unet = planned(root)
+        assert after_unet["train_controlnet"] == sum(j.rule == "train_controlnet" for j in jobs) >= 2
+        assert after_unet["encode_targets"] == 0
         codec = models / "demo-base" / "codec.json"
         codec.write_text(codec.read_text() + "\n")  # Snakemake 9 compares a touched small file's content
         again = planned(root)

@@ -201,9 +201,12 @@ def base_input(wildcards):
 
 
 def codec_input(wildcards):
-    """What the diffusion targets are encoded with: a pretrained base's VAE (or the shipped base's
-    codec), so its files as `base_input` gives them; nothing for a base trained here (its pixel space)."""
-    return [] if BASE_TRAINED_HERE else base_input(wildcards)
+    """What the diffusion targets are encoded with: a pretrained base's VAE (`vae/`) or the shipped
+    base's codec (`codec.json`), not its UNet or text encoder; nothing for a base trained here (its
+    pixel space) or named by hub id."""
+    if BASE_TRAINED_HERE:
+        return []
+    return [p for p in base_input(wildcards) if os.path.basename(p) in ("vae", "codec.json")]
 
 
 def sample_stores():
