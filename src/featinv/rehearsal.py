@@ -52,19 +52,28 @@ def _photos() -> list[tuple[int, Any]]:
             if spec.imagenet_class is not None]
 
 
-def imagenet_tree(root: Path, train_per_photo: int = 2) -> None:
-    """``root/{train,val}/<wnid>/<name>.JPEG``: each photograph in val under its WordNet id, and
-    ``train_per_photo`` crops of it (corners, one flipped) in train."""
+def imagenet_tree(root: Path, train_per_photo: int = 1, val_photos: int = 12) -> None:
+    """``root/{train,val}/<wnid>/<name>.JPEG``: ``train_per_photo`` crops of each photograph (corners,
+    one flipped) in train under its WordNet id, and ``val_photos`` of the photographs themselves in
+    val (both of a class that has two, the concept figure's, then the others in order; as ImageNet's
+    own val, some classes of train have no val image here). The sizes are the CPU's: every image
+    costs each of the paper's three backbones, sampling at 50 steps and the evaluation."""
+    from collections import Counter
+
     from PIL import ImageOps
 
     from featinv.data.sources import imagenet_synsets
 
     synsets = imagenet_synsets()
-    for i, (cls, img) in enumerate(_photos()):
+    photos = _photos()
+    count = Counter(cls for cls, _ in photos)
+    in_val = set(sorted(range(len(photos)), key=lambda i: (count[photos[i][0]] < 2, i))[:val_photos])
+    for i, (cls, img) in enumerate(photos):
         wnid = synsets[cls]
         w, h = img.size
-        (root / "val" / wnid).mkdir(parents=True, exist_ok=True)
-        img.save(root / "val" / wnid / f"ILSVRC2012_val_{i:08d}.JPEG", quality=92)
+        if i in in_val:
+            (root / "val" / wnid).mkdir(parents=True, exist_ok=True)
+            img.save(root / "val" / wnid / f"ILSVRC2012_val_{i:08d}.JPEG", quality=92)
         (root / "train" / wnid).mkdir(parents=True, exist_ok=True)
         for k in range(train_per_photo):
             box = (0, 0, int(w * 0.8), int(h * 0.8)) if k % 2 == 0 else (int(w * 0.2), int(h * 0.2), w, h)
