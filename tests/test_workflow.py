@@ -43,7 +43,8 @@ TINY = {
 def run(cmd, cwd, stderr_too=True, **kw):
     """Run ``cmd`` in ``cwd``; fail with its output unless it succeeds; return stdout (+ stderr)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
+    # 30 minutes a command: CI runs this test beside the paper-scale rehearsal, on the same 2 cores
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800, **kw)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr if stderr_too else proc.stdout
 
