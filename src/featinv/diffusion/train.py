@@ -18,7 +18,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from featinv.config import InverseTrain, Train
 from featinv.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -33,30 +34,9 @@ ELAPSED = "featinv_elapsed.json"  # training seconds up to a checkpoint, saved b
 LOSS_LOG = "featinv_loss.csv"  # the loss log up to a checkpoint
 
 
-class TrainSettings(Protocol):
-    """What ``run`` reads of a train section (``controlnet.train``, ``diffusion.base.train``,
-    ``inverse.train``)."""
-
-    @property
-    def steps(self) -> int: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def lr(self) -> float: ...
-    @property
-    def weight_decay(self) -> float: ...
-    @property
-    def max_grad_norm(self) -> float: ...
-    @property
-    def lr_warmup_steps(self) -> int: ...
-    @property
-    def lr_schedule(self) -> str: ...
-    @property
-    def checkpoint_every(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def mixed_precision(self) -> str: ...
+# What ``run`` trains under: a train section (controlnet.train and diffusion.base.train are ``Train``,
+# inverse.train ``InverseTrain``; run reads the keys they share).
+TrainSettings = Union[Train, InverseTrain]
 
 
 class TrainingRows(Protocol):
